@@ -1,0 +1,198 @@
+// Package config holds pullbroker's one configuration struct. It is loaded
+// once by cmd/pullbroker and handed down as plain values: no other package
+// reads files, flags or the environment for configuration.
+package config
+
+import (
+	"time"
+)
+
+// Config is the whole configuration of a pullbroker process.
+type Config struct {
+	// Listen is the client-facing registry listener.
+	Listen Listener `mapstructure:"listen"`
+	// Admin is the listener for /metrics, health endpoints and the admin API.
+	Admin Admin `mapstructure:"admin"`
+	// Storage selects the distribution storage driver that holds the cache.
+	Storage Storage `mapstructure:"storage"`
+	// Log selects the log format and level.
+	Log Log `mapstructure:"log"`
+	// Mode is "online" (default) or "offline"; an upstream's own mode wins.
+	Mode string `mapstructure:"mode"`
+	// DefaultUpstream serves names that carry neither a registry component
+	// nor containerd's ?ns= parameter. Empty means such names are refused.
+	DefaultUpstream string `mapstructure:"defaultUpstream"`
+	// Upstreams are the registries the proxy may talk to. The public
+	// registries of PublicUpstreams come first unless disabled; an entry
+	// here with the same Name replaces the public one.
+	Upstreams []Upstream `mapstructure:"upstreams"`
+	// DisableDefaultUpstreams leaves out the public registries, so only
+	// the upstreams listed here are reachable.
+	DisableDefaultUpstreams bool `mapstructure:"disableDefaultUpstreams"`
+	// Access decides which clients may pull.
+	Access Access `mapstructure:"access"`
+	// Pins are the tag pinning rules, first match wins.
+	Pins []PinRule `mapstructure:"pins"`
+}
+
+// Listener is an HTTP(S) listener.
+type Listener struct {
+	Addr string `mapstructure:"addr"`
+	// TLS is off when both files are empty. The pair is reloaded when
+	// either file changes.
+	TLSCertFile string `mapstructure:"tlsCertFile"`
+	TLSKeyFile  string `mapstructure:"tlsKeyFile"`
+	// DrainTimeout bounds how long SIGTERM waits for in-flight pulls.
+	DrainTimeout time.Duration `mapstructure:"drainTimeout"`
+}
+
+// TLSEnabled reports whether the listener serves TLS.
+func (l Listener) TLSEnabled() bool { return l.TLSCertFile != "" || l.TLSKeyFile != "" }
+
+// Admin is the operator-facing listener.
+type Admin struct {
+	Addr string `mapstructure:"addr"`
+	// TokenFile holds the bearer token that guards the admin API (not
+	// /metrics or the health endpoints). Empty disables the admin API.
+	TokenFile string `mapstructure:"tokenFile"`
+}
+
+// Storage names a distribution storage driver and its parameters, exactly
+// as distribution's own configuration does.
+type Storage struct {
+	Driver     string         `mapstructure:"driver"`
+	Parameters map[string]any `mapstructure:"parameters"`
+	// SpoolDir holds blobs while they are being fetched from an upstream,
+	// for drivers that are not a local filesystem.
+	SpoolDir string `mapstructure:"spoolDir"`
+}
+
+// Log configures the process logger.
+type Log struct {
+	Format string `mapstructure:"format"` // "text" or "json"
+	Level  string `mapstructure:"level"`  // "debug", "info", "warn", "error"
+}
+
+// Upstream is one registry the proxy pulls from.
+type Upstream struct {
+	// Name is the registry as clients name it: "docker.io", "ghcr.io",
+	// "registry.example.com:5000". It is the first path component in the
+	// image-prefix form and the ?ns= value in containerd's mirror form.
+	Name string `mapstructure:"name"`
+	// Aliases are other names that mean the same registry
+	// ("index.docker.io" for docker.io).
+	Aliases []string `mapstructure:"aliases"`
+	// Endpoint is the base URL requests go to; http is allowed.
+	Endpoint string `mapstructure:"endpoint"`
+	// Mode is "online" or "offline"; empty inherits the global mode.
+	Mode string `mapstructure:"mode"`
+	// TagTTL is how long a tag resolution is answered from the cache
+	// without asking the upstream.
+	TagTTL time.Duration `mapstructure:"tagTTL"`
+	// DialTimeout bounds connection set-up; ResponseTimeout bounds the
+	// wait for response headers; neither bounds a long blob body.
+	DialTimeout     time.Duration `mapstructure:"dialTimeout"`
+	ResponseTimeout time.Duration `mapstructure:"responseTimeout"`
+	// Credentials, when set, authenticate the proxy to the upstream.
+	Credentials *Credentials `mapstructure:"credentials"`
+	// Repositories are globs of the repositories that may be served
+	// (path.Match syntax, plus "**" for any depth). Empty allows all.
+	Repositories []string `mapstructure:"repositories"`
+}
+
+// Credentials names exactly one source of upstream credentials. The secret
+// itself can stay out of the config file.
+type Credentials struct {
+	Basic             *BasicCredentials  `mapstructure:"basic"`
+	GCPServiceAccount *GCPServiceAccount `mapstructure:"gcpServiceAccount"`
+	DockerConfig      *DockerConfig      `mapstructure:"dockerConfig"`
+	KubernetesSecret  *KubernetesSecret  `mapstructure:"kubernetesSecret"`
+}
+
+// BasicCredentials is a username with a password or access token given
+// inline, from a file, or from an environment variable.
+type BasicCredentials struct {
+	Username     string `mapstructure:"username"`
+	Password     string `mapstructure:"password"`
+	PasswordFile string `mapstructure:"passwordFile"`
+	PasswordEnv  string `mapstructure:"passwordEnv"`
+}
+
+// GCPServiceAccount is a Google service-account JSON key.
+type GCPServiceAccount struct {
+	KeyFile string `mapstructure:"keyFile"`
+	// Secret is "namespace/name" of a Secret holding the key under SecretKey.
+	Secret    string `mapstructure:"secret"`
+	SecretKey string `mapstructure:"secretKey"`
+	// Exchange is "accessToken" (default: an OAuth2 token sent as
+	// oauth2accesstoken), "jsonKey" (_json_key) or "jsonKeyBase64".
+	Exchange string `mapstructure:"exchange"`
+}
+
+// DockerConfig is a docker config.json or .dockerconfigjson file.
+type DockerConfig struct {
+	File string `mapstructure:"file"`
+}
+
+// KubernetesSecret is a Secret watched live.
+type KubernetesSecret struct {
+	// Name is "namespace/name".
+	Name string `mapstructure:"name"`
+	// Kubeconfig is a kubeconfig path; empty means in-cluster config.
+	Kubeconfig string `mapstructure:"kubeconfig"`
+}
+
+// Access decides which clients may pull through the proxy.
+type Access struct {
+	// AllowedNetworks are CIDRs; empty allows every source address.
+	AllowedNetworks []string `mapstructure:"allowedNetworks"`
+	// HtpasswdFile holds bcrypt users for clients outside the cluster.
+	HtpasswdFile string `mapstructure:"htpasswdFile"`
+	// TokensFile holds static bearer tokens, one per line.
+	TokensFile string `mapstructure:"tokensFile"`
+}
+
+// PinRule decides how tags that match it are resolved.
+type PinRule struct {
+	Registry   string `mapstructure:"registry"`
+	Repository string `mapstructure:"repository"` // glob
+	Tag        string `mapstructure:"tag"`        // glob
+	// Policy is "ttl", "sticky" or "locked".
+	Policy string        `mapstructure:"policy"`
+	TTL    time.Duration `mapstructure:"ttl"`
+	// LockFile lists the digests of locked tags.
+	LockFile string `mapstructure:"lockFile"`
+}
+
+// Modes.
+const (
+	ModeOnline  = "online"
+	ModeOffline = "offline"
+)
+
+// EffectiveMode is the upstream's mode, falling back to the global one.
+func (c *Config) EffectiveMode(u Upstream) string {
+	if u.Mode != "" {
+		return u.Mode
+	}
+	if c.Mode != "" {
+		return c.Mode
+	}
+	return ModeOnline
+}
+
+// Upstream returns the upstream that a client-facing registry name or alias
+// designates.
+func (c *Config) Upstream(name string) (Upstream, bool) {
+	for _, u := range c.Upstreams {
+		if u.Name == name {
+			return u, true
+		}
+		for _, a := range u.Aliases {
+			if a == name {
+				return u, true
+			}
+		}
+	}
+	return Upstream{}, false
+}

@@ -1,0 +1,22 @@
+package config
+
+import "time"
+
+// Default tuning applied to every upstream that leaves a value unset.
+const (
+	DefaultTagTTL          = 5 * time.Minute
+	DefaultDialTimeout     = 5 * time.Second
+	DefaultResponseTimeout = 30 * time.Second
+)
+
+// PublicUpstreams are the registries known anonymously out of the box.
+func PublicUpstreams() []Upstream {
+	return []Upstream{
+		{Name: "docker.io", Aliases: []string{"index.docker.io", "registry-1.docker.io"}, Endpoint: "https://registry-1.docker.io"},
+		{Name: "ghcr.io", Endpoint: "https://ghcr.io"},
+		{Name: "gcr.io", Endpoint: "https://gcr.io"},
+		{Name: "quay.io", Endpoint: "https://quay.io"},
+		{Name: "registry.k8s.io", Endpoint: "https://registry.k8s.io"},
+		{Name: "public.ecr.aws", Endpoint: "https://public.ecr.aws"},
+	}
+}

@@ -1,0 +1,93 @@
+package config
+
+import (
+	"bytes"
+	_ "embed"
+	"fmt"
+	"strings"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/spf13/viper"
+)
+
+//go:embed default.yaml
+var defaultYAML []byte
+
+// EnvPrefix prefixes environment overrides: PULLBROKER_LISTEN_ADDR
+// overrides listen.addr.
+const EnvPrefix = "PULLBROKER"
+
+// Load reads the embedded default, merges the file at path over it (none
+// when path is empty), applies PULLBROKER_* environment overrides, fills in
+// per-upstream defaults and validates the result. Errors name the key.
+func Load(path string) (*Config, error) {
+	v := viper.New()
+	v.SetConfigType("yaml")
+	if err := v.ReadConfig(bytes.NewReader(defaultYAML)); err != nil {
+		return nil, fmt.Errorf("config: embedded default: %w", err)
+	}
+	if path != "" {
+		v.SetConfigFile(path)
+		if err := v.MergeInConfig(); err != nil {
+			return nil, fmt.Errorf("config: reading %s: %w", path, err)
+		}
+	}
+	v.SetEnvPrefix(EnvPrefix)
+	v.SetEnvKeyReplacer(strings.NewReplacer(".", "_"))
+	v.AutomaticEnv()
+
+	var c Config
+	err := v.UnmarshalExact(&c, func(dc *mapstructure.DecoderConfig) {
+		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(
+			mapstructure.StringToTimeDurationHookFunc(),
+			mapstructure.StringToSliceHookFunc(","),
+		)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", describe(path), err)
+	}
+	c.applyDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", describe(path), err)
+	}
+	return &c, nil
+}
+
+func describe(path string) string {
+	if path == "" {
+		return "(embedded default)"
+	}
+	return path
+}
+
+// applyDefaults merges the public upstreams and fills unset tuning.
+func (c *Config) applyDefaults() {
+	if !c.DisableDefaultUpstreams {
+		merged := PublicUpstreams()
+		for _, u := range c.Upstreams {
+			replaced := false
+			for i := range merged {
+				if merged[i].Name == u.Name {
+					merged[i] = u
+					replaced = true
+				}
+			}
+			if !replaced {
+				merged = append(merged, u)
+			}
+		}
+		c.Upstreams = merged
+	}
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		if u.TagTTL == 0 {
+			u.TagTTL = DefaultTagTTL
+		}
+		if u.DialTimeout == 0 {
+			u.DialTimeout = DefaultDialTimeout
+		}
+		if u.ResponseTimeout == 0 {
+			u.ResponseTimeout = DefaultResponseTimeout
+		}
+	}
+}

@@ -1,0 +1,225 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"path"
+	"strings"
+)
+
+// Validate reports every problem in c, each naming its key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+
+	if c.Listen.Addr == "" {
+		bad("listen.addr", "must be set, for example \":5000\"")
+	} else if _, _, err := net.SplitHostPort(c.Listen.Addr); err != nil {
+		bad("listen.addr", "%q is not host:port (%v)", c.Listen.Addr, err)
+	}
+	if (c.Listen.TLSCertFile == "") != (c.Listen.TLSKeyFile == "") {
+		bad("listen.tlsCertFile", "tlsCertFile and tlsKeyFile must be set together")
+	}
+	if c.Listen.DrainTimeout < 0 {
+		bad("listen.drainTimeout", "must not be negative")
+	}
+	if c.Admin.Addr != "" {
+		if _, _, err := net.SplitHostPort(c.Admin.Addr); err != nil {
+			bad("admin.addr", "%q is not host:port (%v)", c.Admin.Addr, err)
+		}
+	}
+	if c.Storage.Driver == "" {
+		bad("storage.driver", "must be set (filesystem, inmemory, s3)")
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		bad("log.format", "%q is not one of text, json", c.Log.Format)
+	}
+	switch strings.ToLower(c.Log.Level) {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	if !validMode(c.Mode) {
+		bad("mode", "%q is not one of online, offline", c.Mode)
+	}
+
+	names := map[string]string{}
+	for i, u := range c.Upstreams {
+		key := fmt.Sprintf("upstreams[%d]", i)
+		if u.Name != "" {
+			key = fmt.Sprintf("upstreams[%s]", u.Name)
+		}
+		validateUpstream(key, u, bad)
+		for _, n := range append([]string{u.Name}, u.Aliases...) {
+			if n == "" {
+				continue
+			}
+			if prev, dup := names[n]; dup {
+				bad(key+".name", "%q is already used by %s", n, prev)
+			}
+			names[n] = key
+		}
+	}
+	if c.DefaultUpstream != "" {
+		if _, ok := c.Upstream(c.DefaultUpstream); !ok {
+			bad("defaultUpstream", "%q is not the name of a configured upstream", c.DefaultUpstream)
+		}
+	}
+	for i, cidr := range c.Access.AllowedNetworks {
+		if _, _, err := net.ParseCIDR(cidr); err != nil {
+			bad(fmt.Sprintf("access.allowedNetworks[%d]", i), "%q is not a CIDR such as 10.0.0.0/8", cidr)
+		}
+	}
+	for i, p := range c.Pins {
+		key := fmt.Sprintf("pins[%d]", i)
+		switch p.Policy {
+		case "ttl", "sticky":
+		case "locked":
+			if p.LockFile == "" {
+				bad(key+".lockFile", "a locked rule needs a lock file")
+			}
+		default:
+			bad(key+".policy", "%q is not one of ttl, sticky, locked", p.Policy)
+		}
+		if _, err := path.Match(p.Repository, ""); err != nil {
+			bad(key+".repository", "bad glob %q", p.Repository)
+		}
+		if _, err := path.Match(p.Tag, ""); err != nil {
+			bad(key+".tag", "bad glob %q", p.Tag)
+		}
+		if p.TTL < 0 {
+			bad(key+".ttl", "must not be negative")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func validateUpstream(key string, u Upstream, bad func(key, format string, args ...any)) {
+	if u.Name == "" {
+		bad(key+".name", "must be set to the registry host clients use, for example ghcr.io")
+	} else if !validRegistryName(u.Name) {
+		bad(key+".name", "%q is not a registry host[:port]", u.Name)
+	}
+	for _, a := range u.Aliases {
+		if !validRegistryName(a) {
+			bad(key+".aliases", "%q is not a registry host[:port]", a)
+		}
+	}
+	if ep, err := url.Parse(u.Endpoint); err != nil || u.Endpoint == "" {
+		bad(key+".endpoint", "%q is not a URL such as https://registry.example.com", u.Endpoint)
+	} else if ep.Scheme != "http" && ep.Scheme != "https" {
+		bad(key+".endpoint", "%q must use http or https", u.Endpoint)
+	} else if ep.Host == "" || (ep.Path != "" && ep.Path != "/") || ep.RawQuery != "" || ep.User != nil {
+		bad(key+".endpoint", "%q must be scheme://host[:port] with no path, query or user", u.Endpoint)
+	}
+	if !validMode(u.Mode) {
+		bad(key+".mode", "%q is not one of online, offline", u.Mode)
+	}
+	if u.TagTTL < 0 {
+		bad(key+".tagTTL", "must not be negative")
+	}
+	if u.DialTimeout < 0 {
+		bad(key+".dialTimeout", "must not be negative")
+	}
+	if u.ResponseTimeout < 0 {
+		bad(key+".responseTimeout", "must not be negative")
+	}
+	for i, g := range u.Repositories {
+		if _, err := path.Match(g, ""); err != nil {
+			bad(fmt.Sprintf("%s.repositories[%d]", key, i), "bad glob %q", g)
+		}
+	}
+	if c := u.Credentials; c != nil {
+		validateCredentials(key+".credentials", c, bad)
+	}
+}
+
+func validateCredentials(key string, c *Credentials, bad func(key, format string, args ...any)) {
+	n := 0
+	if b := c.Basic; b != nil {
+		n++
+		if b.Username == "" {
+			bad(key+".basic.username", "must be set")
+		}
+		given := 0
+		for _, s := range []string{b.Password, b.PasswordFile, b.PasswordEnv} {
+			if s != "" {
+				given++
+			}
+		}
+		if given != 1 {
+			bad(key+".basic", "set exactly one of password, passwordFile, passwordEnv")
+		}
+	}
+	if g := c.GCPServiceAccount; g != nil {
+		n++
+		if (g.KeyFile == "") == (g.Secret == "") {
+			bad(key+".gcpServiceAccount", "set exactly one of keyFile, secret")
+		}
+		if g.Secret != "" && !validNamespacedName(g.Secret) {
+			bad(key+".gcpServiceAccount.secret", "%q is not namespace/name", g.Secret)
+		}
+		switch g.Exchange {
+		case "", "accessToken", "jsonKey", "jsonKeyBase64":
+		default:
+			bad(key+".gcpServiceAccount.exchange", "%q is not one of accessToken, jsonKey, jsonKeyBase64", g.Exchange)
+		}
+	}
+	if d := c.DockerConfig; d != nil {
+		n++
+		if d.File == "" {
+			bad(key+".dockerConfig.file", "must be set")
+		}
+	}
+	if k := c.KubernetesSecret; k != nil {
+		n++
+		if !validNamespacedName(k.Name) {
+			bad(key+".kubernetesSecret.name", "%q is not namespace/name", k.Name)
+		}
+	}
+	if n != 1 {
+		bad(key, "set exactly one of basic, gcpServiceAccount, dockerConfig, kubernetesSecret (found %d)", n)
+	}
+}
+
+func validMode(m string) bool { return m == "" || m == ModeOnline || m == ModeOffline }
+
+func validNamespacedName(s string) bool {
+	ns, name, ok := strings.Cut(s, "/")
+	return ok && ns != "" && name != "" && !strings.Contains(name, "/")
+}
+
+// validRegistryName accepts a DNS host or IP literal with an optional port,
+// the way image references name registries.
+func validRegistryName(s string) bool {
+	host := s
+	if h, p, err := net.SplitHostPort(s); err == nil {
+		if p == "" {
+			return false
+		}
+		host = h
+	}
+	if host == "" || strings.ContainsAny(host, "/@?#") {
+		return false
+	}
+	if net.ParseIP(host) != nil {
+		return true
+	}
+	for _, label := range strings.Split(host, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
