@@ -121,9 +121,13 @@ type BasicCredentials struct {
 // GCPServiceAccount is a Google service-account JSON key.
 type GCPServiceAccount struct {
 	KeyFile string `mapstructure:"keyFile"`
-	// Secret is "namespace/name" of a Secret holding the key under SecretKey.
+	// Secret is "namespace/name" of a Secret holding the key under SecretKey
+	// (default "key.json"), watched live like KubernetesSecret.
 	Secret    string `mapstructure:"secret"`
 	SecretKey string `mapstructure:"secretKey"`
+	// Kubeconfig is a kubeconfig path used to watch Secret; empty means
+	// in-cluster config.
+	Kubeconfig string `mapstructure:"kubeconfig"`
 	// Exchange is "accessToken" (default: an OAuth2 token sent as
 	// oauth2accesstoken), "jsonKey" (_json_key) or "jsonKeyBase64".
 	Exchange string `mapstructure:"exchange"`

@@ -165,6 +165,9 @@ func validateCredentials(key string, c *Credentials, bad func(key, format string
 		if g.Secret != "" && !validNamespacedName(g.Secret) {
 			bad(key+".gcpServiceAccount.secret", "%q is not namespace/name", g.Secret)
 		}
+		if g.Secret == "" && (g.SecretKey != "" || g.Kubeconfig != "") {
+			bad(key+".gcpServiceAccount", "secretKey and kubeconfig apply only with secret")
+		}
 		switch g.Exchange {
 		case "", "accessToken", "jsonKey", "jsonKeyBase64":
 		default:
