@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Installs every tool the test suite runs against: Debian packages (upstream registry, real
+# clients, namespace tools) and pinned Go tools built from the Go module proxy (nothing else is
+# reachable from CI, so nothing here downloads a prebuilt binary).
+#
+# Idempotent: apt runs only when a package is missing, and each Go tool is built once into
+# $HOME/.cache/pullbroker-test/<tool>-<version>/ and skipped when that folder exists.
+#
+# Usage: scripts/install-test-deps.sh [--no-envtest]
+#   --no-envtest  skip etcd and kube-apiserver (the latter takes ~9 min and 2.8 GB to build);
+#                 for quick local runs only, the full suite needs them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=lib/test-deps.sh
+source scripts/lib/test-deps.sh
+
+APT_PACKAGES=(docker-registry apache2-utils skopeo containerd iproute2 util-linux podman)
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# timed LABEL CMD...: runs CMD and logs how long it took, so cold-install costs stay visible in CI.
+timed() {
+	local label=$1 start=$SECONDS
+	shift
+	"$@"
+	log "$label: done in $((SECONDS - start))s"
+}
+
+as_root() {
+	if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+install_apt() {
+	local missing=() p
+	for p in "${APT_PACKAGES[@]}"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+	done
+	if [ ${#missing[@]} -eq 0 ]; then
+		log "apt packages: all present"
+		return
+	fi
+	log "apt packages: installing ${missing[*]}"
+	# apt's progress is long and useless in CI; it is shown only when something fails.
+	local aptlog=$TEST_CACHE/apt.log
+	if ! {
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+			as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+	} >"$aptlog" 2>&1; then
+		cat "$aptlog" >&2
+		return 1
+	fi
+}
+
+# go_env CMD...: runs a go command for a tool build, isolated from the caller's module settings
+# (test.sh exports GOFLAGS=-mod=mod, which `go install pkg@version` rejects) and from toolchain
+# downloads (the proxy serves modules, not toolchains).
+go_env() {
+	env GOFLAGS=-buildvcs=false GOWORK=off GOTOOLCHAIN=local GO111MODULE=on "$@"
+}
+
+# publish TMPDIR DIR: moves a finished build into its versioned folder in one rename, so an
+# interrupted build never leaves a folder that a later run would take as cached.
+publish() {
+	rm -rf "$2"
+	mv -T "$1" "$2"
+}
+
+# go_install DIR BINARY PKG@VERSION: `go install` of a command into its versioned folder, once.
+go_install() {
+	local dir=$1 bin=$2 pkg=$3
+	if [ -x "$dir/$bin" ]; then
+		log "$bin: cached in $dir"
+		return
+	fi
+	log "$bin: building $pkg"
+	local tmp
+	tmp=$(mktemp -d "$dir.partial.XXXXXX")
+	(cd "$tmp" && go_env GOBIN="$tmp" go install "$pkg")
+	publish "$tmp" "$dir"
+}
+
+# new_tool_module NAME: a throwaway module in a temp dir, for tools that `go install` refuses
+# (etcd and kubernetes carry replace directives). Prints its path.
+new_tool_module() {
+	local mod
+	mod=$(mktemp -d "${TMPDIR:-/tmp}/pullbroker-$1.XXXXXX")
+	(cd "$mod" && go_env go mod init "pullbroker.test/build/$1" >/dev/null 2>&1)
+	echo "$mod"
+}
+
+# write_tools_go DIR IMPORT: pins IMPORT as a dependency without compiling it into anything.
+write_tools_go() {
+	cat >"$1/tools.go" <<EOF
+//go:build tools
+
+package tools
+
+import _ "$2"
+EOF
+}
+
+build_etcd() {
+	if [ -x "$ETCD_DIR/etcd" ]; then
+		log "etcd: cached in $ETCD_DIR"
+		return
+	fi
+	log "etcd: building $ETCD_VERSION"
+	local mod tmp
+	mod=$(new_tool_module etcd)
+	tmp=$(mktemp -d "$ETCD_DIR.partial.XXXXXX")
+	write_tools_go "$mod" go.etcd.io/etcd/server/v3
+	(
+		cd "$mod"
+		go_env go mod edit -require="go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+		go_env go mod tidy
+		go_env go build -o "$tmp/etcd" go.etcd.io/etcd/server/v3
+	)
+	publish "$tmp" "$ETCD_DIR"
+	rm -rf "$mod"
+}
+
+# kube_staging_modules GOMOD: the k8s.io/* modules that kubernetes's go.mod replaces with its own
+# ./staging tree. Read from the pinned go.mod rather than listed here, so a version bump cannot
+# leave one out.
+kube_staging_modules() {
+	sed -n 's|^[[:space:]]*\(k8s\.io/[^[:space:]]*\)[[:space:]]*=>[[:space:]]*\./staging/.*|\1|p' "$1"
+}
+
+build_kube_apiserver() {
+	if [ -x "$KUBE_APISERVER_DIR/kube-apiserver" ]; then
+		log "kube-apiserver: cached in $KUBE_APISERVER_DIR"
+		return
+	fi
+	log "kube-apiserver: building $KUBE_VERSION (about 9 min, 2.8 GB)"
+	# Staging modules are published as v0.X.Y for kubernetes v1.X.Y.
+	local staging_version=v0.${KUBE_VERSION#v1.}
+	local mod tmp gomod m
+	mod=$(new_tool_module kube-apiserver)
+	tmp=$(mktemp -d "$KUBE_APISERVER_DIR.partial.XXXXXX")
+	write_tools_go "$mod" k8s.io/kubernetes/cmd/kube-apiserver
+	(
+		cd "$mod"
+		gomod=$(go_env go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" |
+			sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')
+		[ -f "$gomod" ] || {
+			log "kube-apiserver: cannot find go.mod of k8s.io/kubernetes@$KUBE_VERSION"
+			exit 1
+		}
+		go_env go mod edit -require="k8s.io/kubernetes@$KUBE_VERSION"
+		for m in $(kube_staging_modules "$gomod"); do
+			go_env go mod edit -replace="$m=$m@$staging_version"
+		done
+		go_env go mod tidy
+		go_env go build -ldflags "-s -w" -o "$tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+	)
+	publish "$tmp" "$KUBE_APISERVER_DIR"
+	rm -rf "$mod"
+}
+
+# link_into DIR FILE...: the folders handed to tests hold symlinks into the versioned folders,
+# refreshed every run so a version bump takes effect without cleaning anything.
+link_into() {
+	local dir=$1 f
+	shift
+	mkdir -p "$dir"
+	for f in "$@"; do
+		[ -x "$f" ] && ln -sfn "$f" "$dir/$(basename "$f")"
+	done
+	return 0
+}
+
+summary() {
+	cat >&2 <<EOF
+
+Test tools:
+  docker-registry  $(command -v docker-registry || echo MISSING)
+  htpasswd         $(command -v htpasswd || echo MISSING)
+  skopeo           $(command -v skopeo || echo MISSING)
+  containerd       $(command -v containerd || echo MISSING)
+  ctr              $(command -v ctr || echo MISSING)
+  podman           $(command -v podman || echo MISSING)
+  crane            $CRANE_DIR/crane
+  conformance      $CONFORMANCE_DIR/conformance
+  etcd             $([ -x "$ETCD_DIR/etcd" ] && echo "$ETCD_DIR/etcd" || echo "not built (--no-envtest)")
+  kube-apiserver   $([ -x "$KUBE_APISERVER_DIR/kube-apiserver" ] && echo "$KUBE_APISERVER_DIR/kube-apiserver" || echo "not built (--no-envtest)")
+Environment for tests:
+  PULLBROKER_TEST_TOOLS=$TOOLS_DIR
+  KUBEBUILDER_ASSETS=$KUBE_ASSETS_DIR
+EOF
+}
+
+main() {
+	local envtest=1
+	case "${1:-}" in
+	--no-envtest) envtest=0 ;;
+	"") ;;
+	*)
+		echo "usage: $0 [--no-envtest]" >&2
+		exit 2
+		;;
+	esac
+	mkdir -p "$TEST_CACHE"
+	# Leftovers of an interrupted build; never mistaken for a cache, but they take space.
+	rm -rf "$TEST_CACHE"/*.partial.*
+	timed "apt packages" install_apt
+	timed crane go_install "$CRANE_DIR" crane "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION"
+	timed conformance go_install "$CONFORMANCE_DIR" conformance \
+		"github.com/opencontainers/distribution-spec/conformance@$CONFORMANCE_VERSION"
+	if [ "$envtest" = 1 ]; then
+		timed etcd build_etcd
+		timed kube-apiserver build_kube_apiserver
+	fi
+	link_into "$TOOLS_DIR" "$CRANE_DIR/crane" "$CONFORMANCE_DIR/conformance"
+	link_into "$KUBE_ASSETS_DIR" "$ETCD_DIR/etcd" "$KUBE_APISERVER_DIR/kube-apiserver"
+	summary
+}
+
+main "$@"

@@ -1,0 +1,22 @@
+# shellcheck shell=bash
+# Pinned versions and cache paths of the test tools. Sourced by install-test-deps.sh and test.sh so
+# that both agree on where each tool lives. Bump a version here: the new one builds into a new
+# folder and the old folder is simply no longer used.
+
+CRANE_VERSION=v0.22.1
+CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
+ETCD_VERSION=v3.6.16
+KUBE_VERSION=v1.37.2
+
+TEST_CACHE=${PULLBROKER_TEST_CACHE:-$HOME/.cache/pullbroker-test}
+
+CRANE_DIR=$TEST_CACHE/crane-$CRANE_VERSION
+CONFORMANCE_DIR=$TEST_CACHE/conformance-$CONFORMANCE_VERSION
+ETCD_DIR=$TEST_CACHE/etcd-$ETCD_VERSION
+KUBE_APISERVER_DIR=$TEST_CACHE/kube-apiserver-$KUBE_VERSION
+
+# Tests are told about two folders, not one per tool: symlinks into the versioned folders above.
+# PULLBROKER_TEST_TOOLS holds crane and conformance; KUBEBUILDER_ASSETS holds etcd and
+# kube-apiserver (the layout controller-runtime's envtest expects).
+TOOLS_DIR=$TEST_CACHE/tools
+KUBE_ASSETS_DIR=$TEST_CACHE/kubebuilder-assets
