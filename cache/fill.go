@@ -1,0 +1,355 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Fetcher opens the upstream stream of a blob. size is -1 when unknown.
+// The context is the fill's own, not a client's.
+type Fetcher func(ctx context.Context) (body io.ReadCloser, size int64, err error)
+
+// StallTimeout aborts a fill whose upstream sends nothing for this long.
+var StallTimeout = 60 * time.Second
+
+const fillBufferSize = 256 << 10
+
+// Fill is one upstream fetch of a blob that any number of readers follow
+// while it runs. It spools to a local file, verifies the digest at the
+// end, and only then commits the blob to storage. Readers get every byte
+// but the last as it arrives; the last one only once the digest is
+// verified, so no client ever receives a whole response of unverified
+// bytes. A reader that goes away does not stop the fill.
+type Fill struct {
+	store  *Store
+	digest digest.Digest
+
+	started chan struct{} // closed once size is known or the fill failed early
+	size    int64
+
+	mu       sync.Mutex
+	cond     *sync.Cond
+	spool    *os.File
+	refs     int // the fill itself plus each open reader
+	written  int64
+	verified bool
+	done     bool
+	err      error
+}
+
+// Fill returns the fill in progress for dgst, starting one with fetch if
+// there is none. cached is true instead when the blob is already
+// committed: open it with OpenBlob.
+func (s *Store) Fill(dgst digest.Digest, fetch Fetcher) (f *Fill, cached bool, err error) {
+	if err := dgst.Validate(); err != nil {
+		return nil, false, fmt.Errorf("blob digest %q: %w", dgst, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f := s.fills[dgst]; f != nil {
+		return f, false, nil
+	}
+	// Checked under the lock: a fill leaves the map only after it
+	// committed, so a miss here cannot race with a commit and start a
+	// second upstream fetch of the same blob.
+	if _, err := s.driver.Stat(context.Background(), blobPath(dgst)); err == nil {
+		return nil, true, nil
+	} else if !isPathNotFound(err) {
+		return nil, false, err
+	}
+	f = &Fill{store: s, digest: dgst, started: make(chan struct{}), size: -1, refs: 1}
+	f.cond = sync.NewCond(&f.mu)
+	s.fills[dgst] = f
+	s.metrics.fillsInFlight.Inc()
+	go f.run(fetch)
+	return f, false, nil
+}
+
+// Wait blocks until the upstream answered and returns the blob's size (-1
+// if the upstream did not say), or the error that ended the fill early.
+func (f *Fill) Wait(ctx context.Context) (int64, error) {
+	select {
+	case <-f.started:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil && f.written == 0 {
+		return 0, f.err
+	}
+	return f.size, nil
+}
+
+// Done reports the fill's outcome once it has ended: nil when the blob
+// was verified.
+func (f *Fill) Done(ctx context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	stop := context.AfterFunc(ctx, f.broadcast)
+	defer stop()
+	for !f.done && ctx.Err() == nil {
+		f.cond.Wait()
+	}
+	if !f.done {
+		return ctx.Err()
+	}
+	return f.err
+}
+
+// NewReader follows the fill from its first byte. ctx ends a blocked Read.
+// Call after Wait succeeded.
+func (f *Fill) NewReader(ctx context.Context) (io.ReadCloser, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return nil, f.err
+	}
+	if f.done {
+		// The spool may be closed already; the blob is committed.
+		b, err := f.store.OpenBlob(ctx, f.digest)
+		if err != nil {
+			return nil, err
+		}
+		return b.Content, nil
+	}
+	if f.spool == nil {
+		return nil, errors.New("fill has not started")
+	}
+	f.refs++
+	f.store.metrics.fillClients.Inc()
+	return &fillReader{fill: f, ctx: ctx}, nil
+}
+
+func (f *Fill) broadcast() {
+	f.mu.Lock()
+	f.cond.Broadcast()
+	f.mu.Unlock()
+}
+
+// readable is how many bytes readers may have: all of them once verified,
+// all but the last before.
+func (f *Fill) readable() int64 {
+	if f.verified || f.written == 0 {
+		return f.written
+	}
+	return f.written - 1
+}
+
+func (f *Fill) release() {
+	f.refs--
+	if f.refs == 0 && f.spool != nil {
+		f.spool.Close()
+	}
+}
+
+func (f *Fill) run(fetch Fetcher) {
+	s := f.store
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	err := f.fetch(ctx, cancel, fetch)
+	if err == nil {
+		err = f.commit(ctx)
+	}
+
+	f.mu.Lock()
+	if err != nil && f.err == nil {
+		f.err = err
+	}
+	f.done = true
+	select {
+	case <-f.started:
+	default:
+		close(f.started)
+	}
+	f.cond.Broadcast()
+	f.release()
+	f.mu.Unlock()
+
+	s.mu.Lock()
+	delete(s.fills, f.digest)
+	s.mu.Unlock()
+	s.metrics.fillsInFlight.Dec()
+	if err != nil {
+		s.log.Warn("blob fill failed", "digest", f.digest, "error", err)
+	}
+}
+
+// fetch streams the upstream body into the spool file and verifies it.
+func (f *Fill) fetch(ctx context.Context, cancel context.CancelFunc, fetch Fetcher) error {
+	body, size, err := fetch(ctx)
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+
+	spool, err := f.store.createSpool()
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.spool = spool
+	f.size = size
+	f.mu.Unlock()
+	close(f.started)
+
+	stall := time.AfterFunc(StallTimeout, cancel)
+	defer stall.Stop()
+	digester := f.digest.Algorithm().Digester()
+	buf := make([]byte, fillBufferSize)
+	var written int64
+	for {
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			stall.Reset(StallTimeout)
+			if size >= 0 && written+int64(n) > size {
+				return fmt.Errorf("upstream sent more than the %d bytes it announced for %s", size, f.digest)
+			}
+			if _, err := spool.Write(buf[:n]); err != nil {
+				return fmt.Errorf("spooling %s: %w", f.digest, err)
+			}
+			digester.Hash().Write(buf[:n])
+			written += int64(n)
+			f.mu.Lock()
+			f.written = written
+			f.cond.Broadcast()
+			f.mu.Unlock()
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("upstream stalled for %s fetching %s", StallTimeout, f.digest)
+			}
+			return fmt.Errorf("reading %s from upstream: %w", f.digest, rerr)
+		}
+	}
+	if size >= 0 && written != size {
+		return fmt.Errorf("upstream sent %d of the %d bytes it announced for %s", written, size, f.digest)
+	}
+	if got := digester.Digest(); got != f.digest {
+		return fmt.Errorf("blob %s: %w (upstream sent %s)", f.digest, ErrDigestMismatch, got)
+	}
+	f.mu.Lock()
+	f.verified = true
+	f.cond.Broadcast()
+	f.mu.Unlock()
+	return nil
+}
+
+func (s *Store) createSpool() (*os.File, error) {
+	dir := s.spoolDir
+	if s.localRoot != "" {
+		// Same filesystem as the blobs, so commit is a rename.
+		dir = s.localPath("/uploads")
+	}
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("creating spool directory: %w", err)
+	}
+	return os.CreateTemp(dir, "fill-*")
+}
+
+// commit moves the verified spool file under its digest. The spool file
+// stays open for readers that are still following the fill.
+func (f *Fill) commit(ctx context.Context) error {
+	s := f.store
+	spoolName := f.spool.Name()
+	defer os.Remove(spoolName)
+	if s.localRoot != "" {
+		dst := s.localPath(blobPath(f.digest))
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		return os.Rename(spoolName, dst)
+	}
+	tmp := uploadPath()
+	w, err := s.driver.Writer(ctx, tmp, false)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(w, io.NewSectionReader(f.spool, 0, f.written)); err != nil {
+		_ = w.Cancel(ctx)
+		return fmt.Errorf("writing %s to storage: %w", f.digest, err)
+	}
+	if err := w.Commit(ctx); err != nil {
+		_ = w.Cancel(ctx)
+		return fmt.Errorf("committing %s to storage: %w", f.digest, err)
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	return s.driver.Move(ctx, tmp, blobPath(f.digest))
+}
+
+type fillReader struct {
+	fill   *Fill
+	ctx    context.Context
+	offset int64
+	closed bool
+}
+
+func (r *fillReader) Read(p []byte) (int, error) {
+	f := r.fill
+	f.mu.Lock()
+	stop := context.AfterFunc(r.ctx, f.broadcast)
+	var avail int64
+	for {
+		avail = f.readable() - r.offset
+		if avail > 0 {
+			break
+		}
+		if f.err != nil {
+			err := f.err
+			f.mu.Unlock()
+			stop()
+			return 0, fmt.Errorf("blob fill failed: %w", err)
+		}
+		if f.verified && r.offset >= f.written {
+			f.mu.Unlock()
+			stop()
+			return 0, io.EOF
+		}
+		if err := r.ctx.Err(); err != nil {
+			f.mu.Unlock()
+			stop()
+			return 0, err
+		}
+		f.cond.Wait()
+	}
+	spool := f.spool
+	f.mu.Unlock()
+	stop()
+	if int64(len(p)) > avail {
+		p = p[:avail]
+	}
+	n, err := spool.ReadAt(p, r.offset)
+	r.offset += int64(n)
+	if err == io.EOF && n > 0 {
+		err = nil
+	}
+	return n, err
+}
+
+func (r *fillReader) Close() error {
+	f := r.fill
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !r.closed {
+		r.closed = true
+		f.release()
+		f.store.metrics.fillClients.Dec()
+	}
+	return nil
+}
