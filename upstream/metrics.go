@@ -1,0 +1,130 @@
+package upstream
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are shared by every Client registered on the same Registerer and
+// curried with the upstream name. Labels stay bounded: upstream names come
+// from the configuration, methods and status codes from HTTP. Repositories
+// and tags never become labels.
+type metrics struct {
+	requests       *prometheus.CounterVec   // upstream, method, code
+	duration       *prometheus.HistogramVec // upstream, method
+	rateRemaining  *prometheus.GaugeVec     // upstream
+	circuitOpen    *prometheus.GaugeVec     // upstream
+	circuitOpens   *prometheus.CounterVec   // upstream
+	transportSetup *prometheus.CounterVec   // upstream, result
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "pullbroker", Subsystem: "upstream", Name: "requests_total",
+			Help: "HTTP requests sent to upstream registries, their token servers and blob storage, by status code (\"error\" when no response arrived).",
+		}, []string{"upstream", "method", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "pullbroker", Subsystem: "upstream", Name: "request_duration_seconds",
+			Help:    "Time from sending an upstream request to its response headers (blob bodies are not included).",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"upstream", "method"}),
+		rateRemaining: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "pullbroker", Subsystem: "upstream", Name: "ratelimit_remaining",
+			Help: "Pulls left in the current window as last reported by the upstream's ratelimit-remaining header (Docker Hub).",
+		}, []string{"upstream"}),
+		circuitOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "pullbroker", Subsystem: "upstream", Name: "circuit_open",
+			Help: "1 while the upstream's circuit breaker refuses calls (open or waiting for its half-open probe), else 0.",
+		}, []string{"upstream"}),
+		circuitOpens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "pullbroker", Subsystem: "upstream", Name: "circuit_opens_total",
+			Help: "Times the upstream's circuit breaker opened.",
+		}, []string{"upstream"}),
+		transportSetup: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "pullbroker", Subsystem: "upstream", Name: "transport_setups_total",
+			Help: "Authenticated transports set up (registry ping and token fetch) per repository scope, by result.",
+		}, []string{"upstream", "result"}),
+	}
+	if reg != nil {
+		m.requests = registerOrExisting(reg, m.requests)
+		m.duration = registerOrExisting(reg, m.duration)
+		m.rateRemaining = registerOrExisting(reg, m.rateRemaining)
+		m.circuitOpen = registerOrExisting(reg, m.circuitOpen)
+		m.circuitOpens = registerOrExisting(reg, m.circuitOpens)
+		m.transportSetup = registerOrExisting(reg, m.transportSetup)
+	}
+	return m
+}
+
+// registerOrExisting registers c, or returns the collector already
+// registered under the same description: every Client shares one set of
+// metric families on a Registerer.
+func registerOrExisting[T prometheus.Collector](reg prometheus.Registerer, c T) T {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(T); ok {
+				return existing
+			}
+		}
+		// A clashing, different collector: keep counting into ours, which
+		// simply stays unexported, rather than failing the whole proxy.
+	}
+	return c
+}
+
+// instrumentedTransport counts and times every round trip of one upstream
+// and reads its rate-limit header. It sits below ggcr's transports, so pings,
+// token requests and redirected blob fetches are measured too.
+type instrumentedTransport struct {
+	inner         http.RoundTripper
+	requests      *prometheus.CounterVec
+	duration      prometheus.ObserverVec
+	rateRemaining prometheus.Gauge
+}
+
+func (m *metrics) instrument(upstream string, inner http.RoundTripper) *instrumentedTransport {
+	labels := prometheus.Labels{"upstream": upstream}
+	return &instrumentedTransport{
+		inner:         inner,
+		requests:      m.requests.MustCurryWith(labels),
+		duration:      m.duration.MustCurryWith(labels),
+		rateRemaining: m.rateRemaining.With(labels),
+	}
+}
+
+func (t *instrumentedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	start := time.Now()
+	resp, err := t.inner.RoundTrip(req)
+	t.duration.WithLabelValues(req.Method).Observe(time.Since(start).Seconds())
+	if err != nil {
+		t.requests.WithLabelValues(req.Method, "error").Inc()
+		// Every failure of the base transport means no response arrived.
+		return resp, &unreachableError{err: err}
+	}
+	t.requests.WithLabelValues(req.Method, strconv.Itoa(resp.StatusCode)).Inc()
+	if remaining, ok := parseRateLimitRemaining(resp.Header.Get("Ratelimit-Remaining")); ok {
+		t.rateRemaining.Set(remaining)
+	}
+	return resp, nil
+}
+
+// parseRateLimitRemaining reads Docker Hub's "ratelimit-remaining: 100;w=21600"
+// (pulls left; window in seconds after the semicolon).
+func parseRateLimitRemaining(v string) (float64, bool) {
+	if v == "" {
+		return 0, false
+	}
+	count, _, _ := strings.Cut(v, ";")
+	n, err := strconv.ParseInt(strings.TrimSpace(count), 10, 64)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	return float64(n), true
+}
