@@ -1,0 +1,911 @@
+package upstream
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/pullbroker/pullbroker/config"
+)
+
+func testContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func imageFacts(t *testing.T, img v1.Image) (manifest []byte, dgst digest.Digest, mediaType string, layers []v1.Hash) {
+	t.Helper()
+	manifest, err := img.RawManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mt, err := img.MediaType()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range ls {
+		h, err := l.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers = append(layers, h)
+	}
+	cfg, err := img.ConfigName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers = append(layers, cfg)
+	return manifest, digest.FromBytes(manifest), string(mt), layers
+}
+
+// TestBearerUpstreamFullPull walks every call through a token-dance
+// upstream and checks that the ping and token exchange happen once per
+// repository, not once per request.
+func TestBearerUpstreamFullPull(t *testing.T) {
+	ctx := testContext(t)
+	f := newFakeUpstream(t, authBearer, withCDN())
+	img := f.push("library/app:v1")
+	f.push("library/other:v1")
+	raw, dgst, mediaType, blobs := imageFacts(t, img)
+	c := f.newClient(Options{})
+
+	head, err := c.HeadManifest(ctx, "library/app", "v1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if head.Digest != dgst || head.MediaType != mediaType || head.Size != int64(len(raw)) || head.Body != nil {
+		t.Errorf("HeadManifest = %+v, want digest %s, media type %s, size %d, no body", head, dgst, mediaType, len(raw))
+	}
+
+	for _, ref := range []string{"v1", dgst.String()} {
+		m, err := c.GetManifest(ctx, "library/app", ref, nil)
+		if err != nil {
+			t.Fatalf("GetManifest(%s): %v", ref, err)
+		}
+		if m.Digest != dgst || m.MediaType != mediaType || !bytes.Equal(m.Body, raw) || m.Size != int64(len(raw)) {
+			t.Errorf("GetManifest(%s) = digest %s type %s size %d, want %s %s %d", ref, m.Digest, m.MediaType, m.Size, dgst, mediaType, len(raw))
+		}
+	}
+
+	for _, h := range blobs {
+		d := digest.Digest(h.String())
+		size, err := c.HeadBlob(ctx, "library/app", d)
+		if err != nil {
+			t.Fatalf("HeadBlob(%s): %v", d, err)
+		}
+		body, getSize, err := c.GetBlob(ctx, "library/app", d)
+		if err != nil {
+			t.Fatalf("GetBlob(%s): %v", d, err)
+		}
+		content, err := io.ReadAll(body)
+		body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if digest.FromBytes(content) != d || int64(len(content)) != size || getSize != size {
+			t.Errorf("blob %s: got %d bytes hashing to %s, HEAD size %d, GET size %d", d, len(content), digest.FromBytes(content), size, getSize)
+		}
+	}
+	if f.cdnRequests() != len(blobs) {
+		t.Errorf("CDN served %d blob GETs, want %d (every blob GET redirected)", f.cdnRequests(), len(blobs))
+	}
+
+	tags, link, err := c.Tags(ctx, "library/app", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(tags), `"v1"`) || link != "" {
+		t.Errorf("Tags = %s, link %q", tags, link)
+	}
+
+	if got := f.count("GET /v2/"); got != 1 {
+		t.Errorf("pinged %d times for one repository, want 1", got)
+	}
+	if got := f.tokenScopes(); !slices.Equal(got, []string{"repository:library/app:pull"}) {
+		t.Errorf("token requests with scopes %q, want exactly one for repository:library/app:pull", got)
+	}
+
+	// A second repository gets its own scope, hence its own ping and token.
+	if _, err := c.HeadManifest(ctx, "library/other", "v1", nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.count("GET /v2/"); got != 2 {
+		t.Errorf("pinged %d times for two repositories, want 2", got)
+	}
+	if got := f.tokenScopes(); len(got) != 2 || got[1] != "repository:library/other:pull" {
+		t.Errorf("token scopes %q, want a second one for library/other", got)
+	}
+}
+
+// TestBlobRedirectCarriesNoAuthorization proves that credentials for the
+// registry never reach blob storage on another host, for both schemes.
+func TestBlobRedirectCarriesNoAuthorization(t *testing.T) {
+	for _, mode := range []authMode{authBearer, authBasic} {
+		t.Run(map[authMode]string{authBearer: "bearer", authBasic: "basic"}[mode], func(t *testing.T) {
+			ctx := testContext(t)
+			f := newFakeUpstream(t, mode, withCDN())
+			img := f.push("team/app:v1")
+			_, _, _, blobs := imageFacts(t, img)
+			var sawAuthAtRegistry bool
+			f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+				if strings.Contains(r.URL.Path, "/blobs/") && r.Header.Get("Authorization") != "" {
+					sawAuthAtRegistry = true
+				}
+				return false
+			})
+			c := f.newClient(Options{})
+			body, _, err := c.GetBlob(ctx, "team/app", digest.Digest(blobs[0].String()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			content, err := io.ReadAll(body)
+			body.Close()
+			if err != nil || digest.FromBytes(content).String() != blobs[0].String() {
+				t.Fatalf("blob via CDN: %v, digest %s", err, digest.FromBytes(content))
+			}
+			if !sawAuthAtRegistry {
+				t.Error("the registry saw no Authorization on the blob GET: the test proves nothing")
+			}
+			if f.cdnRequests() != 1 {
+				t.Errorf("CDN hits = %d, want 1", f.cdnRequests())
+			}
+		})
+	}
+}
+
+func TestBasicUpstream(t *testing.T) {
+	ctx := testContext(t)
+	f := newFakeUpstream(t, authBasic)
+	img := f.push("team/app:v1")
+	_, dgst, _, _ := imageFacts(t, img)
+
+	m, err := f.newClient(Options{}).GetManifest(ctx, "team/app", "v1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Digest != dgst {
+		t.Errorf("digest %s, want %s", m.Digest, dgst)
+	}
+
+	wrong := f.newClient(Options{Authenticator: authn.FromConfig(authn.AuthConfig{Username: testUser, Password: "wrong-password-xyz"})})
+	_, err = wrong.GetManifest(ctx, "team/app", "v1", nil)
+	var se *StatusError
+	if !errors.As(err, &se) || se.StatusCode != http.StatusUnauthorized || !slices.Equal(se.Codes, []string{"UNAUTHORIZED"}) {
+		t.Fatalf("wrong password: %v, want a 401 StatusError with code UNAUTHORIZED", err)
+	}
+	if IsUnavailable(err) || errors.Is(err, ErrNotFound) {
+		t.Errorf("a 401 is neither unavailable nor not-found: %v", err)
+	}
+	if strings.Contains(err.Error(), "wrong-password-xyz") {
+		t.Errorf("error leaks the password: %v", err)
+	}
+}
+
+func TestAnonymousUpstream(t *testing.T) {
+	ctx := testContext(t)
+	f := newFakeUpstream(t, authNone)
+	img := f.push("app:latest")
+	_, dgst, _, _ := imageFacts(t, img)
+	m, err := f.newClient(Options{}).HeadManifest(ctx, "app", "latest", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Digest != dgst {
+		t.Errorf("digest %s, want %s", m.Digest, dgst)
+	}
+}
+
+// TestRotatedCredentials: the Authenticator is asked per Basic request and
+// per token exchange, so a rotated secret works without a new Client.
+func TestRotatedCredentials(t *testing.T) {
+	t.Run("basic", func(t *testing.T) {
+		ctx := testContext(t)
+		f := newFakeUpstream(t, authBasic)
+		f.push("team/app:v1")
+		auth := &rotatingAuth{password: testPassword}
+		c := f.newClient(Options{Authenticator: auth})
+		for range 3 {
+			if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if auth.callCount() < 3 {
+			t.Errorf("authenticator asked %d times for 3 Basic requests", auth.callCount())
+		}
+		f.setPassword("rotated")
+		auth.set("rotated")
+		if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
+			t.Fatalf("after rotation: %v", err)
+		}
+	})
+	t.Run("bearer", func(t *testing.T) {
+		ctx := testContext(t)
+		f := newFakeUpstream(t, authBearer)
+		f.push("team/app:v1")
+		auth := &rotatingAuth{password: testPassword}
+		c := f.newClient(Options{Authenticator: auth})
+		if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
+			t.Fatal(err)
+		}
+		// The token expires and the secret rotates: the 401 makes ggcr's
+		// transport fetch a new token with the new secret.
+		f.revokeTokens()
+		f.setPassword("rotated")
+		auth.set("rotated")
+		if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
+			t.Fatalf("after token expiry and rotation: %v", err)
+		}
+		if got := len(f.tokenScopes()); got != 2 {
+			t.Errorf("token requests = %d, want 2", got)
+		}
+		if got := f.count("GET /v2/"); got != 1 {
+			t.Errorf("pings = %d, want 1: a refresh needs no new transport", got)
+		}
+	})
+}
+
+// TestConcurrentFirstUseSetsUpOneTransport: many callers hitting a new
+// repository at once share one ping and one token exchange.
+func TestConcurrentFirstUseSetsUpOneTransport(t *testing.T) {
+	ctx := testContext(t)
+	f := newFakeUpstream(t, authBearer)
+	f.push("team/app:v1")
+	c := f.newClient(Options{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for range 16 {
+		wg.Go(func() {
+			_, err := c.HeadManifest(ctx, "team/app", "v1", nil)
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if pings, tokens := f.count("GET /v2/"), len(f.tokenScopes()); pings != 1 || tokens != 1 {
+		t.Errorf("16 concurrent first calls made %d pings and %d token requests, want 1 and 1", pings, tokens)
+	}
+}
+
+func TestTransportCacheEvictsLeastRecentlyUsed(t *testing.T) {
+	ctx := testContext(t)
+	f := newFakeUpstream(t, authBearer)
+	for _, r := range []string{"a", "b", "c"} {
+		f.push("team/" + r + ":v1")
+	}
+	c := f.newClient(Options{TransportCacheSize: 2})
+	for _, r := range []string{"a", "b", "a", "c", "a", "b"} {
+		if _, err := c.HeadManifest(ctx, "team/"+r, "v1", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// a, b set up; a reused; c evicts b; a reused; b set up again.
+	if got := f.count("GET /v2/"); got != 4 {
+		t.Errorf("pings = %d, want 4", got)
+	}
+	if n := c.transports.len(); n != 2 {
+		t.Errorf("cache holds %d transports, want 2", n)
+	}
+}
+
+func TestFailedTransportSetupIsRetried(t *testing.T) {
+	ctx := testContext(t)
+	f := newFakeUpstream(t, authBearer)
+	f.push("team/app:v1")
+	f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == "/token" {
+			writeOCIError(w, http.StatusServiceUnavailable, "UNAVAILABLE", "token service down")
+			return true
+		}
+		return false
+	})
+	c := f.newClient(Options{})
+	_, err := c.HeadManifest(ctx, "team/app", "v1", nil)
+	if !IsUnavailable(err) {
+		t.Fatalf("token server 503: %v, want unavailable", err)
+	}
+	f.setOverride(nil)
+	if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
+		t.Fatalf("after the token server recovered: %v", err)
+	}
+}
+
+func TestManifestVerification(t *testing.T) {
+	ctx := testContext(t)
+	f := newFakeUpstream(t, authNone)
+	img := f.push("team/app:v1")
+	raw, dgst, mediaType, _ := imageFacts(t, img)
+	tampered := append(bytes.Clone(raw), ' ')
+
+	// serveManifest answers manifest GETs with body, announcing announced.
+	serveManifest := func(body []byte, announced string) {
+		f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+			if !strings.Contains(r.URL.Path, "/manifests/") {
+				return false
+			}
+			w.Header().Set("Content-Type", mediaType)
+			if announced != "" {
+				w.Header().Set("Docker-Content-Digest", announced)
+			}
+			w.Write(body)
+			return true
+		})
+	}
+	c := f.newClient(Options{})
+
+	t.Run("tag, lying Docker-Content-Digest", func(t *testing.T) {
+		serveManifest(tampered, dgst.String())
+		_, err := c.GetManifest(ctx, "team/app", "v1", nil)
+		if !errors.Is(err, ErrDigestMismatch) || IsUnavailable(err) {
+			t.Fatalf("got %v, want ErrDigestMismatch (not unavailable)", err)
+		}
+	})
+	t.Run("digest ref, wrong body", func(t *testing.T) {
+		serveManifest(tampered, "")
+		_, err := c.GetManifest(ctx, "team/app", dgst.String(), nil)
+		if !errors.Is(err, ErrDigestMismatch) {
+			t.Fatalf("got %v, want ErrDigestMismatch", err)
+		}
+	})
+	t.Run("tag without Docker-Content-Digest", func(t *testing.T) {
+		serveManifest(raw, "")
+		m, err := c.GetManifest(ctx, "team/app", "v1", nil)
+		if err != nil || m.Digest != dgst {
+			t.Fatalf("got %v, digest %s; want the computed %s", err, m.Digest, dgst)
+		}
+	})
+	t.Run("media type kept exactly", func(t *testing.T) {
+		f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+			w.Header().Set("Content-Type", "application/vnd.docker.distribution.manifest.v2+json; charset=utf-8")
+			w.Write(raw)
+			return true
+		})
+		m, err := c.GetManifest(ctx, "team/app", dgst.String(), nil)
+		if err != nil || m.MediaType != "application/vnd.docker.distribution.manifest.v2+json; charset=utf-8" {
+			t.Fatalf("got %v, media type %q", err, m.MediaType)
+		}
+	})
+}
+
+func TestManifestTooLarge(t *testing.T) {
+	ctx := testContext(t)
+	f := newFakeUpstream(t, authNone)
+	big := bytes.Repeat([]byte("x"), MaxManifestSize+1)
+	c := f.newClient(Options{})
+	for _, announceLength := range []bool{true, false} {
+		f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+			if !strings.Contains(r.URL.Path, "/manifests/") {
+				return false
+			}
+			if announceLength {
+				w.Header().Set("Content-Length", fmt.Sprint(len(big)))
+			} else {
+				w.(http.Flusher).Flush() // chunked: no Content-Length
+			}
+			w.Write(big)
+			return true
+		})
+		_, err := c.GetManifest(ctx, "team/app", "v1", nil)
+		if !errors.Is(err, ErrManifestTooLarge) {
+			t.Errorf("Content-Length announced %v: got %v, want ErrManifestTooLarge", announceLength, err)
+		}
+	}
+}
+
+func TestHeadManifestFallsBackToGETWithoutDigest(t *testing.T) {
+	ctx := testContext(t)
+	f := newFakeUpstream(t, authNone)
+	img := f.push("team/app:v1")
+	raw, dgst, _, _ := imageFacts(t, img)
+	f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/manifests/") {
+			w.Header().Set("Content-Type", "application/vnd.docker.distribution.manifest.v2+json")
+			w.Header().Set("Content-Length", fmt.Sprint(len(raw)))
+			return true // no Docker-Content-Digest
+		}
+		return false
+	})
+	m, err := f.newClient(Options{}).HeadManifest(ctx, "team/app", "v1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Digest != dgst || !bytes.Equal(m.Body, raw) {
+		t.Errorf("fallback gave digest %s, body %d bytes; want %s", m.Digest, len(m.Body), dgst)
+	}
+	if got := f.count("GET /v2/team/app/manifests/v1"); got != 1 {
+		t.Errorf("manifest GETs = %d, want 1", got)
+	}
+}
+
+func TestAcceptHeader(t *testing.T) {
+	ctx := testContext(t)
+	f := newFakeUpstream(t, authNone)
+	f.push("team/app:v1")
+	var got []string
+	var mu sync.Mutex
+	f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.Contains(r.URL.Path, "/manifests/") {
+			mu.Lock()
+			got = append(got, r.Header.Get("Accept"))
+			mu.Unlock()
+		}
+		return false
+	})
+	c := f.newClient(Options{})
+	if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GetManifest(ctx, "team/app", "v1", []string{"application/vnd.oci.image.index.v1+json"}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{strings.Join(DefaultManifestAccept, ", "), "application/vnd.oci.image.index.v1+json"}
+	if !slices.Equal(got, want) {
+		t.Errorf("Accept headers %q, want %q", got, want)
+	}
+}
+
+func TestNotFound(t *testing.T) {
+	ctx := testContext(t)
+	f := newFakeUpstream(t, authBearer)
+	f.push("team/app:v1")
+	c := f.newClient(Options{})
+	missing := digest.FromString("missing")
+	calls := map[string]func() error{
+		"unknown tag": func() error { _, err := c.GetManifest(ctx, "team/app", "nope", nil); return err },
+		"unknown repo": func() error {
+			_, err := c.HeadManifest(ctx, "team/absent", "v1", nil)
+			return err
+		},
+		"unknown blob": func() error { _, _, err := c.GetBlob(ctx, "team/app", missing); return err },
+		"unknown blob HEAD": func() error {
+			_, err := c.HeadBlob(ctx, "team/app", missing)
+			return err
+		},
+		"tags of unknown repo": func() error { _, _, err := c.Tags(ctx, "team/absent", nil); return err },
+	}
+	for name, call := range calls {
+		err := call()
+		if !errors.Is(err, ErrNotFound) || IsUnavailable(err) {
+			t.Errorf("%s: %v, want ErrNotFound", name, err)
+		}
+		var se *StatusError
+		if !errors.As(err, &se) || se.StatusCode != http.StatusNotFound {
+			t.Errorf("%s: %v, want a 404 StatusError", name, err)
+		}
+	}
+	_, err := c.GetManifest(ctx, "team/app", "nope", nil)
+	var se *StatusError
+	if errors.As(err, &se) && !slices.Equal(se.Codes, []string{"MANIFEST_UNKNOWN"}) {
+		t.Errorf("codes %q, want MANIFEST_UNKNOWN", se.Codes)
+	}
+}
+
+// deadPort returns a loopback port that refuses connections.
+func deadPort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// hangUpServer accepts connections and closes them without answering.
+func hangUpServer(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			conn.Close()
+		}
+	}()
+	return l.Addr().String()
+}
+
+func TestIsUnavailable(t *testing.T) {
+	statusUpstream := func(t *testing.T, status int) *Client {
+		f := newFakeUpstream(t, authNone)
+		f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+			if r.URL.Path == "/v2/" {
+				return false
+			}
+			writeOCIError(w, status, "X", "status")
+			return true
+		})
+		return f.newClient(Options{})
+	}
+	endpointClient := func(t *testing.T, hostPort string, responseTimeout time.Duration) *Client {
+		c, err := New(config.Upstream{Name: "dead", Endpoint: "http://" + hostPort,
+			DialTimeout: time.Second, ResponseTimeout: responseTimeout}, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	slowUpstream := func(t *testing.T) *Client {
+		f := newFakeUpstream(t, authNone)
+		f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+			if r.URL.Path == "/v2/" {
+				return false
+			}
+			select {
+			case <-r.Context().Done():
+			case <-time.After(2 * time.Second):
+			}
+			return true
+		})
+		c, err := New(config.Upstream{Name: "slow", Endpoint: f.srv.URL, DialTimeout: time.Second,
+			ResponseTimeout: 100 * time.Millisecond}, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	cases := []struct {
+		name        string
+		client      func(t *testing.T) *Client
+		unavailable bool
+	}{
+		{"503", func(t *testing.T) *Client { return statusUpstream(t, 503) }, true},
+		{"500", func(t *testing.T) *Client { return statusUpstream(t, 500) }, true},
+		{"429", func(t *testing.T) *Client { return statusUpstream(t, 429) }, true},
+		{"closed port", func(t *testing.T) *Client { return endpointClient(t, deadPort(t), time.Second) }, true},
+		{"connection closed without answer", func(t *testing.T) *Client { return endpointClient(t, hangUpServer(t), time.Second) }, true},
+		{"response header timeout", slowUpstream, true},
+		{"403", func(t *testing.T) *Client { return statusUpstream(t, 403) }, false},
+		{"400", func(t *testing.T) *Client { return statusUpstream(t, 400) }, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := tc.client(t).GetManifest(testContext(t), "team/app", "v1", nil)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if IsUnavailable(err) != tc.unavailable {
+				t.Errorf("IsUnavailable(%v) = %v, want %v", err, !tc.unavailable, tc.unavailable)
+			}
+		})
+	}
+
+	t.Run("sentinels", func(t *testing.T) {
+		if !IsUnavailable(fmt.Errorf("x: %w", ErrOffline)) || !IsUnavailable(fmt.Errorf("x: %w", ErrCircuitOpen)) {
+			t.Error("ErrOffline and ErrCircuitOpen must be unavailable")
+		}
+		if IsUnavailable(nil) || IsUnavailable(ErrNotFound) || IsUnavailable(ErrDigestMismatch) {
+			t.Error("nil, ErrNotFound and ErrDigestMismatch are not unavailable")
+		}
+	})
+
+	t.Run("caller cancelled", func(t *testing.T) {
+		f := newFakeUpstream(t, authNone)
+		ctx, cancel := context.WithCancel(t.Context())
+		f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+			if r.URL.Path == "/v2/" {
+				return false
+			}
+			cancel()
+			<-r.Context().Done()
+			return true
+		})
+		_, err := f.newClient(Options{}).GetManifest(ctx, "team/app", "v1", nil)
+		if !errors.Is(err, context.Canceled) || IsUnavailable(err) {
+			t.Errorf("got %v, want context.Canceled and not unavailable", err)
+		}
+	})
+}
+
+// TestCircuitBreaker: after the threshold of unavailable calls the next
+// call fails at once without a connection; after the cool-down one probe
+// goes through, and its success closes the circuit.
+func TestCircuitBreaker(t *testing.T) {
+	ctx := testContext(t)
+	f := newFakeUpstream(t, authNone)
+	f.push("team/app:v1")
+	f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		writeOCIError(w, http.StatusServiceUnavailable, "UNAVAILABLE", "down")
+		return true
+	})
+	c := f.newClient(Options{CircuitFailureThreshold: 3, CircuitCoolDown: 300 * time.Millisecond})
+	for i := range 3 {
+		if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); !IsUnavailable(err) || errors.Is(err, ErrCircuitOpen) {
+			t.Fatalf("call %d: %v, want an upstream 503", i, err)
+		}
+	}
+	if !c.CircuitOpen() {
+		t.Fatal("circuit still closed after 3 unavailable calls")
+	}
+	conns, reqs := f.listener.accepted.Load(), f.totalRequests()
+	start := time.Now()
+	_, err := c.GetManifest(ctx, "team/app", "v1", nil)
+	if !errors.Is(err, ErrCircuitOpen) || !IsUnavailable(err) {
+		t.Fatalf("open circuit: %v, want ErrCircuitOpen", err)
+	}
+	if time.Since(start) > 50*time.Millisecond {
+		t.Errorf("an open circuit took %v to refuse", time.Since(start))
+	}
+	if f.listener.accepted.Load() != conns || f.totalRequests() != reqs {
+		t.Error("a call with the circuit open reached the upstream")
+	}
+
+	time.Sleep(350 * time.Millisecond)
+	f.setOverride(nil)
+	if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
+		t.Fatalf("half-open probe: %v", err)
+	}
+	if c.CircuitOpen() {
+		t.Error("circuit still open after a successful probe")
+	}
+}
+
+func TestOfflineOpensNoConnection(t *testing.T) {
+	ctx := testContext(t)
+	f := newFakeUpstream(t, authBearer)
+	f.push("team/app:v1")
+	c := f.newClient(Options{Offline: true})
+	d := digest.FromString("x")
+	calls := []func() error{
+		func() error { _, err := c.HeadManifest(ctx, "team/app", "v1", nil); return err },
+		func() error { _, err := c.GetManifest(ctx, "team/app", "v1", nil); return err },
+		func() error { _, _, err := c.GetBlob(ctx, "team/app", d); return err },
+		func() error { _, err := c.HeadBlob(ctx, "team/app", d); return err },
+		func() error { _, _, err := c.Tags(ctx, "team/app", nil); return err },
+		func() error { _, _, err := c.Referrers(ctx, "team/app", d, nil); return err },
+	}
+	for i, call := range calls {
+		if err := call(); !errors.Is(err, ErrOffline) || !IsUnavailable(err) {
+			t.Errorf("call %d offline: %v, want ErrOffline", i, err)
+		}
+	}
+	if n := f.listener.accepted.Load(); n != 0 {
+		t.Errorf("offline client opened %d connections", n)
+	}
+	c.SetOffline(false)
+	if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
+		t.Fatalf("back online: %v", err)
+	}
+}
+
+func TestNewDoesNoNetworkIO(t *testing.T) {
+	f := newFakeUpstream(t, authBearer)
+	f.newClient(Options{})
+	if n := f.listener.accepted.Load(); n != 0 {
+		t.Errorf("New opened %d connections", n)
+	}
+	for _, endpoint := range []string{"", "registry.example.com", "ftp://registry.example.com",
+		"https://registry.example.com/prefix", "https://user:pw@registry.example.com"} {
+		if _, err := New(config.Upstream{Name: "x", Endpoint: endpoint}, Options{}); err == nil {
+			t.Errorf("New accepted endpoint %q", endpoint)
+		} else if strings.Contains(err.Error(), "pw@") {
+			t.Errorf("error repeats credentials: %v", err)
+		}
+	}
+}
+
+func TestInvalidArgumentsSendNothing(t *testing.T) {
+	ctx := testContext(t)
+	f := newFakeUpstream(t, authNone)
+	c := f.newClient(Options{})
+	for _, call := range []func() error{
+		func() error { _, err := c.GetManifest(ctx, "../etc", "v1", nil); return err },
+		func() error { _, err := c.GetManifest(ctx, "team/app", "v1?x=1", nil); return err },
+		func() error { _, err := c.HeadManifest(ctx, "team/app", "sha256:nothex", nil); return err },
+		func() error { _, _, err := c.GetBlob(ctx, "team/app", "sha256:../../x"); return err },
+		func() error { _, _, err := c.Tags(ctx, "Team/App", nil); return err },
+	} {
+		if err := call(); err == nil {
+			t.Error("invalid argument accepted")
+		}
+	}
+	if n := f.totalRequests(); n != 0 {
+		t.Errorf("invalid arguments caused %d upstream requests", n)
+	}
+}
+
+// TestHTTPSEndpointNeverFallsBackToHTTP: ggcr would retry a loopback
+// registry over plain http; the client must not downgrade.
+func TestHTTPSEndpointNeverFallsBackToHTTP(t *testing.T) {
+	f := newFakeUpstream(t, authNone)
+	f.push("team/app:v1")
+	c, err := New(config.Upstream{Name: "tls", Endpoint: "https://" + f.host(), DialTimeout: time.Second, ResponseTimeout: time.Second}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.HeadManifest(testContext(t), "team/app", "v1", nil); err == nil {
+		t.Fatal("an https endpoint served by plain http answered")
+	}
+	if n := f.totalRequests(); n != 0 {
+		t.Errorf("%d plain-http requests reached the upstream", n)
+	}
+}
+
+func TestErrorsCarryNoSecrets(t *testing.T) {
+	ctx := testContext(t)
+	f := newFakeUpstream(t, authBearer, withCDN())
+	img := f.push("team/app:v1")
+	_, _, _, blobs := imageFacts(t, img)
+	c := f.newClient(Options{})
+	if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
+		t.Fatal(err)
+	}
+	// The CDN goes away: the redirect's signed URL must not appear.
+	f.cdn.Close()
+	_, _, err := c.GetBlob(ctx, "team/app", digest.Digest(blobs[0].String()))
+	if !IsUnavailable(err) {
+		t.Fatalf("dead CDN: %v, want unavailable", err)
+	}
+	// The token server fails on a new repository.
+	f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == "/token" {
+			writeOCIError(w, http.StatusInternalServerError, "UNKNOWN", "boom")
+			return true
+		}
+		return false
+	})
+	_, err2 := c.HeadManifest(ctx, "team/other", "v1", nil)
+	if !IsUnavailable(err2) {
+		t.Fatalf("token server 500: %v, want unavailable", err2)
+	}
+	for _, e := range []error{err, err2} {
+		msg := e.Error()
+		for _, secret := range []string{testPassword, "sig=", "token-", "scope="} {
+			if strings.Contains(msg, secret) {
+				t.Errorf("error %q contains %q", msg, secret)
+			}
+		}
+	}
+}
+
+func TestGetBlobContextCancelsBody(t *testing.T) {
+	f := newFakeUpstream(t, authNone)
+	f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.Contains(r.URL.Path, "/blobs/") {
+			return false
+		}
+		w.Header().Set("Content-Length", "1000000")
+		w.Write(make([]byte, 1000))
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+		return true
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	body, size, err := f.newClient(Options{}).GetBlob(ctx, "team/app", digest.FromString("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer body.Close()
+	if size != 1000000 {
+		t.Errorf("size %d, want 1000000", size)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := io.ReadAll(body); done <- err }()
+	cancel()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("a cancelled body read ended without error")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("cancelling ctx did not end the body")
+	}
+}
+
+func TestTagsPassesPaginationAndLink(t *testing.T) {
+	ctx := testContext(t)
+	f := newFakeUpstream(t, authNone)
+	var gotQuery url.Values
+	f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.HasSuffix(r.URL.Path, "/tags/list") {
+			return false
+		}
+		gotQuery = r.URL.Query()
+		w.Header().Set("Link", `</v2/team/app/tags/list?last=b&n=2>; rel="next"`)
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"name":"team/app","tags":["a","b"]}`))
+		return true
+	})
+	body, link, err := f.newClient(Options{}).Tags(ctx, "team/app", url.Values{"n": {"2"}, "last": {"0"}, "evil": {"1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(body) != `{"name":"team/app","tags":["a","b"]}` || link != `</v2/team/app/tags/list?last=b&n=2>; rel="next"` {
+		t.Errorf("body %s link %q", body, link)
+	}
+	if gotQuery.Encode() != "last=0&n=2" {
+		t.Errorf("upstream got query %q, want only n and last", gotQuery.Encode())
+	}
+}
+
+func TestReferrers(t *testing.T) {
+	ctx := testContext(t)
+	t.Run("supported", func(t *testing.T) {
+		f := newFakeUpstream(t, authBearer, withRegistryOptions(registry.WithReferrersSupport(true)))
+		img := f.push("team/app:v1")
+		_, dgst, _, _ := imageFacts(t, img)
+		// A referrer: a manifest whose subject is img.
+		subRaw, _, _, _ := imageFacts(t, f.push("team/app:sig"))
+		var m map[string]any
+		json.Unmarshal(subRaw, &m)
+		rawImg, _ := img.RawManifest()
+		m["subject"] = map[string]any{"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": dgst.String(), "size": len(rawImg)}
+		withSubject, _ := json.Marshal(m)
+		putManifest(t, f, "team/app", "signature", withSubject)
+
+		body, ct, err := f.newClient(Options{}).Referrers(ctx, "team/app", dgst, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ct != ociIndexMediaType || !strings.Contains(string(body), digest.FromBytes(withSubject).String()) {
+			t.Errorf("referrers %s (%s), want an index naming %s", body, ct, digest.FromBytes(withSubject))
+		}
+	})
+	t.Run("no referrers API", func(t *testing.T) {
+		f := newFakeUpstream(t, authNone)
+		img := f.push("team/app:v1")
+		_, dgst, _, _ := imageFacts(t, img)
+		_, _, err := f.newClient(Options{}).Referrers(ctx, "team/app", dgst, nil)
+		if !errors.Is(err, ErrNotFound) || IsUnavailable(err) {
+			t.Errorf("got %v, want ErrNotFound", err)
+		}
+	})
+}
+
+// putManifest stores a manifest straight into the fake's registry.
+func putManifest(t *testing.T, f *fakeUpstream, repo, tag string, body []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPut, "/v2/"+repo+"/manifests/"+tag, bytes.NewReader(body))
+	req.Header.Set("Content-Type", "application/vnd.docker.distribution.manifest.v2+json")
+	rec := &statusRecorder{header: http.Header{}}
+	f.registry.ServeHTTP(rec, req)
+	if rec.status != http.StatusCreated {
+		t.Fatalf("PUT manifest: status %d", rec.status)
+	}
+}
+
+type statusRecorder struct {
+	header http.Header
+	status int
+}
+
+func (r *statusRecorder) Header() http.Header { return r.header }
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return len(b), nil
+}
+func (r *statusRecorder) WriteHeader(s int) { r.status = s }
