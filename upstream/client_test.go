@@ -877,9 +877,22 @@ func TestReferrers(t *testing.T) {
 		f := newFakeUpstream(t, authNone)
 		img := f.push("team/app:v1")
 		_, dgst, _, _ := imageFacts(t, img)
-		_, _, err := f.newClient(Options{}).Referrers(ctx, "team/app", dgst, nil)
+		c := f.newClient(Options{})
+		_, _, err := c.Referrers(ctx, "team/app", dgst, nil)
 		if !errors.Is(err, ErrNotFound) || IsUnavailable(err) {
-			t.Errorf("got %v, want ErrNotFound", err)
+			t.Errorf("404: got %v, want ErrNotFound", err)
+		}
+		// Some registries answer unknown routes with a 200 web page.
+		f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+			if !strings.Contains(r.URL.Path, "/referrers/") {
+				return false
+			}
+			w.Header().Set("Content-Type", "text/html")
+			w.Write([]byte("<html></html>"))
+			return true
+		})
+		if _, _, err := c.Referrers(ctx, "team/app", dgst, nil); !errors.Is(err, ErrNotFound) {
+			t.Errorf("200 text/html: got %v, want ErrNotFound", err)
 		}
 	})
 }
@@ -909,3 +922,35 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 func (r *statusRecorder) WriteHeader(s int) { r.status = s }
+
+// TestSetupSurvivesFirstCallerCancel: the transport set-up belongs to every
+// caller waiting for it, so the first caller giving up must not fail the
+// others (or cost a second ping).
+func TestSetupSurvivesFirstCallerCancel(t *testing.T) {
+	f := newFakeUpstream(t, authBearer)
+	f.push("team/app:v1")
+	f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == "/v2/" {
+			time.Sleep(150 * time.Millisecond) // a slow ping
+		}
+		return false
+	})
+	c := f.newClient(Options{})
+	impatient, cancel := context.WithTimeout(t.Context(), 30*time.Millisecond)
+	defer cancel()
+	firstErr := make(chan error, 1)
+	go func() {
+		_, err := c.HeadManifest(impatient, "team/app", "v1", nil)
+		firstErr <- err
+	}()
+	time.Sleep(10 * time.Millisecond)
+	if _, err := c.HeadManifest(testContext(t), "team/app", "v1", nil); err != nil {
+		t.Fatalf("patient caller: %v", err)
+	}
+	if err := <-firstErr; !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("impatient caller: %v, want its own deadline", err)
+	}
+	if got := f.count("GET /v2/"); got != 1 {
+		t.Errorf("pings = %d, want 1", got)
+	}
+}
