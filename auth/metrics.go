@@ -1,0 +1,75 @@
+package auth
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metric names. The only label is the upstream name from the config, so the
+// series are bounded by the number of configured upstreams.
+const (
+	metricErrors  = "pullbroker_credential_errors_total"
+	metricHealthy = "pullbroker_credential_source_healthy"
+	metricReloads = "pullbroker_credential_reloads_total"
+)
+
+type metrics struct {
+	errors  *prometheus.CounterVec
+	healthy *prometheus.GaugeVec
+	reloads *prometheus.CounterVec
+}
+
+// newMetrics registers the credential metrics on reg (which may be nil),
+// reusing the collectors already there when another Source registered them.
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: metricErrors,
+			Help: "Attempts to load, rotate or refresh an upstream credential that failed (the last good credential stays in use).",
+		}, []string{"upstream"}),
+		healthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: metricHealthy,
+			Help: "1 when the last attempt to load, rotate or refresh the upstream credential succeeded, else 0.",
+		}, []string{"upstream"}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: metricReloads,
+			Help: "New upstream credentials taken into use: first load, rotation of a file or Secret, OAuth2 token refresh.",
+		}, []string{"upstream"}),
+	}
+	if reg == nil {
+		return m
+	}
+	m.errors = register(reg, m.errors)
+	m.healthy = register(reg, m.healthy)
+	m.reloads = register(reg, m.reloads)
+	return m
+}
+
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing
+			}
+		}
+		// A different collector under the same name is a programming
+		// error in the process; keep ours working, unexported.
+	}
+	return c
+}
+
+type upstreamMetrics struct {
+	errors  prometheus.Counter
+	healthy prometheus.Gauge
+	reloads prometheus.Counter
+}
+
+func (m *metrics) forUpstream(name string) *upstreamMetrics {
+	return &upstreamMetrics{
+		errors:  m.errors.WithLabelValues(name),
+		healthy: m.healthy.WithLabelValues(name),
+		reloads: m.reloads.WithLabelValues(name),
+	}
+}
