@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"path"
+	"sort"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -48,4 +50,21 @@ func (s *Store) PutTag(ctx context.Context, registry, repo, tag string, t Tag) e
 		return err
 	}
 	return s.putAtomic(ctx, tagPath(registry, repo, tag), b)
+}
+
+// Tags lists the tags the cache holds records for, sorted.
+func (s *Store) Tags(ctx context.Context, registry, repo string) ([]string, error) {
+	entries, err := s.driver.List(ctx, path.Join(repoPath(registry, repo), "_tags"))
+	if isPathNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	tags := make([]string, 0, len(entries))
+	for _, e := range entries {
+		tags = append(tags, path.Base(e))
+	}
+	sort.Strings(tags)
+	return tags, nil
 }

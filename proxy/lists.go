@@ -1,0 +1,180 @@
+package proxy
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"regexp"
+	"sort"
+	"strconv"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
+	v2 "github.com/distribution/distribution/v3/registry/api/v2"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/pullbroker/pullbroker/upstream"
+)
+
+const maxListPage = 10000
+
+// serveCatalog lists the repositories the cache holds, as
+// "<registry>/<repository>", the name a client pulls them by.
+func (h *Handler) serveCatalog(w http.ResponseWriter, r *http.Request) {
+	repos, err := h.store.Repositories(r.Context())
+	if err != nil {
+		writeError(w, r, internalError(err))
+		return
+	}
+	page, next, apiErr := paginate(repos, r.URL.Query())
+	if apiErr != nil {
+		writeError(w, r, apiErr)
+		return
+	}
+	if next != "" {
+		q := url.Values{"n": {strconv.Itoa(len(page))}, "last": {next}}
+		w.Header().Set("Link", fmt.Sprintf(`</v2/_catalog?%s>; rel="next"`, q.Encode()))
+	}
+	writeJSON(w, r, "application/json", map[string][]string{"repositories": page})
+}
+
+// paginate applies n and last to a sorted list; next is the last item
+// returned when more follow.
+func paginate(items []string, q url.Values) (page []string, next string, apiErr *apiError) {
+	n := len(items)
+	if s := q.Get("n"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v < 0 {
+			return nil, "", newAPIError(http.StatusBadRequest, v2.ErrorCodePaginationNumberInvalid, "n=%q is not a non-negative number", s)
+		}
+		n = min(v, maxListPage)
+	}
+	if last := q.Get("last"); last != "" {
+		i := sort.SearchStrings(items, last)
+		if i < len(items) && items[i] == last {
+			i++
+		}
+		items = items[i:]
+	}
+	page = make([]string, 0, min(n, len(items)))
+	page = append(page, items[:min(n, len(items))]...)
+	if len(page) < len(items) && len(page) > 0 {
+		next = page[len(page)-1]
+	}
+	return page, next, nil
+}
+
+// serveTags passes the tag list through from the upstream, n, last and
+// Link included; when the upstream is offline or down, the tags the cache
+// knows are listed instead.
+func (h *Handler) serveTags(w http.ResponseWriter, r *http.Request, rt *route, info *requestInfo) {
+	ctx := r.Context()
+	if !h.offline(rt) {
+		body, link, err := h.client(rt).Tags(ctx, rt.repository, r.URL.Query())
+		if err == nil {
+			if link != "" {
+				if rewritten, ok := rewriteNextLink(link, r); ok {
+					w.Header().Set("Link", rewritten)
+				}
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+			w.WriteHeader(http.StatusOK)
+			if r.Method == http.MethodGet {
+				_, _ = w.Write(body)
+			}
+			return
+		}
+		if !upstream.IsUnavailable(err) {
+			writeError(w, r, fromUpstream(rt, err))
+			return
+		}
+		h.log.Warn("listing cached tags: upstream unavailable", "registry", rt.registry, "repository", rt.repository, "error", err)
+	}
+	tags, err := h.store.Tags(ctx, rt.registry, rt.repository)
+	if err != nil {
+		writeError(w, r, internalError(err))
+		return
+	}
+	if len(tags) == 0 {
+		writeError(w, r, fromUpstream(rt, upstream.ErrOffline))
+		return
+	}
+	info.outcome = outcomeStale
+	page, next, apiErr := paginate(tags, r.URL.Query())
+	if apiErr != nil {
+		writeError(w, r, apiErr)
+		return
+	}
+	if next != "" {
+		q := r.URL.Query()
+		q.Set("last", next)
+		w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, q.Encode()))
+	}
+	writeJSON(w, r, "application/json", map[string]any{"name": rt.repository, "tags": page})
+}
+
+var linkTarget = regexp.MustCompile(`^\s*<([^>]*)>(.*)$`)
+
+// rewriteNextLink points the upstream's Link at this proxy's own path for
+// the same repository, keeping only the pagination parameters, so a
+// client never follows a link to another host.
+func rewriteNextLink(link string, r *http.Request) (string, bool) {
+	m := linkTarget.FindStringSubmatch(link)
+	if m == nil {
+		return "", false
+	}
+	target, err := url.Parse(m[1])
+	if err != nil {
+		return "", false
+	}
+	q := url.Values{}
+	for _, k := range []string{"n", "last"} {
+		if v := target.Query().Get(k); v != "" {
+			q.Set(k, v)
+		}
+	}
+	if ns := r.URL.Query().Get("ns"); ns != "" {
+		q.Set("ns", ns)
+	}
+	return fmt.Sprintf("<%s?%s>%s", r.URL.Path, q.Encode(), m[2]), true
+}
+
+// emptyReferrers is the answer for an upstream without the referrers API.
+var emptyReferrers = []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`)
+
+func (h *Handler) serveReferrers(w http.ResponseWriter, r *http.Request, rt *route, info *requestInfo) {
+	body, contentType := emptyReferrers, "application/vnd.oci.image.index.v1+json"
+	if !h.offline(rt) {
+		b, ct, err := h.client(rt).Referrers(r.Context(), rt.repository, digest.Digest(rt.reference), r.URL.Query())
+		switch {
+		case err == nil:
+			body, contentType = b, ct
+		case errors.Is(err, upstream.ErrNotFound):
+		default:
+			writeError(w, r, fromUpstream(rt, err))
+			return
+		}
+	}
+	w.Header().Set("Content-Type", contentType)
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		_, _ = w.Write(body)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, r *http.Request, contentType string, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		writeError(w, r, newAPIError(http.StatusInternalServerError, errcode.ErrorCodeUnknown, "encoding response: %v", err))
+		return
+	}
+	w.Header().Set("Content-Type", contentType)
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		_, _ = w.Write(b)
+	}
+}

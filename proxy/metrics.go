@@ -1,0 +1,59 @@
+package proxy
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	requests      *prometheus.CounterVec
+	duration      *prometheus.HistogramVec
+	cacheRequests *prometheus.CounterVec
+	servedBytes   *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullbroker_http_requests_total",
+			Help: "Client requests by route, method and status code.",
+		}, []string{"route", "method", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "pullbroker_http_request_duration_seconds",
+			Help:    "Time to answer a client request, body included.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
+		}, []string{"route", "method"}),
+		cacheRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullbroker_cache_requests_total",
+			Help: "Cache lookups by kind (manifest, blob, tag), upstream and result (hit, miss, stale, pinned).",
+		}, []string{"kind", "upstream", "result"}),
+		servedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullbroker_served_bytes_total",
+			Help: "Blob bytes sent to clients by source (cache, upstream).",
+		}, []string{"source"}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.requests, m.duration, m.cacheRequests, m.servedBytes} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) observeRequest(route, method string, code int, d time.Duration) {
+	if method != "GET" && method != "HEAD" {
+		method = "other"
+	}
+	m.requests.WithLabelValues(route, method, strconv.Itoa(code)).Inc()
+	m.duration.WithLabelValues(route, method).Observe(d.Seconds())
+}
+
+// cacheResult counts one lookup and records it for the request log.
+func (h *Handler) cacheResult(info *requestInfo, kind, upstream, result string) {
+	info.outcome = result
+	h.metrics.cacheRequests.WithLabelValues(kind, upstream, result).Inc()
+}

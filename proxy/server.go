@@ -1,0 +1,203 @@
+// Package proxy is pullbroker's HTTP face: the OCI distribution pull API
+// over every configured upstream, OCI error bodies, and the request path
+// where the cache and the upstream clients meet.
+package proxy
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/pullbroker/pullbroker/cache"
+	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/upstream"
+)
+
+// Options are what a Handler is built from.
+type Options struct {
+	Config *config.Config
+	Store  *cache.Store
+	// Upstreams holds one client per configured upstream, by Name.
+	Upstreams  map[string]*upstream.Client
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	// Now is the clock; tests move it.
+	Now func() time.Time
+}
+
+// Handler serves the registry API.
+type Handler struct {
+	cfg       *config.Config
+	store     *cache.Store
+	upstreams map[string]*upstream.Client
+	log       *slog.Logger
+	metrics   *metrics
+	now       func() time.Time
+
+	// Concurrent requests for the same tag or manifest share one upstream
+	// round trip.
+	manifestFlight singleflight.Group
+}
+
+// New returns a Handler.
+func New(opts Options) (*Handler, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	for _, u := range opts.Config.Upstreams {
+		if opts.Upstreams[u.Name] == nil {
+			return nil, fmt.Errorf("proxy: no upstream client for configured upstream %q", u.Name)
+		}
+	}
+	m, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	return &Handler{
+		cfg:       opts.Config,
+		store:     opts.Store,
+		upstreams: opts.Upstreams,
+		log:       opts.Logger,
+		metrics:   m,
+		now:       opts.Now,
+	}, nil
+}
+
+// ServeHTTP routes one request and logs it.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := h.now()
+	info := &requestInfo{id: requestID(r)}
+	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+	rec.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	rec.Header().Set("X-Request-Id", info.id)
+
+	h.serve(rec, r, info)
+
+	elapsed := h.now().Sub(start)
+	h.metrics.observeRequest(info.kind, r.Method, rec.status, elapsed)
+	h.log.LogAttrs(r.Context(), slog.LevelInfo, "request",
+		slog.String("id", info.id),
+		slog.String("method", r.Method),
+		slog.String("path", r.URL.Path),
+		slog.Int("status", rec.status),
+		slog.Int64("bytes", rec.bytes),
+		slog.String("upstream", info.upstream),
+		slog.String("cache", info.outcome),
+		slog.Duration("duration", elapsed),
+		slog.String("remote", r.RemoteAddr),
+	)
+}
+
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, info *requestInfo) {
+	rt, apiErr := parseRoute(h.cfg, r)
+	if apiErr != nil {
+		info.kind = "invalid"
+		writeError(w, r, apiErr)
+		return
+	}
+	info.kind = rt.kind
+	info.upstream = rt.registry
+
+	if rt.kind == kindUpload || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
+		writeError(w, r, newAPIError(http.StatusMethodNotAllowed, errcode.ErrorCodeUnsupported,
+			"pullbroker is a pull-through cache: %s %s is not supported", r.Method, r.URL.Path))
+		return
+	}
+
+	switch rt.kind {
+	case kindBase:
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		if r.Method == http.MethodGet {
+			_, _ = w.Write([]byte("{}"))
+		}
+	case kindCatalog:
+		h.serveCatalog(w, r)
+	case kindManifest:
+		h.serveManifest(w, r, rt, info)
+	case kindBlob:
+		h.serveBlob(w, r, rt, info)
+	case kindTags:
+		h.serveTags(w, r, rt, info)
+	case kindReferrers:
+		h.serveReferrers(w, r, rt, info)
+	}
+}
+
+func (h *Handler) client(rt *route) *upstream.Client { return h.upstreams[rt.registry] }
+
+func (h *Handler) offline(rt *route) bool {
+	return h.cfg.EffectiveMode(rt.upstream) == config.ModeOffline || h.client(rt).Offline()
+}
+
+// requestInfo collects what the request log line and metrics report.
+type requestInfo struct {
+	id       string
+	kind     string
+	upstream string
+	outcome  string // hit, miss, stale, pinned, or empty
+}
+
+// requestID keeps a caller's ID (a sane one) so logs join across hops.
+func requestID(r *http.Request) string {
+	if id := r.Header.Get("X-Request-Id"); id != "" && len(id) <= 64 && printableASCII(id) {
+		return id
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status      int
+	bytes       int64
+	wroteHeader bool
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if !s.wroteHeader {
+		s.status, s.wroteHeader = code, true
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	s.wroteHeader = true
+	n, err := s.ResponseWriter.Write(b)
+	s.bytes += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController and io.Copy's sendfile path reach
+// the connection's own writer.
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// ReadFrom keeps sendfile working: http's own response writer uses it
+// when the source is a file.
+func (s *statusRecorder) ReadFrom(src io.Reader) (int64, error) {
+	s.wroteHeader = true
+	n, err := io.Copy(s.ResponseWriter, src)
+	s.bytes += n
+	return n, err
+}
