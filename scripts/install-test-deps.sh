@@ -18,14 +18,6 @@ APT_PACKAGES=(docker-registry apache2-utils skopeo containerd iproute2 util-linu
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-# timed LABEL CMD...: runs CMD and logs how long it took, so cold-install costs stay visible in CI.
-timed() {
-	local label=$1 start=$SECONDS
-	shift
-	"$@"
-	log "$label: done in $((SECONDS - start))s"
-}
-
 as_root() {
 	if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
@@ -40,6 +32,7 @@ install_apt() {
 		return
 	fi
 	log "apt packages: installing ${missing[*]}"
+	local start=$SECONDS
 	# apt's progress is long and useless in CI; it is shown only when something fails.
 	local aptlog=$TEST_CACHE/apt.log
 	if ! {
@@ -49,6 +42,7 @@ install_apt() {
 		cat "$aptlog" >&2
 		return 1
 	fi
+	log "apt packages: installed in $((SECONDS - start))s"
 }
 
 # go_env CMD...: runs a go command for a tool build, isolated from the caller's module settings
@@ -58,11 +52,14 @@ go_env() {
 	env GOFLAGS=-buildvcs=false GOWORK=off GOTOOLCHAIN=local GO111MODULE=on "$@"
 }
 
-# publish TMPDIR DIR: moves a finished build into its versioned folder in one rename, so an
-# interrupted build never leaves a folder that a later run would take as cached.
+# publish TMPDIR DIR START: moves a finished build into its versioned folder in one rename, so an
+# interrupted build never leaves a folder that a later run would take as cached. Logs the build
+# time (since $SECONDS was START) so cold-install costs stay visible in CI.
 publish() {
 	rm -rf "$2"
+	chmod 755 "$1"
 	mv -T "$1" "$2"
+	log "$(basename "$2"): built in $((SECONDS - $3))s"
 }
 
 # go_install DIR BINARY PKG@VERSION: `go install` of a command into its versioned folder, once.
@@ -73,10 +70,10 @@ go_install() {
 		return
 	fi
 	log "$bin: building $pkg"
-	local tmp
+	local tmp start=$SECONDS
 	tmp=$(mktemp -d "$dir.partial.XXXXXX")
 	(cd "$tmp" && go_env GOBIN="$tmp" go install "$pkg")
-	publish "$tmp" "$dir"
+	publish "$tmp" "$dir" "$start"
 }
 
 # new_tool_module NAME: a throwaway module in a temp dir, for tools that `go install` refuses
@@ -105,7 +102,7 @@ build_etcd() {
 		return
 	fi
 	log "etcd: building $ETCD_VERSION"
-	local mod tmp
+	local mod tmp start=$SECONDS
 	mod=$(new_tool_module etcd)
 	tmp=$(mktemp -d "$ETCD_DIR.partial.XXXXXX")
 	write_tools_go "$mod" go.etcd.io/etcd/server/v3
@@ -115,7 +112,7 @@ build_etcd() {
 		go_env go mod tidy
 		go_env go build -o "$tmp/etcd" go.etcd.io/etcd/server/v3
 	)
-	publish "$tmp" "$ETCD_DIR"
+	publish "$tmp" "$ETCD_DIR" "$start"
 	rm -rf "$mod"
 }
 
@@ -134,7 +131,7 @@ build_kube_apiserver() {
 	log "kube-apiserver: building $KUBE_VERSION (about 9 min, 2.8 GB)"
 	# Staging modules are published as v0.X.Y for kubernetes v1.X.Y.
 	local staging_version=v0.${KUBE_VERSION#v1.}
-	local mod tmp gomod m
+	local mod tmp gomod m start=$SECONDS
 	mod=$(new_tool_module kube-apiserver)
 	tmp=$(mktemp -d "$KUBE_APISERVER_DIR.partial.XXXXXX")
 	write_tools_go "$mod" k8s.io/kubernetes/cmd/kube-apiserver
@@ -153,7 +150,7 @@ build_kube_apiserver() {
 		go_env go mod tidy
 		go_env go build -ldflags "-s -w" -o "$tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
 	)
-	publish "$tmp" "$KUBE_APISERVER_DIR"
+	publish "$tmp" "$KUBE_APISERVER_DIR" "$start"
 	rm -rf "$mod"
 }
 
@@ -200,15 +197,21 @@ main() {
 		;;
 	esac
 	mkdir -p "$TEST_CACHE"
+	# One install at a time: a second run waits here, then finds everything cached.
+	exec 9>"$TEST_CACHE/.install.lock"
+	if ! flock -n 9; then
+		log "another install is running; waiting for it"
+		flock 9
+	fi
 	# Leftovers of an interrupted build; never mistaken for a cache, but they take space.
 	rm -rf "$TEST_CACHE"/*.partial.*
-	timed "apt packages" install_apt
-	timed crane go_install "$CRANE_DIR" crane "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION"
-	timed conformance go_install "$CONFORMANCE_DIR" conformance \
+	install_apt
+	go_install "$CRANE_DIR" crane "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION"
+	go_install "$CONFORMANCE_DIR" conformance \
 		"github.com/opencontainers/distribution-spec/conformance@$CONFORMANCE_VERSION"
 	if [ "$envtest" = 1 ]; then
-		timed etcd build_etcd
-		timed kube-apiserver build_kube_apiserver
+		build_etcd
+		build_kube_apiserver
 	fi
 	link_into "$TOOLS_DIR" "$CRANE_DIR/crane" "$CONFORMANCE_DIR/conformance"
 	link_into "$KUBE_ASSETS_DIR" "$ETCD_DIR/etcd" "$KUBE_APISERVER_DIR/kube-apiserver"

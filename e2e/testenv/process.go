@@ -1,0 +1,138 @@
+package testenv
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// How much of a server's log a failed test prints: the end is where the cause usually is.
+const logTailBytes = 16 << 10
+
+// process is a server started for one test. Its output goes to a file rather than the test's
+// output, and is printed only when the test fails.
+type process struct {
+	name    string
+	cmd     *exec.Cmd
+	logPath string
+	done    chan struct{} // closed once the process has exited
+	err     error         // Wait's result, valid after done
+}
+
+// startProcess starts cmd and registers its shutdown (and, on failure, its log) with t.Cleanup.
+func startProcess(t testing.TB, name string, cmd *exec.Cmd) *process {
+	t.Helper()
+	p := &process{name: name, cmd: cmd, logPath: filepath.Join(t.TempDir(), name+".log"), done: make(chan struct{})}
+	logFile, err := os.Create(p.logPath)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	killWithParent(cmd)
+	if err := cmd.Start(); err != nil {
+		logFile.Close()
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		logFile.Close()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.stop()
+		if t.Failed() {
+			t.Logf("%s log (%s):\n%s", name, p.logPath, p.logTail())
+		}
+	})
+	return p
+}
+
+// exited reports whether the process has already ended.
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop asks the process to end and kills it if it has not within a few seconds.
+func (p *process) stop() {
+	if p.exited() {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+func (p *process) logTail() string {
+	f, err := os.Open(p.logPath)
+	if err != nil {
+		return err.Error()
+	}
+	defer f.Close()
+	if info, err := f.Stat(); err == nil && info.Size() > logTailBytes {
+		_, _ = f.Seek(-logTailBytes, io.SeekEnd)
+	}
+	tail, _ := io.ReadAll(f)
+	return string(tail)
+}
+
+// waitReady polls ready until it reports true, the process exits, or the timeout passes.
+func (p *process) waitReady(timeout time.Duration, ready func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if ready() {
+			return nil
+		}
+		if p.exited() {
+			return fmt.Errorf("%s exited before it was ready: %v", p.name, p.err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready after %v", p.name, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// runTool runs a command-line tool to completion and returns its stdout with surrounding white
+// space trimmed. The error carries the command line and stderr, so a failure explains itself.
+func runTool(cmd *exec.Cmd) (string, error) {
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	out := strings.TrimSpace(stdout.String())
+	if err != nil {
+		return out, fmt.Errorf("%s: %w\n%s", strings.Join(cmd.Args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return out, nil
+}
+
+// mustRun is runTool for commands that must succeed.
+func mustRun(t testing.TB, cmd *exec.Cmd) string {
+	t.Helper()
+	out, err := runTool(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// withEnv returns cmd with extra environment variables on top of the test's own.
+func withEnv(cmd *exec.Cmd, env ...string) *exec.Cmd {
+	cmd.Env = append(os.Environ(), env...)
+	return cmd
+}
