@@ -27,7 +27,7 @@ func (s *Store) Repositories(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-// collectRepos descends dir; a directory with a _links or _tags child is a
+// collectRepos descends dir; a directory with a _links, _tags or _pins child is a
 // repository, and may itself contain deeper repositories.
 func (s *Store) collectRepos(ctx context.Context, dir, name string, out *[]string) error {
 	children, err := s.driver.List(ctx, dir)
@@ -41,7 +41,7 @@ func (s *Store) collectRepos(ctx context.Context, dir, name string, out *[]strin
 	for _, c := range children {
 		base := path.Base(c)
 		if strings.HasPrefix(base, "_") {
-			isRepo = isRepo || base == "_links" || base == "_tags"
+			isRepo = isRepo || base == "_links" || base == "_tags" || base == "_pins"
 			continue
 		}
 		if err := s.collectRepos(ctx, c, name+"/"+base, out); err != nil {

@@ -26,6 +26,7 @@ const (
 	outcomeMiss        = "miss"
 	outcomeStale       = "stale"
 	outcomeRevalidated = "revalidated"
+	outcomePinned      = "pinned"
 )
 
 type manifestResult struct {
@@ -91,13 +92,22 @@ func (h *Handler) manifestByDigest(ctx context.Context, rt *route, accept []stri
 }
 
 func (h *Handler) manifestByTag(ctx context.Context, rt *route, accept []string) (manifestResult, *apiError) {
+	rule, ruleIndex := h.pins.match(rt.registry, rt.repository, rt.reference)
+	if res, ok, apiErr := h.pinnedManifest(ctx, rt, rule, ruleIndex); ok || apiErr != nil {
+		return res, apiErr
+	}
+	ttl := rt.upstream.TagTTL
+	if rule.Policy == PolicyTTL && rule.TTL > 0 {
+		ttl = rule.TTL
+	}
+
 	tag, tagErr := h.store.GetTag(ctx, rt.registry, rt.repository, rt.reference)
 	haveTag := tagErr == nil
 	if tagErr != nil && !errors.Is(tagErr, cache.ErrNotFound) {
 		h.log.Warn("unreadable tag record; asking the upstream", "registry", rt.registry, "repository", rt.repository, "tag", rt.reference, "error", tagErr)
 	}
 	offline := h.offline(rt)
-	if haveTag && (offline || (tag.Fresh(rt.upstream.TagTTL, h.now()) && acceptable(tag.MediaType, accept))) {
+	if haveTag && (offline || (tag.Fresh(ttl, h.now()) && acceptable(tag.MediaType, accept))) {
 		if m, err := h.store.GetManifest(ctx, rt.registry, rt.repository, tag.Digest); err == nil {
 			return manifestResult{m, outcomeHit}, nil
 		}
@@ -109,7 +119,11 @@ func (h *Handler) manifestByTag(ctx context.Context, rt *route, accept []string)
 
 	key := "tag\x00" + rt.registry + "\x00" + rt.repository + "\x00" + rt.reference + "\x00" + strings.Join(accept, ",")
 	res, err := h.shared(ctx, key, func(ctx context.Context) (manifestResult, error) {
-		return h.resolveTag(ctx, rt, accept)
+		res, err := h.resolveTag(ctx, rt, accept)
+		if err == nil && rule.Policy == PolicySticky {
+			h.stick(ctx, rt, res.manifest)
+		}
+		return res, err
 	})
 	if err == nil {
 		return res, nil

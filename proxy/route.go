@@ -40,6 +40,9 @@ type route struct {
 func (rt *route) describe() string {
 	switch rt.kind {
 	case kindManifest:
+		if rt.isDigest() {
+			return fmt.Sprintf("manifest %s@%s", rt.repository, rt.reference)
+		}
 		return fmt.Sprintf("manifest %s:%s", rt.repository, rt.reference)
 	case kindBlob:
 		return fmt.Sprintf("blob %s in %s", rt.reference, rt.repository)

@@ -41,6 +41,7 @@ type Handler struct {
 	log       *slog.Logger
 	metrics   *metrics
 	now       func() time.Time
+	pins      *pinRules
 
 	// Concurrent requests for the same tag or manifest share one upstream
 	// round trip.
@@ -60,11 +61,16 @@ func New(opts Options) (*Handler, error) {
 			return nil, fmt.Errorf("proxy: no upstream client for configured upstream %q", u.Name)
 		}
 	}
+	pins, err := loadPinRules(opts.Config)
+	if err != nil {
+		return nil, err
+	}
 	m, err := newMetrics(opts.Registerer)
 	if err != nil {
 		return nil, err
 	}
 	return &Handler{
+		pins:      pins,
 		cfg:       opts.Config,
 		store:     opts.Store,
 		upstreams: opts.Upstreams,

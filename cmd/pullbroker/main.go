@@ -26,6 +26,7 @@ func newRootCmd() *cobra.Command {
 	root.PersistentFlags().StringP("config", "c", "", "config file (YAML); the embedded default is used when empty")
 	root.AddCommand(
 		newServeCmd(),
+		newPinCmd(),
 	)
 	return root
 }

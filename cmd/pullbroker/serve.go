@@ -197,6 +197,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 func adminMux(a *app, cfg *config.Config) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}))
+	mux.Handle("/api/", a.handler.AdminHandler(cfg.Admin.TokenFile))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
