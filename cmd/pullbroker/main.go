@@ -27,6 +27,9 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(
 		newServeCmd(),
 		newPinCmd(),
+		newSyncCmd(),
+		newExportCmd(),
+		newImportCmd(),
 	)
 	return root
 }

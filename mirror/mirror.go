@@ -1,0 +1,78 @@
+// Package mirror seeds the cache ahead of time and moves images across an
+// air gap: sync pulls a list of images through the proxy into the cache
+// and pins them; export writes cached images to an OCI image layout;
+// import loads a layout into the cache, verifying every digest.
+package mirror
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/pullbroker/pullbroker/proxy"
+)
+
+// loopbackProxy serves a proxy.Handler on an ephemeral loopback port, so
+// sync and export reuse the whole request path (verified fills, pins,
+// offline rules) through go-containerregistry's ordinary client.
+type loopbackProxy struct {
+	srv  *http.Server
+	host string
+}
+
+func startLoopback(h http.Handler) (*loopbackProxy, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("starting the in-process proxy: %w", err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return &loopbackProxy{srv: srv, host: ln.Addr().String()}, nil
+}
+
+func (l *loopbackProxy) Close() { _ = l.srv.Close() }
+
+// reference names img on the loopback proxy in the image-prefix form.
+func (l *loopbackProxy) reference(img proxy.Image) (name.Reference, error) {
+	base := l.host + "/" + img.Registry + "/" + img.Repository
+	if img.Digest != "" {
+		return name.NewDigest(base+"@"+img.Digest.String(), name.Insecure)
+	}
+	return name.NewTag(base+":"+img.Tag, name.Insecure)
+}
+
+func (l *loopbackProxy) get(ctx context.Context, img proxy.Image) (*remote.Descriptor, error) {
+	ref, err := l.reference(img)
+	if err != nil {
+		return nil, err
+	}
+	return remote.Get(ref, remote.WithContext(ctx))
+}
+
+// Platform is "os/arch[/variant]".
+type Platform = string
+
+func platformMatches(p *v1.Platform, wanted []Platform) bool {
+	if len(wanted) == 0 {
+		return true
+	}
+	if p == nil {
+		return false
+	}
+	for _, w := range wanted {
+		wp, err := v1.ParsePlatform(w)
+		if err == nil && p.Satisfies(*wp) {
+			return true
+		}
+	}
+	return false
+}
+
+var errNoPlatform = errors.New("no manifest in the index matches the requested platforms")

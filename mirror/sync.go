@@ -1,0 +1,210 @@
+package mirror
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
+	"sigs.k8s.io/yaml"
+
+	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/proxy"
+)
+
+// ImageList is the file `pullbroker sync -f` reads.
+type ImageList struct {
+	// Platforms applies to every image that names none; empty means all.
+	Platforms []Platform `json:"platforms,omitempty"`
+	Images    []Entry    `json:"images"`
+}
+
+// Entry is one image to seed: a plain string in YAML, or an object with
+// its own platforms.
+type Entry struct {
+	Image     string     `json:"image"`
+	Platforms []Platform `json:"platforms,omitempty"`
+}
+
+// UnmarshalJSON accepts "docker.io/library/nginx:1.27" as well as
+// {image: …, platforms: […]}.
+func (e *Entry) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := yaml.Unmarshal(b, &s); err == nil && s != "" {
+		e.Image = s
+		return nil
+	}
+	type plain Entry
+	return yaml.UnmarshalStrict(b, (*plain)(e))
+}
+
+// ReadImageList reads and checks an image list against the configured
+// upstreams before anything is fetched.
+func ReadImageList(cfg *config.Config, file string) (ImageList, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return ImageList{}, err
+	}
+	var l ImageList
+	if err := yaml.UnmarshalStrict(b, &l); err != nil {
+		return ImageList{}, fmt.Errorf("%s: %w", file, err)
+	}
+	for i, e := range l.Images {
+		if _, err := proxy.ParseImage(cfg, e.Image); err != nil {
+			return ImageList{}, fmt.Errorf("%s: images[%d]: %w", file, i, err)
+		}
+		for _, p := range append(e.Platforms, l.Platforms...) {
+			if _, err := v1.ParsePlatform(p); err != nil {
+				return ImageList{}, fmt.Errorf("%s: images[%d]: platform %q: %w", file, i, p, err)
+			}
+		}
+	}
+	return l, nil
+}
+
+// SyncResult is the outcome of one image.
+type SyncResult struct {
+	Image  string
+	Digest string
+	Blobs  int
+	Bytes  int64
+	Err    error
+}
+
+// Sync pulls every image of the list through the proxy into the cache and
+// pins its tag to the digest it resolved to. Blobs already cached are not
+// fetched again, so an interrupted sync resumes where it stopped and a
+// repeated one changes nothing.
+func Sync(ctx context.Context, cfg *config.Config, h *proxy.Handler, list ImageList, progress io.Writer) ([]SyncResult, error) {
+	lp, err := startLoopback(h)
+	if err != nil {
+		return nil, err
+	}
+	defer lp.Close()
+	var results []SyncResult
+	for _, e := range list.Images {
+		platforms := e.Platforms
+		if len(platforms) == 0 {
+			platforms = list.Platforms
+		}
+		start := time.Now()
+		res := syncImage(ctx, cfg, h, lp, e.Image, platforms)
+		if res.Err != nil {
+			fmt.Fprintf(progress, "FAIL %s: %v\n", e.Image, res.Err)
+		} else {
+			fmt.Fprintf(progress, "ok   %s@%s (%d blobs, %s, %s)\n", res.Image, res.Digest, res.Blobs, humanBytes(res.Bytes), time.Since(start).Round(time.Millisecond))
+		}
+		results = append(results, res)
+		if ctx.Err() != nil {
+			return results, ctx.Err()
+		}
+	}
+	return results, nil
+}
+
+func syncImage(ctx context.Context, cfg *config.Config, h *proxy.Handler, lp *loopbackProxy, ref string, platforms []Platform) SyncResult {
+	res := SyncResult{Image: ref}
+	img, err := proxy.ParseImage(cfg, ref)
+	if err != nil {
+		res.Err = err
+		return res
+	}
+	res.Image = img.String()
+	desc, err := lp.get(ctx, img)
+	if err != nil {
+		res.Err = err
+		return res
+	}
+	res.Digest = desc.Digest.String()
+	if err := walkDescriptor(ctx, lp, img, desc, platforms, func(size int64) {
+		res.Blobs++
+		res.Bytes += size
+	}); err != nil {
+		res.Err = err
+		return res
+	}
+	if img.Tag != "" {
+		tagged := img
+		tagged.Digest = ""
+		if _, err := h.SetPin(ctx, tagged, digest.Digest(desc.Digest.String())); err != nil {
+			res.Err = fmt.Errorf("pinning: %w", err)
+		}
+	}
+	return res
+}
+
+// walkDescriptor reads every blob of an image, or of the chosen platforms
+// of an index, through the proxy; reading is what fills the cache.
+func walkDescriptor(ctx context.Context, lp *loopbackProxy, img proxy.Image, desc *remote.Descriptor, platforms []Platform, fetched func(int64)) error {
+	if desc.MediaType.IsIndex() {
+		idx, err := desc.ImageIndex()
+		if err != nil {
+			return err
+		}
+		im, err := idx.IndexManifest()
+		if err != nil {
+			return err
+		}
+		matched := 0
+		for _, child := range im.Manifests {
+			if !platformMatches(child.Platform, platforms) {
+				continue
+			}
+			matched++
+			childImg := img
+			childImg.Tag, childImg.Digest = "", digest.Digest(child.Digest.String())
+			cd, err := lp.get(ctx, childImg)
+			if err != nil {
+				return fmt.Errorf("%s: %w", child.Digest, err)
+			}
+			if err := walkDescriptor(ctx, lp, childImg, cd, nil, fetched); err != nil {
+				return err
+			}
+		}
+		if matched == 0 {
+			return errNoPlatform
+		}
+		return nil
+	}
+	image, err := desc.Image()
+	if err != nil {
+		return err
+	}
+	if _, err := image.RawConfigFile(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	layers, err := image.Layers()
+	if err != nil {
+		return err
+	}
+	for _, l := range layers {
+		rc, err := l.Compressed()
+		if err != nil {
+			return err
+		}
+		n, err := io.Copy(io.Discard, rc)
+		rc.Close()
+		if err != nil {
+			return err
+		}
+		fetched(n)
+	}
+	return nil
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
