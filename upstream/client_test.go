@@ -22,6 +22,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/internal/fakeregistry"
 )
 
 func testContext(t *testing.T) context.Context {
@@ -64,11 +65,11 @@ func imageFacts(t *testing.T, img v1.Image) (manifest []byte, dgst digest.Digest
 // repository, not once per request.
 func TestBearerUpstreamFullPull(t *testing.T) {
 	ctx := testContext(t)
-	f := newFakeUpstream(t, authBearer, withCDN())
-	img := f.push("library/app:v1")
-	f.push("library/other:v1")
+	f := fakeregistry.New(t, withBearer, fakeregistry.WithCDN())
+	img := f.PushRandom("library/app", "v1")
+	f.PushRandom("library/other", "v1")
 	raw, dgst, mediaType, blobs := imageFacts(t, img)
-	c := f.newClient(Options{})
+	c := newClient(t, f, Options{})
 
 	head, err := c.HeadManifest(ctx, "library/app", "v1", nil)
 	if err != nil {
@@ -107,8 +108,8 @@ func TestBearerUpstreamFullPull(t *testing.T) {
 			t.Errorf("blob %s: got %d bytes hashing to %s, HEAD size %d, GET size %d", d, len(content), digest.FromBytes(content), size, getSize)
 		}
 	}
-	if f.cdnRequests() != len(blobs) {
-		t.Errorf("CDN served %d blob GETs, want %d (every blob GET redirected)", f.cdnRequests(), len(blobs))
+	if f.CDNRequests() != len(blobs) {
+		t.Errorf("CDN served %d blob GETs, want %d (every blob GET redirected)", f.CDNRequests(), len(blobs))
 	}
 
 	tags, link, err := c.Tags(ctx, "library/app", nil)
@@ -119,10 +120,10 @@ func TestBearerUpstreamFullPull(t *testing.T) {
 		t.Errorf("Tags = %s, link %q", tags, link)
 	}
 
-	if got := f.count("GET /v2/"); got != 1 {
+	if got := f.Pings(); got != 1 {
 		t.Errorf("pinged %d times for one repository, want 1", got)
 	}
-	if got := f.tokenScopes(); !slices.Equal(got, []string{"repository:library/app:pull"}) {
+	if got := f.TokenScopes(); !slices.Equal(got, []string{"repository:library/app:pull"}) {
 		t.Errorf("token requests with scopes %q, want exactly one for repository:library/app:pull", got)
 	}
 
@@ -130,10 +131,10 @@ func TestBearerUpstreamFullPull(t *testing.T) {
 	if _, err := c.HeadManifest(ctx, "library/other", "v1", nil); err != nil {
 		t.Fatal(err)
 	}
-	if got := f.count("GET /v2/"); got != 2 {
+	if got := f.Pings(); got != 2 {
 		t.Errorf("pinged %d times for two repositories, want 2", got)
 	}
-	if got := f.tokenScopes(); len(got) != 2 || got[1] != "repository:library/other:pull" {
+	if got := f.TokenScopes(); len(got) != 2 || got[1] != "repository:library/other:pull" {
 		t.Errorf("token scopes %q, want a second one for library/other", got)
 	}
 }
@@ -141,20 +142,23 @@ func TestBearerUpstreamFullPull(t *testing.T) {
 // TestBlobRedirectCarriesNoAuthorization proves that credentials for the
 // registry never reach blob storage on another host, for both schemes.
 func TestBlobRedirectCarriesNoAuthorization(t *testing.T) {
-	for _, mode := range []authMode{authBearer, authBasic} {
-		t.Run(map[authMode]string{authBearer: "bearer", authBasic: "basic"}[mode], func(t *testing.T) {
+	for _, mode := range []struct {
+		name string
+		opt  fakeregistry.Option
+	}{{"bearer", withBearer}, {"basic", withBasic}} {
+		t.Run(mode.name, func(t *testing.T) {
 			ctx := testContext(t)
-			f := newFakeUpstream(t, mode, withCDN())
-			img := f.push("team/app:v1")
+			f := fakeregistry.New(t, mode.opt, fakeregistry.WithCDN())
+			img := f.PushRandom("team/app", "v1")
 			_, _, _, blobs := imageFacts(t, img)
 			var sawAuthAtRegistry bool
-			f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+			f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
 				if strings.Contains(r.URL.Path, "/blobs/") && r.Header.Get("Authorization") != "" {
 					sawAuthAtRegistry = true
 				}
 				return false
 			})
-			c := f.newClient(Options{})
+			c := newClient(t, f, Options{})
 			body, _, err := c.GetBlob(ctx, "team/app", digest.Digest(blobs[0].String()))
 			if err != nil {
 				t.Fatal(err)
@@ -167,8 +171,8 @@ func TestBlobRedirectCarriesNoAuthorization(t *testing.T) {
 			if !sawAuthAtRegistry {
 				t.Error("the registry saw no Authorization on the blob GET: the test proves nothing")
 			}
-			if f.cdnRequests() != 1 {
-				t.Errorf("CDN hits = %d, want 1", f.cdnRequests())
+			if f.CDNRequests() != 1 {
+				t.Errorf("CDN hits = %d, want 1", f.CDNRequests())
 			}
 		})
 	}
@@ -176,11 +180,11 @@ func TestBlobRedirectCarriesNoAuthorization(t *testing.T) {
 
 func TestBasicUpstream(t *testing.T) {
 	ctx := testContext(t)
-	f := newFakeUpstream(t, authBasic)
-	img := f.push("team/app:v1")
+	f := fakeregistry.New(t, withBasic)
+	img := f.PushRandom("team/app", "v1")
 	_, dgst, _, _ := imageFacts(t, img)
 
-	m, err := f.newClient(Options{}).GetManifest(ctx, "team/app", "v1", nil)
+	m, err := newClient(t, f, Options{}).GetManifest(ctx, "team/app", "v1", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +192,7 @@ func TestBasicUpstream(t *testing.T) {
 		t.Errorf("digest %s, want %s", m.Digest, dgst)
 	}
 
-	wrong := f.newClient(Options{Authenticator: authn.FromConfig(authn.AuthConfig{Username: testUser, Password: "wrong-password-xyz"})})
+	wrong := newClient(t, f, Options{Authenticator: authn.FromConfig(authn.AuthConfig{Username: testUser, Password: "wrong-password-xyz"})})
 	_, err = wrong.GetManifest(ctx, "team/app", "v1", nil)
 	var se *StatusError
 	if !errors.As(err, &se) || se.StatusCode != http.StatusUnauthorized || !slices.Equal(se.Codes, []string{"UNAUTHORIZED"}) {
@@ -204,10 +208,10 @@ func TestBasicUpstream(t *testing.T) {
 
 func TestAnonymousUpstream(t *testing.T) {
 	ctx := testContext(t)
-	f := newFakeUpstream(t, authNone)
-	img := f.push("app:latest")
+	f := fakeregistry.New(t)
+	img := f.PushRandom("app", "latest")
 	_, dgst, _, _ := imageFacts(t, img)
-	m, err := f.newClient(Options{}).HeadManifest(ctx, "app", "latest", nil)
+	m, err := newClient(t, f, Options{}).HeadManifest(ctx, "app", "latest", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,10 +225,10 @@ func TestAnonymousUpstream(t *testing.T) {
 func TestRotatedCredentials(t *testing.T) {
 	t.Run("basic", func(t *testing.T) {
 		ctx := testContext(t)
-		f := newFakeUpstream(t, authBasic)
-		f.push("team/app:v1")
+		f := fakeregistry.New(t, withBasic)
+		f.PushRandom("team/app", "v1")
 		auth := &rotatingAuth{password: testPassword}
-		c := f.newClient(Options{Authenticator: auth})
+		c := newClient(t, f, Options{Authenticator: auth})
 		for range 3 {
 			if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
 				t.Fatal(err)
@@ -233,7 +237,7 @@ func TestRotatedCredentials(t *testing.T) {
 		if auth.callCount() < 3 {
 			t.Errorf("authenticator asked %d times for 3 Basic requests", auth.callCount())
 		}
-		f.setPassword("rotated")
+		f.SetPassword("rotated")
 		auth.set("rotated")
 		if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
 			t.Fatalf("after rotation: %v", err)
@@ -241,25 +245,25 @@ func TestRotatedCredentials(t *testing.T) {
 	})
 	t.Run("bearer", func(t *testing.T) {
 		ctx := testContext(t)
-		f := newFakeUpstream(t, authBearer)
-		f.push("team/app:v1")
+		f := fakeregistry.New(t, withBearer)
+		f.PushRandom("team/app", "v1")
 		auth := &rotatingAuth{password: testPassword}
-		c := f.newClient(Options{Authenticator: auth})
+		c := newClient(t, f, Options{Authenticator: auth})
 		if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
 			t.Fatal(err)
 		}
 		// The token expires and the secret rotates: the 401 makes ggcr's
 		// transport fetch a new token with the new secret.
-		f.revokeTokens()
-		f.setPassword("rotated")
+		f.RevokeTokens()
+		f.SetPassword("rotated")
 		auth.set("rotated")
 		if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
 			t.Fatalf("after token expiry and rotation: %v", err)
 		}
-		if got := len(f.tokenScopes()); got != 2 {
+		if got := len(f.TokenScopes()); got != 2 {
 			t.Errorf("token requests = %d, want 2", got)
 		}
-		if got := f.count("GET /v2/"); got != 1 {
+		if got := f.Pings(); got != 1 {
 			t.Errorf("pings = %d, want 1: a refresh needs no new transport", got)
 		}
 	})
@@ -269,9 +273,9 @@ func TestRotatedCredentials(t *testing.T) {
 // repository at once share one ping and one token exchange.
 func TestConcurrentFirstUseSetsUpOneTransport(t *testing.T) {
 	ctx := testContext(t)
-	f := newFakeUpstream(t, authBearer)
-	f.push("team/app:v1")
-	c := f.newClient(Options{})
+	f := fakeregistry.New(t, withBearer)
+	f.PushRandom("team/app", "v1")
+	c := newClient(t, f, Options{})
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
 	for range 16 {
@@ -287,25 +291,25 @@ func TestConcurrentFirstUseSetsUpOneTransport(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if pings, tokens := f.count("GET /v2/"), len(f.tokenScopes()); pings != 1 || tokens != 1 {
+	if pings, tokens := f.Pings(), len(f.TokenScopes()); pings != 1 || tokens != 1 {
 		t.Errorf("16 concurrent first calls made %d pings and %d token requests, want 1 and 1", pings, tokens)
 	}
 }
 
 func TestTransportCacheEvictsLeastRecentlyUsed(t *testing.T) {
 	ctx := testContext(t)
-	f := newFakeUpstream(t, authBearer)
+	f := fakeregistry.New(t, withBearer)
 	for _, r := range []string{"a", "b", "c"} {
-		f.push("team/" + r + ":v1")
+		f.PushRandom("team/"+r, "v1")
 	}
-	c := f.newClient(Options{TransportCacheSize: 2})
+	c := newClient(t, f, Options{TransportCacheSize: 2})
 	for _, r := range []string{"a", "b", "a", "c", "a", "b"} {
 		if _, err := c.HeadManifest(ctx, "team/"+r, "v1", nil); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// a, b set up; a reused; c evicts b; a reused; b set up again.
-	if got := f.count("GET /v2/"); got != 4 {
+	if got := f.Pings(); got != 4 {
 		t.Errorf("pings = %d, want 4", got)
 	}
 	if n := c.transports.len(); n != 2 {
@@ -315,21 +319,21 @@ func TestTransportCacheEvictsLeastRecentlyUsed(t *testing.T) {
 
 func TestFailedTransportSetupIsRetried(t *testing.T) {
 	ctx := testContext(t)
-	f := newFakeUpstream(t, authBearer)
-	f.push("team/app:v1")
-	f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+	f := fakeregistry.New(t, withBearer)
+	f.PushRandom("team/app", "v1")
+	f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
 		if r.URL.Path == "/token" {
-			writeOCIError(w, http.StatusServiceUnavailable, "UNAVAILABLE", "token service down")
+			fakeregistry.WriteError(w, http.StatusServiceUnavailable, "UNAVAILABLE", "token service down")
 			return true
 		}
 		return false
 	})
-	c := f.newClient(Options{})
+	c := newClient(t, f, Options{})
 	_, err := c.HeadManifest(ctx, "team/app", "v1", nil)
 	if !IsUnavailable(err) {
 		t.Fatalf("token server 503: %v, want unavailable", err)
 	}
-	f.setOverride(nil)
+	f.SetOverride(nil)
 	if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
 		t.Fatalf("after the token server recovered: %v", err)
 	}
@@ -337,14 +341,14 @@ func TestFailedTransportSetupIsRetried(t *testing.T) {
 
 func TestManifestVerification(t *testing.T) {
 	ctx := testContext(t)
-	f := newFakeUpstream(t, authNone)
-	img := f.push("team/app:v1")
+	f := fakeregistry.New(t)
+	img := f.PushRandom("team/app", "v1")
 	raw, dgst, mediaType, _ := imageFacts(t, img)
 	tampered := append(bytes.Clone(raw), ' ')
 
 	// serveManifest answers manifest GETs with body, announcing announced.
 	serveManifest := func(body []byte, announced string) {
-		f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
 			if !strings.Contains(r.URL.Path, "/manifests/") {
 				return false
 			}
@@ -356,7 +360,7 @@ func TestManifestVerification(t *testing.T) {
 			return true
 		})
 	}
-	c := f.newClient(Options{})
+	c := newClient(t, f, Options{})
 
 	t.Run("tag, lying Docker-Content-Digest", func(t *testing.T) {
 		serveManifest(tampered, dgst.String())
@@ -380,7 +384,7 @@ func TestManifestVerification(t *testing.T) {
 		}
 	})
 	t.Run("media type kept exactly", func(t *testing.T) {
-		f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
 			w.Header().Set("Content-Type", "application/vnd.docker.distribution.manifest.v2+json; charset=utf-8")
 			w.Write(raw)
 			return true
@@ -394,11 +398,11 @@ func TestManifestVerification(t *testing.T) {
 
 func TestManifestTooLarge(t *testing.T) {
 	ctx := testContext(t)
-	f := newFakeUpstream(t, authNone)
+	f := fakeregistry.New(t)
 	big := bytes.Repeat([]byte("x"), MaxManifestSize+1)
-	c := f.newClient(Options{})
+	c := newClient(t, f, Options{})
 	for _, announceLength := range []bool{true, false} {
-		f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
 			if !strings.Contains(r.URL.Path, "/manifests/") {
 				return false
 			}
@@ -419,10 +423,10 @@ func TestManifestTooLarge(t *testing.T) {
 
 func TestHeadManifestFallsBackToGETWithoutDigest(t *testing.T) {
 	ctx := testContext(t)
-	f := newFakeUpstream(t, authNone)
-	img := f.push("team/app:v1")
+	f := fakeregistry.New(t)
+	img := f.PushRandom("team/app", "v1")
 	raw, dgst, _, _ := imageFacts(t, img)
-	f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+	f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
 		if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/manifests/") {
 			w.Header().Set("Content-Type", "application/vnd.docker.distribution.manifest.v2+json")
 			w.Header().Set("Content-Length", fmt.Sprint(len(raw)))
@@ -430,25 +434,25 @@ func TestHeadManifestFallsBackToGETWithoutDigest(t *testing.T) {
 		}
 		return false
 	})
-	m, err := f.newClient(Options{}).HeadManifest(ctx, "team/app", "v1", nil)
+	m, err := newClient(t, f, Options{}).HeadManifest(ctx, "team/app", "v1", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if m.Digest != dgst || !bytes.Equal(m.Body, raw) {
 		t.Errorf("fallback gave digest %s, body %d bytes; want %s", m.Digest, len(m.Body), dgst)
 	}
-	if got := f.count("GET /v2/team/app/manifests/v1"); got != 1 {
+	if got := f.Count("GET", "/v2/team/app/manifests/v1"); got != 1 {
 		t.Errorf("manifest GETs = %d, want 1", got)
 	}
 }
 
 func TestAcceptHeader(t *testing.T) {
 	ctx := testContext(t)
-	f := newFakeUpstream(t, authNone)
-	f.push("team/app:v1")
+	f := fakeregistry.New(t)
+	f.PushRandom("team/app", "v1")
 	var got []string
 	var mu sync.Mutex
-	f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+	f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
 		if strings.Contains(r.URL.Path, "/manifests/") {
 			mu.Lock()
 			got = append(got, r.Header.Get("Accept"))
@@ -456,7 +460,7 @@ func TestAcceptHeader(t *testing.T) {
 		}
 		return false
 	})
-	c := f.newClient(Options{})
+	c := newClient(t, f, Options{})
 	if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
 		t.Fatal(err)
 	}
@@ -471,9 +475,9 @@ func TestAcceptHeader(t *testing.T) {
 
 func TestNotFound(t *testing.T) {
 	ctx := testContext(t)
-	f := newFakeUpstream(t, authBearer)
-	f.push("team/app:v1")
-	c := f.newClient(Options{})
+	f := fakeregistry.New(t, withBearer)
+	f.PushRandom("team/app", "v1")
+	c := newClient(t, f, Options{})
 	missing := digest.FromString("missing")
 	calls := map[string]func() error{
 		"unknown tag": func() error { _, err := c.GetManifest(ctx, "team/app", "nope", nil); return err },
@@ -539,15 +543,15 @@ func hangUpServer(t *testing.T) string {
 
 func TestIsUnavailable(t *testing.T) {
 	statusUpstream := func(t *testing.T, status int) *Client {
-		f := newFakeUpstream(t, authNone)
-		f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		f := fakeregistry.New(t)
+		f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
 			if r.URL.Path == "/v2/" {
 				return false
 			}
-			writeOCIError(w, status, "X", "status")
+			fakeregistry.WriteError(w, status, "X", "status")
 			return true
 		})
-		return f.newClient(Options{})
+		return newClient(t, f, Options{})
 	}
 	endpointClient := func(t *testing.T, hostPort string, responseTimeout time.Duration) *Client {
 		c, err := New(config.Upstream{Name: "dead", Endpoint: "http://" + hostPort,
@@ -558,8 +562,8 @@ func TestIsUnavailable(t *testing.T) {
 		return c
 	}
 	slowUpstream := func(t *testing.T) *Client {
-		f := newFakeUpstream(t, authNone)
-		f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		f := fakeregistry.New(t)
+		f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
 			if r.URL.Path == "/v2/" {
 				return false
 			}
@@ -569,7 +573,7 @@ func TestIsUnavailable(t *testing.T) {
 			}
 			return true
 		})
-		c, err := New(config.Upstream{Name: "slow", Endpoint: f.srv.URL, DialTimeout: time.Second,
+		c, err := New(config.Upstream{Name: "slow", Endpoint: f.URL(), DialTimeout: time.Second,
 			ResponseTimeout: 100 * time.Millisecond}, Options{})
 		if err != nil {
 			t.Fatal(err)
@@ -612,9 +616,9 @@ func TestIsUnavailable(t *testing.T) {
 	})
 
 	t.Run("caller cancelled", func(t *testing.T) {
-		f := newFakeUpstream(t, authNone)
+		f := fakeregistry.New(t)
 		ctx, cancel := context.WithCancel(t.Context())
-		f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
 			if r.URL.Path == "/v2/" {
 				return false
 			}
@@ -622,7 +626,7 @@ func TestIsUnavailable(t *testing.T) {
 			<-r.Context().Done()
 			return true
 		})
-		_, err := f.newClient(Options{}).GetManifest(ctx, "team/app", "v1", nil)
+		_, err := newClient(t, f, Options{}).GetManifest(ctx, "team/app", "v1", nil)
 		if !errors.Is(err, context.Canceled) || IsUnavailable(err) {
 			t.Errorf("got %v, want context.Canceled and not unavailable", err)
 		}
@@ -634,13 +638,13 @@ func TestIsUnavailable(t *testing.T) {
 // goes through, and its success closes the circuit.
 func TestCircuitBreaker(t *testing.T) {
 	ctx := testContext(t)
-	f := newFakeUpstream(t, authNone)
-	f.push("team/app:v1")
-	f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
-		writeOCIError(w, http.StatusServiceUnavailable, "UNAVAILABLE", "down")
+	f := fakeregistry.New(t)
+	f.PushRandom("team/app", "v1")
+	f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		fakeregistry.WriteError(w, http.StatusServiceUnavailable, "UNAVAILABLE", "down")
 		return true
 	})
-	c := f.newClient(Options{CircuitFailureThreshold: 3, CircuitCoolDown: 300 * time.Millisecond})
+	c := newClient(t, f, Options{CircuitFailureThreshold: 3, CircuitCoolDown: 300 * time.Millisecond})
 	for i := range 3 {
 		if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); !IsUnavailable(err) || errors.Is(err, ErrCircuitOpen) {
 			t.Fatalf("call %d: %v, want an upstream 503", i, err)
@@ -649,7 +653,7 @@ func TestCircuitBreaker(t *testing.T) {
 	if !c.CircuitOpen() {
 		t.Fatal("circuit still closed after 3 unavailable calls")
 	}
-	conns, reqs := f.listener.accepted.Load(), f.totalRequests()
+	conns, reqs := f.Connections(), f.Total()
 	start := time.Now()
 	_, err := c.GetManifest(ctx, "team/app", "v1", nil)
 	if !errors.Is(err, ErrCircuitOpen) || !IsUnavailable(err) {
@@ -658,12 +662,12 @@ func TestCircuitBreaker(t *testing.T) {
 	if time.Since(start) > 50*time.Millisecond {
 		t.Errorf("an open circuit took %v to refuse", time.Since(start))
 	}
-	if f.listener.accepted.Load() != conns || f.totalRequests() != reqs {
+	if f.Connections() != conns || f.Total() != reqs {
 		t.Error("a call with the circuit open reached the upstream")
 	}
 
 	time.Sleep(350 * time.Millisecond)
-	f.setOverride(nil)
+	f.SetOverride(nil)
 	if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
 		t.Fatalf("half-open probe: %v", err)
 	}
@@ -674,9 +678,9 @@ func TestCircuitBreaker(t *testing.T) {
 
 func TestOfflineOpensNoConnection(t *testing.T) {
 	ctx := testContext(t)
-	f := newFakeUpstream(t, authBearer)
-	f.push("team/app:v1")
-	c := f.newClient(Options{Offline: true})
+	f := fakeregistry.New(t, withBearer)
+	f.PushRandom("team/app", "v1")
+	c := newClient(t, f, Options{Offline: true})
 	d := digest.FromString("x")
 	calls := []func() error{
 		func() error { _, err := c.HeadManifest(ctx, "team/app", "v1", nil); return err },
@@ -691,7 +695,7 @@ func TestOfflineOpensNoConnection(t *testing.T) {
 			t.Errorf("call %d offline: %v, want ErrOffline", i, err)
 		}
 	}
-	if n := f.listener.accepted.Load(); n != 0 {
+	if n := f.Connections(); n != 0 {
 		t.Errorf("offline client opened %d connections", n)
 	}
 	c.SetOffline(false)
@@ -701,9 +705,9 @@ func TestOfflineOpensNoConnection(t *testing.T) {
 }
 
 func TestNewDoesNoNetworkIO(t *testing.T) {
-	f := newFakeUpstream(t, authBearer)
-	f.newClient(Options{})
-	if n := f.listener.accepted.Load(); n != 0 {
+	f := fakeregistry.New(t, withBearer)
+	newClient(t, f, Options{})
+	if n := f.Connections(); n != 0 {
 		t.Errorf("New opened %d connections", n)
 	}
 	for _, endpoint := range []string{"", "registry.example.com", "ftp://registry.example.com",
@@ -718,8 +722,8 @@ func TestNewDoesNoNetworkIO(t *testing.T) {
 
 func TestInvalidArgumentsSendNothing(t *testing.T) {
 	ctx := testContext(t)
-	f := newFakeUpstream(t, authNone)
-	c := f.newClient(Options{})
+	f := fakeregistry.New(t)
+	c := newClient(t, f, Options{})
 	for _, call := range []func() error{
 		func() error { _, err := c.GetManifest(ctx, "../etc", "v1", nil); return err },
 		func() error { _, err := c.GetManifest(ctx, "team/app", "v1?x=1", nil); return err },
@@ -731,7 +735,7 @@ func TestInvalidArgumentsSendNothing(t *testing.T) {
 			t.Error("invalid argument accepted")
 		}
 	}
-	if n := f.totalRequests(); n != 0 {
+	if n := f.Total(); n != 0 {
 		t.Errorf("invalid arguments caused %d upstream requests", n)
 	}
 }
@@ -739,39 +743,39 @@ func TestInvalidArgumentsSendNothing(t *testing.T) {
 // TestHTTPSEndpointNeverFallsBackToHTTP: ggcr would retry a loopback
 // registry over plain http; the client must not downgrade.
 func TestHTTPSEndpointNeverFallsBackToHTTP(t *testing.T) {
-	f := newFakeUpstream(t, authNone)
-	f.push("team/app:v1")
-	c, err := New(config.Upstream{Name: "tls", Endpoint: "https://" + f.host(), DialTimeout: time.Second, ResponseTimeout: time.Second}, Options{})
+	f := fakeregistry.New(t)
+	f.PushRandom("team/app", "v1")
+	c, err := New(config.Upstream{Name: "tls", Endpoint: "https://" + f.Host(), DialTimeout: time.Second, ResponseTimeout: time.Second}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.HeadManifest(testContext(t), "team/app", "v1", nil); err == nil {
 		t.Fatal("an https endpoint served by plain http answered")
 	}
-	if n := f.totalRequests(); n != 0 {
+	if n := f.Total(); n != 0 {
 		t.Errorf("%d plain-http requests reached the upstream", n)
 	}
 }
 
 func TestErrorsCarryNoSecrets(t *testing.T) {
 	ctx := testContext(t)
-	f := newFakeUpstream(t, authBearer, withCDN())
-	img := f.push("team/app:v1")
+	f := fakeregistry.New(t, withBearer, fakeregistry.WithCDN())
+	img := f.PushRandom("team/app", "v1")
 	_, _, _, blobs := imageFacts(t, img)
-	c := f.newClient(Options{})
+	c := newClient(t, f, Options{})
 	if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
 		t.Fatal(err)
 	}
 	// The CDN goes away: the redirect's signed URL must not appear.
-	f.cdn.Close()
+	f.CloseCDN()
 	_, _, err := c.GetBlob(ctx, "team/app", digest.Digest(blobs[0].String()))
 	if !IsUnavailable(err) {
 		t.Fatalf("dead CDN: %v, want unavailable", err)
 	}
 	// The token server fails on a new repository.
-	f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+	f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
 		if r.URL.Path == "/token" {
-			writeOCIError(w, http.StatusInternalServerError, "UNKNOWN", "boom")
+			fakeregistry.WriteError(w, http.StatusInternalServerError, "UNKNOWN", "boom")
 			return true
 		}
 		return false
@@ -791,8 +795,8 @@ func TestErrorsCarryNoSecrets(t *testing.T) {
 }
 
 func TestGetBlobContextCancelsBody(t *testing.T) {
-	f := newFakeUpstream(t, authNone)
-	f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+	f := fakeregistry.New(t)
+	f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
 		if !strings.Contains(r.URL.Path, "/blobs/") {
 			return false
 		}
@@ -803,7 +807,7 @@ func TestGetBlobContextCancelsBody(t *testing.T) {
 		return true
 	})
 	ctx, cancel := context.WithCancel(t.Context())
-	body, size, err := f.newClient(Options{}).GetBlob(ctx, "team/app", digest.FromString("x"))
+	body, size, err := newClient(t, f, Options{}).GetBlob(ctx, "team/app", digest.FromString("x"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -826,9 +830,9 @@ func TestGetBlobContextCancelsBody(t *testing.T) {
 
 func TestTagsPassesPaginationAndLink(t *testing.T) {
 	ctx := testContext(t)
-	f := newFakeUpstream(t, authNone)
+	f := fakeregistry.New(t)
 	var gotQuery url.Values
-	f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+	f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
 		if !strings.HasSuffix(r.URL.Path, "/tags/list") {
 			return false
 		}
@@ -838,7 +842,7 @@ func TestTagsPassesPaginationAndLink(t *testing.T) {
 		w.Write([]byte(`{"name":"team/app","tags":["a","b"]}`))
 		return true
 	})
-	body, link, err := f.newClient(Options{}).Tags(ctx, "team/app", url.Values{"n": {"2"}, "last": {"0"}, "evil": {"1"}})
+	body, link, err := newClient(t, f, Options{}).Tags(ctx, "team/app", url.Values{"n": {"2"}, "last": {"0"}, "evil": {"1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -853,19 +857,19 @@ func TestTagsPassesPaginationAndLink(t *testing.T) {
 func TestReferrers(t *testing.T) {
 	ctx := testContext(t)
 	t.Run("supported", func(t *testing.T) {
-		f := newFakeUpstream(t, authBearer, withRegistryOptions(registry.WithReferrersSupport(true)))
-		img := f.push("team/app:v1")
+		f := fakeregistry.New(t, withBearer, fakeregistry.WithRegistryOptions(registry.WithReferrersSupport(true)))
+		img := f.PushRandom("team/app", "v1")
 		_, dgst, _, _ := imageFacts(t, img)
 		// A referrer: a manifest whose subject is img.
-		subRaw, _, _, _ := imageFacts(t, f.push("team/app:sig"))
+		subRaw, _, _, _ := imageFacts(t, f.PushRandom("team/app", "sig"))
 		var m map[string]any
 		json.Unmarshal(subRaw, &m)
 		rawImg, _ := img.RawManifest()
 		m["subject"] = map[string]any{"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": dgst.String(), "size": len(rawImg)}
 		withSubject, _ := json.Marshal(m)
-		putManifest(t, f, "team/app", "signature", withSubject)
+		f.PutManifest("team/app", "signature", "application/vnd.docker.distribution.manifest.v2+json", withSubject)
 
-		body, ct, err := f.newClient(Options{}).Referrers(ctx, "team/app", dgst, nil)
+		body, ct, err := newClient(t, f, Options{}).Referrers(ctx, "team/app", dgst, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -874,16 +878,16 @@ func TestReferrers(t *testing.T) {
 		}
 	})
 	t.Run("no referrers API", func(t *testing.T) {
-		f := newFakeUpstream(t, authNone)
-		img := f.push("team/app:v1")
+		f := fakeregistry.New(t)
+		img := f.PushRandom("team/app", "v1")
 		_, dgst, _, _ := imageFacts(t, img)
-		c := f.newClient(Options{})
+		c := newClient(t, f, Options{})
 		_, _, err := c.Referrers(ctx, "team/app", dgst, nil)
 		if !errors.Is(err, ErrNotFound) || IsUnavailable(err) {
 			t.Errorf("404: got %v, want ErrNotFound", err)
 		}
 		// Some registries answer unknown routes with a 200 web page.
-		f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
 			if !strings.Contains(r.URL.Path, "/referrers/") {
 				return false
 			}
@@ -897,45 +901,19 @@ func TestReferrers(t *testing.T) {
 	})
 }
 
-// putManifest stores a manifest straight into the fake's registry.
-func putManifest(t *testing.T, f *fakeUpstream, repo, tag string, body []byte) {
-	t.Helper()
-	req, _ := http.NewRequest(http.MethodPut, "/v2/"+repo+"/manifests/"+tag, bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/vnd.docker.distribution.manifest.v2+json")
-	rec := &statusRecorder{header: http.Header{}}
-	f.registry.ServeHTTP(rec, req)
-	if rec.status != http.StatusCreated {
-		t.Fatalf("PUT manifest: status %d", rec.status)
-	}
-}
-
-type statusRecorder struct {
-	header http.Header
-	status int
-}
-
-func (r *statusRecorder) Header() http.Header { return r.header }
-func (r *statusRecorder) Write(b []byte) (int, error) {
-	if r.status == 0 {
-		r.status = http.StatusOK
-	}
-	return len(b), nil
-}
-func (r *statusRecorder) WriteHeader(s int) { r.status = s }
-
 // TestSetupSurvivesFirstCallerCancel: the transport set-up belongs to every
 // caller waiting for it, so the first caller giving up must not fail the
 // others (or cost a second ping).
 func TestSetupSurvivesFirstCallerCancel(t *testing.T) {
-	f := newFakeUpstream(t, authBearer)
-	f.push("team/app:v1")
-	f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+	f := fakeregistry.New(t, withBearer)
+	f.PushRandom("team/app", "v1")
+	f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
 		if r.URL.Path == "/v2/" {
 			time.Sleep(150 * time.Millisecond) // a slow ping
 		}
 		return false
 	})
-	c := f.newClient(Options{})
+	c := newClient(t, f, Options{})
 	impatient, cancel := context.WithTimeout(t.Context(), 30*time.Millisecond)
 	defer cancel()
 	firstErr := make(chan error, 1)
@@ -950,7 +928,7 @@ func TestSetupSurvivesFirstCallerCancel(t *testing.T) {
 	if err := <-firstErr; !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("impatient caller: %v, want its own deadline", err)
 	}
-	if got := f.count("GET /v2/"); got != 1 {
+	if got := f.Pings(); got != 1 {
 		t.Errorf("pings = %d, want 1", got)
 	}
 }

@@ -7,6 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/pullbroker/pullbroker/internal/fakeregistry"
 )
 
 func TestParseRateLimitRemaining(t *testing.T) {
@@ -53,17 +55,17 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, want map[s
 func TestMetrics(t *testing.T) {
 	ctx := testContext(t)
 	reg := prometheus.NewRegistry()
-	f := newFakeUpstream(t, authBearer)
-	f.push("library/app:v1")
-	f.setOverride(func(w http.ResponseWriter, r *http.Request) bool {
+	f := fakeregistry.New(t, withBearer)
+	f.PushRandom("library/app", "v1")
+	f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
 		if strings.Contains(r.URL.Path, "/manifests/") {
 			w.Header().Set("RateLimit-Remaining", "97;w=21600")
 		}
 		return false
 	})
-	c := f.newClient(Options{Registerer: reg})
+	c := newClient(t, f, Options{Registerer: reg})
 	// A second client on the same Registerer shares the metric families.
-	if _, err := New(f.upstreamConfig(), Options{Registerer: reg}); err != nil {
+	if _, err := New(upstreamConfig(f), Options{Registerer: reg}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.HeadManifest(ctx, "library/app", "v1", nil); err != nil {

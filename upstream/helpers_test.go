@@ -1,0 +1,74 @@
+package upstream
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+
+	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/internal/fakeregistry"
+)
+
+const (
+	testUser     = "puller"
+	testPassword = "s3cret-password"
+)
+
+// Authentication of the fake upstreams, with the test credentials.
+var (
+	withBasic  = fakeregistry.WithBasic(testUser, testPassword)
+	withBearer = fakeregistry.WithBearer(testUser, testPassword)
+)
+
+// upstreamConfig is the configuration of a client for the fake.
+func upstreamConfig(f *fakeregistry.Registry) config.Upstream {
+	return config.Upstream{
+		Name:            "fake.example",
+		Endpoint:        f.URL(),
+		DialTimeout:     time.Second,
+		ResponseTimeout: 2 * time.Second,
+	}
+}
+
+// newClient builds a client for the fake, with the credentials it accepts
+// unless opts names an Authenticator.
+func newClient(t *testing.T, f *fakeregistry.Registry, opts Options) *Client {
+	t.Helper()
+	if opts.Authenticator == nil {
+		opts.Authenticator = f.Authenticator()
+	}
+	c, err := New(upstreamConfig(f), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// rotatingAuth is an Authenticator whose password can change, counting
+// how often it is asked.
+type rotatingAuth struct {
+	mu       sync.Mutex
+	password string
+	calls    int
+}
+
+func (a *rotatingAuth) Authorization() (*authn.AuthConfig, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.calls++
+	return &authn.AuthConfig{Username: testUser, Password: a.password}, nil
+}
+
+func (a *rotatingAuth) set(p string) {
+	a.mu.Lock()
+	a.password = p
+	a.mu.Unlock()
+}
+
+func (a *rotatingAuth) callCount() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.calls
+}
