@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -24,6 +22,7 @@ import (
 	"github.com/pullbroker/pullbroker/cache"
 	"github.com/pullbroker/pullbroker/config"
 	"github.com/pullbroker/pullbroker/proxy"
+	"github.com/pullbroker/pullbroker/tlsreload"
 	"github.com/pullbroker/pullbroker/upstream"
 )
 
@@ -143,11 +142,13 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	if cfg.Listen.TLSEnabled() {
-		tlsConfig, err := reloadingTLSConfig(ctx, cfg.Listen.TLSCertFile, cfg.Listen.TLSKeyFile, log)
+		certs, err := tlsreload.New(cfg.Listen.TLSCertFile, cfg.Listen.TLSKeyFile, tlsreload.WithLogger(log.With("component", "tls")))
 		if err != nil {
-			return err
+			return fmt.Errorf("listen.tlsCertFile: %w", err)
 		}
-		registrySrv.TLSConfig = tlsConfig
+		// GetCertificate picks up a renewed pair on the next handshake;
+		// ServeTLS adds h2 to NextProtos, so clients get HTTP/2.
+		registrySrv.TLSConfig = certs.TLSConfig()
 	}
 	adminSrv := &http.Server{Handler: adminMux(a, cfg), ReadHeaderTimeout: 10 * time.Second}
 
@@ -221,8 +222,3 @@ func upstreamNames(cfg *config.Config) string {
 	return strings.Join(names, ",")
 }
 
-// reloadingTLSConfig serves the certificate pair and picks up a renewed
-// pair on the next handshake after the files change.
-func reloadingTLSConfig(ctx context.Context, certFile, keyFile string, log *slog.Logger) (*tls.Config, error) {
-	return nil, errors.New("TLS is not wired yet")
-}
