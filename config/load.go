@@ -68,6 +68,14 @@ func (c *Config) applyDefaults() {
 			replaced := false
 			for i := range merged {
 				if merged[i].Name == u.Name {
+					// Naming a public registry to add credentials should
+					// not lose its endpoint and aliases.
+					if u.Endpoint == "" {
+						u.Endpoint = merged[i].Endpoint
+					}
+					if u.Aliases == nil {
+						u.Aliases = merged[i].Aliases
+					}
 					merged[i] = u
 					replaced = true
 				}

@@ -1,0 +1,140 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestEmbeddedDefault(t *testing.T) {
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen.Addr != ":5000" || c.Admin.Addr != ":5001" || c.Storage.Driver != "filesystem" ||
+		c.Storage.Parameters["rootdirectory"] != "./pullbroker-data" || c.DefaultUpstream != "docker.io" {
+		t.Fatalf("unexpected default: %+v", c)
+	}
+	for _, name := range []string{"docker.io", "ghcr.io", "gcr.io", "quay.io", "registry.k8s.io", "public.ecr.aws", "index.docker.io"} {
+		u, ok := c.Upstream(name)
+		if !ok {
+			t.Fatalf("default lacks %s", name)
+		}
+		if u.TagTTL != DefaultTagTTL || u.Credentials != nil {
+			t.Fatalf("%s: %+v", name, u)
+		}
+	}
+}
+
+func write(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestFileMergesOverDefaultAndEnvironmentOverrides(t *testing.T) {
+	p := write(t, `
+listen: {addr: "127.0.0.1:7000"}
+upstreams:
+  - name: ghcr.io
+    endpoint: http://127.0.0.1:9999
+    tagTTL: 1m
+  - name: registry.local:5000
+    endpoint: http://127.0.0.1:5555
+`)
+	t.Setenv("PULLBROKER_LOG_LEVEL", "debug")
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen.Addr != "127.0.0.1:7000" || c.Log.Level != "debug" || c.Listen.DrainTimeout != 30*time.Second {
+		t.Fatalf("merge: %+v", c)
+	}
+	if u, _ := c.Upstream("ghcr.io"); u.Endpoint != "http://127.0.0.1:9999" || u.TagTTL != time.Minute {
+		t.Fatalf("ghcr.io not replaced: %+v", u)
+	}
+	if _, ok := c.Upstream("registry.local:5000"); !ok {
+		t.Fatal("added upstream missing")
+	}
+	if _, ok := c.Upstream("docker.io"); !ok {
+		t.Fatal("public upstreams dropped")
+	}
+}
+
+func TestBadConfigNamesTheKey(t *testing.T) {
+	tests := []struct{ yaml, want string }{
+		{`listen: {addr: "nope"}`, "listen.addr"},
+		{`listen: {tlsCertFile: a.pem}`, "listen.tlsCertFile"},
+		{`lsiten: {addr: ":1"}`, "lsiten"},
+		{`log: {format: xml}`, "log.format"},
+		{`mode: sometimes`, "mode"},
+		{`defaultUpstream: nowhere.example`, "defaultUpstream"},
+		{`upstreams: [{name: "x.io", endpoint: "ftp://x.io"}]`, "upstreams[x.io].endpoint"},
+		{`upstreams: [{name: "x.io", endpoint: "https://x.io/path"}]`, "upstreams[x.io].endpoint"},
+		{`upstreams: [{name: "Bad_Host", endpoint: "https://x.io"}]`, "upstreams[Bad_Host].name"},
+		{`upstreams: [{name: "x.io", endpoint: "https://x.io", tagTTL: "soon"}]`, "tagTTL"},
+		{`upstreams: [{name: "x.io", endpoint: "https://x.io", credentials: {basic: {username: u}}}]`, "upstreams[x.io].credentials.basic"},
+		{`upstreams: [{name: "x.io", endpoint: "https://x.io", credentials: {kubernetesSecret: {name: nons}}}]`, "credentials.kubernetesSecret.name"},
+		{`upstreams: [{name: "docker.io", endpoint: "https://a.io"}, {name: "y.io", aliases: [index.docker.io], endpoint: "https://y.io"}]`, "index.docker.io"},
+		{`access: {allowedNetworks: ["10.0.0.0/33"]}`, "access.allowedNetworks[0]"},
+		{`pins: [{policy: forever}]`, "pins[0].policy"},
+		{`pins: [{policy: locked}]`, "pins[0].lockFile"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.want, func(t *testing.T) {
+			_, err := Load(write(t, tt.yaml))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Load(%s) error = %v, want one naming %q", tt.yaml, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestSecretsAreNotEchoedInErrors(t *testing.T) {
+	_, err := Load(write(t, `upstreams: [{name: "x.io", endpoint: "https://x.io", credentials: {basic: {username: u, password: hunter2, passwordEnv: PW}}}]`))
+	if err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("error = %v", err)
+	}
+}
+
+// TestExampleDocumentsEveryKey keeps config.example.yaml complete: it must
+// load, and name every key of the Config struct.
+func TestExampleDocumentsEveryKey(t *testing.T) {
+	example := filepath.Join("..", "config.example.yaml")
+	if _, err := Load(example); err != nil {
+		t.Fatalf("config.example.yaml does not load: %v", err)
+	}
+	b, err := os.ReadFile(example)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range keys(reflect.TypeOf(Config{})) {
+		if !strings.Contains(string(b), key+":") {
+			t.Errorf("config.example.yaml does not document %q", key)
+		}
+	}
+}
+
+func keys(t reflect.Type) []string {
+	var out []string
+	for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct || t == reflect.TypeOf(time.Duration(0)) {
+		return nil
+	}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if tag := f.Tag.Get("mapstructure"); tag != "" {
+			out = append(out, tag)
+			out = append(out, keys(f.Type)...)
+		}
+	}
+	return out
+}
