@@ -7,7 +7,7 @@
 # $HOME/.cache/pullbroker-test/<tool>-<version>/ and skipped when that folder exists.
 #
 # Usage: scripts/install-test-deps.sh [--no-envtest]
-#   --no-envtest  skip etcd and kube-apiserver (the latter takes ~9 min and 2.8 GB to build);
+#   --no-envtest  skip etcd and kube-apiserver (kube-apiserver takes ~11 min and 2.8 GB to build);
 #                 for quick local runs only, the full suite needs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +46,7 @@ install_apt() {
 }
 
 # go_env CMD...: runs a go command for a tool build, isolated from the caller's module settings
-# (test.sh exports GOFLAGS=-mod=mod, which `go install pkg@version` rejects) and from toolchain
+# (a GOFLAGS=-mod=mod in the environment makes `go install pkg@version` fail) and from toolchain
 # downloads (the proxy serves modules, not toolchains).
 go_env() {
 	env GOFLAGS=-buildvcs=false GOWORK=off GOTOOLCHAIN=local GO111MODULE=on "$@"
@@ -128,7 +128,7 @@ build_kube_apiserver() {
 		log "kube-apiserver: cached in $KUBE_APISERVER_DIR"
 		return
 	fi
-	log "kube-apiserver: building $KUBE_VERSION (about 9 min, 2.8 GB)"
+	log "kube-apiserver: building $KUBE_VERSION (about 11 min, 2.8 GB)"
 	# Staging modules are published as v0.X.Y for kubernetes v1.X.Y.
 	local staging_version=v0.${KUBE_VERSION#v1.}
 	local mod tmp gomod m start=$SECONDS
