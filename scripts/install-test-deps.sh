@@ -45,9 +45,9 @@ install_apt() {
 	log "apt packages: installed in $((SECONDS - start))s"
 }
 
-# go_env CMD...: runs a go command for a tool build, isolated from the caller's module settings
-# (a GOFLAGS=-mod=mod in the environment makes `go install pkg@version` fail) and from toolchain
-# downloads (the proxy serves modules, not toolchains).
+# go_env CMD...: runs a go command for a tool build with fixed settings, so the caller's GOFLAGS or
+# go.work cannot change what gets built, and no toolchain download is tried (the proxy serves
+# modules, not toolchains).
 go_env() {
 	env GOFLAGS=-buildvcs=false GOWORK=off GOTOOLCHAIN=local GO111MODULE=on "$@"
 }
