@@ -1,0 +1,55 @@
+package webhook
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics count what the webhook does. Register them with NewMetrics.
+type Metrics struct {
+	admissions      *prometheus.CounterVec
+	duration        prometheus.Histogram
+	imagesRewritten prometheus.Counter
+	resolveFailures prometheus.Counter
+}
+
+// NewMetrics creates the webhook's metrics and registers them on reg.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := newUnregisteredMetrics()
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.admissions, m.duration, m.imagesRewritten, m.resolveFailures} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}
+
+func newUnregisteredMetrics() *Metrics {
+	return &Metrics{
+		admissions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullbroker_webhook_admissions_total",
+			Help: "Admission requests by result: rewritten, unchanged, skipped (a skip rule), ignored (not a Pod create or ephemeral container update), undecodable.",
+		}, []string{"result"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pullbroker_webhook_admission_duration_seconds",
+			Help:    "Time to answer an admission request, tag resolution included.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 9),
+		}),
+		imagesRewritten: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pullbroker_webhook_images_rewritten_total",
+			Help: "Container images rewritten to the proxy.",
+		}),
+		resolveFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pullbroker_webhook_resolve_failures_total",
+			Help: "Tags that could not be pinned to a digest; the image was rewritten with its tag only.",
+		}),
+	}
+}
+
+func (m *Metrics) observe(result string, d time.Duration) {
+	m.admissions.WithLabelValues(result).Inc()
+	m.duration.Observe(d.Seconds())
+}
