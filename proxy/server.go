@@ -42,6 +42,7 @@ type Handler struct {
 	metrics   *metrics
 	now       func() time.Time
 	pins      *pinRules
+	access    *access
 
 	// Concurrent requests for the same tag or manifest share one upstream
 	// round trip.
@@ -65,12 +66,17 @@ func New(opts Options) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
+	acc, err := newAccess(opts.Config)
+	if err != nil {
+		return nil, err
+	}
 	m, err := newMetrics(opts.Registerer)
 	if err != nil {
 		return nil, err
 	}
 	return &Handler{
 		pins:      pins,
+		access:    acc,
 		cfg:       opts.Config,
 		store:     opts.Store,
 		upstreams: opts.Upstreams,
@@ -106,6 +112,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request, info *requestInfo) {
+	if apiErr := h.access.checkClient(r); apiErr != nil {
+		info.kind = "denied"
+		if apiErr.status == http.StatusUnauthorized {
+			w.Header().Set("WWW-Authenticate", `Basic realm="pullbroker"`)
+		}
+		writeError(w, r, apiErr)
+		return
+	}
 	rt, apiErr := parseRoute(h.cfg, r)
 	if apiErr != nil {
 		info.kind = "invalid"
@@ -114,6 +128,12 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, info *requestInf
 	}
 	info.kind = rt.kind
 	info.upstream = rt.registry
+	if rt.registry != "" {
+		if apiErr := h.access.allowRepository(rt); apiErr != nil {
+			writeError(w, r, apiErr)
+			return
+		}
+	}
 
 	if rt.kind == kindUpload || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
 		writeError(w, r, newAPIError(http.StatusMethodNotAllowed, errcode.ErrorCodeUnsupported,

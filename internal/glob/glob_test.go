@@ -1,0 +1,30 @@
+package glob
+
+import "testing"
+
+func TestMatch(t *testing.T) {
+	tests := []struct {
+		pattern, name string
+		want          bool
+	}{
+		{"team/*", "team/app", true},
+		{"team/*", "team/app/sub", false},
+		{"team/**", "team/app/sub", true},
+		{"team/**", "team", true},
+		{"**", "a/b/c", true},
+		{"library/*", "library/nginx", true},
+		{"*", "library/nginx", false},
+		{"a/**/z", "a/b/c/z", true},
+		{"a/**/z", "a/z", true},
+		{"a/**/z", "a/b/y", false},
+		{"1.*", "1.27", true},
+	}
+	for _, tt := range tests {
+		if got := MustCompile(tt.pattern).Match(tt.name); got != tt.want {
+			t.Errorf("%q.Match(%q) = %v, want %v", tt.pattern, tt.name, got, tt.want)
+		}
+	}
+	if _, err := Compile("a/[z"); err == nil {
+		t.Error("malformed pattern compiled")
+	}
+}
