@@ -5,8 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"path"
 	"strings"
+
+	"github.com/pullbroker/pullbroker/internal/glob"
 )
 
 // Validate reports every problem in c, each naming its key.
@@ -87,10 +88,10 @@ func (c *Config) Validate() error {
 		default:
 			bad(key+".policy", "%q is not one of ttl, sticky, locked", p.Policy)
 		}
-		if _, err := path.Match(p.Repository, ""); err != nil {
+		if _, err := glob.Compile(p.Repository); err != nil {
 			bad(key+".repository", "bad glob %q", p.Repository)
 		}
-		if _, err := path.Match(p.Tag, ""); err != nil {
+		if _, err := glob.Compile(p.Tag); err != nil {
 			bad(key+".tag", "bad glob %q", p.Tag)
 		}
 		if p.TTL < 0 {
@@ -131,7 +132,7 @@ func validateUpstream(key string, u Upstream, bad func(key, format string, args 
 		bad(key+".responseTimeout", "must not be negative")
 	}
 	for i, g := range u.Repositories {
-		if _, err := path.Match(g, ""); err != nil {
+		if _, err := glob.Compile(g); err != nil {
 			bad(fmt.Sprintf("%s.repositories[%d]", key, i), "bad glob %q", g)
 		}
 	}

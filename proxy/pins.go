@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"path"
 
 	v2 "github.com/distribution/distribution/v3/registry/api/v2"
 	"github.com/opencontainers/go-digest"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/pullbroker/pullbroker/cache"
 	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/internal/glob"
 )
 
 // Pin policies.
@@ -62,6 +62,8 @@ func ReadLockFile(cfg *config.Config, file string) (map[string]digest.Digest, er
 // pinRules matches tags to the configured pin rules.
 type pinRules struct {
 	rules []config.PinRule
+	// repos and tags are the rules' compiled globs, by rule index.
+	repos, tags []glob.Pattern
 	// locked holds each locked rule's lock file, by rule index.
 	locked map[int]map[string]digest.Digest
 }
@@ -69,6 +71,15 @@ type pinRules struct {
 func loadPinRules(cfg *config.Config) (*pinRules, error) {
 	pr := &pinRules{rules: cfg.Pins, locked: map[int]map[string]digest.Digest{}}
 	for i, r := range cfg.Pins {
+		repo, err := glob.Compile(orAny(r.Repository))
+		if err != nil {
+			return nil, fmt.Errorf("pins[%d].repository: %w", i, err)
+		}
+		tag, err := glob.Compile(orAny(r.Tag))
+		if err != nil {
+			return nil, fmt.Errorf("pins[%d].tag: %w", i, err)
+		}
+		pr.repos, pr.tags = append(pr.repos, repo), append(pr.tags, tag)
 		if r.Policy != PolicyLocked {
 			continue
 		}
@@ -87,10 +98,7 @@ func (pr *pinRules) match(registry, repo, tag string) (config.PinRule, int) {
 		if r.Registry != "" && r.Registry != registry {
 			continue
 		}
-		if ok, _ := path.Match(orAny(r.Repository), repo); !ok {
-			continue
-		}
-		if ok, _ := path.Match(orAny(r.Tag), tag); !ok {
+		if !pr.repos[i].Match(repo) || !pr.tags[i].Match(tag) {
 			continue
 		}
 		return r, i
