@@ -49,6 +49,7 @@ func (s *Store) OpenBlob(ctx context.Context, dgst digest.Digest) (*Blob, error)
 			f.Close()
 			return nil, err
 		}
+		s.touch(dgst)
 		return &Blob{Size: fi.Size(), ModTime: fi.ModTime(), Content: f}, nil
 	}
 	fi, err := s.driver.Stat(ctx, blobPath(dgst))
@@ -58,6 +59,7 @@ func (s *Store) OpenBlob(ctx context.Context, dgst digest.Digest) (*Blob, error)
 	if err != nil {
 		return nil, err
 	}
+	s.touch(dgst)
 	return &Blob{
 		Size:    fi.Size(),
 		ModTime: fi.ModTime(),

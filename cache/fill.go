@@ -159,6 +159,9 @@ func (f *Fill) run(fetch Fetcher) {
 	if err == nil {
 		err = f.commit(ctx)
 	}
+	if err == nil {
+		s.accountCommit(f.digest, f.written)
+	}
 
 	f.mu.Lock()
 	if err != nil && f.err == nil {

@@ -48,6 +48,7 @@ func (s *Store) PutManifest(ctx context.Context, registry, repo string, m Manife
 		if err := s.putAtomic(ctx, blobPath(m.Digest), m.Body); err != nil {
 			return fmt.Errorf("storing manifest %s: %w", m.Digest, err)
 		}
+		s.accountCommit(m.Digest, int64(len(m.Body)))
 	}
 	for _, ref := range references(m.Body) {
 		if ref.Validate() != nil {
@@ -81,8 +82,10 @@ func (s *Store) GetManifest(ctx context.Context, registry, repo string, dgst dig
 	if dgst.Algorithm().FromBytes(body) != dgst {
 		s.log.Error("cached manifest is corrupt; removing it", "digest", dgst)
 		_ = s.driver.Delete(ctx, blobPath(dgst))
+		s.accountDelete(dgst)
 		return Manifest{}, ErrNotFound
 	}
+	s.touch(dgst)
 	return Manifest{Digest: dgst, MediaType: l.MediaType, Body: body}, nil
 }
 

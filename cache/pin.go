@@ -59,16 +59,21 @@ func (s *Store) PutPin(ctx context.Context, p Pin) error {
 	if err != nil {
 		return err
 	}
-	return s.putAtomic(ctx, pinPath(p.Registry, p.Repository, p.Tag), b)
+	if err := s.putAtomic(ctx, pinPath(p.Registry, p.Repository, p.Tag), b); err != nil {
+		return err
+	}
+	s.accountPin(p.Image(), p.Policy)
+	return nil
 }
 
 // DeletePin removes a pin; removing one that does not exist is not an error.
 func (s *Store) DeletePin(ctx context.Context, registry, repo, tag string) error {
 	err := s.driver.Delete(ctx, pinPath(registry, repo, tag))
-	if isPathNotFound(err) {
-		return nil
+	if err != nil && !isPathNotFound(err) {
+		return err
 	}
-	return err
+	s.accountPin(Pin{Registry: registry, Repository: repo, Tag: tag}.Image(), "")
+	return nil
 }
 
 // Pins lists every pin, sorted by image.

@@ -17,6 +17,7 @@ import (
 	"path"
 	"strings"
 	"sync"
+	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
@@ -40,6 +41,9 @@ type Options struct {
 	LocalRoot string
 	// SpoolDir holds in-flight fills when LocalRoot is empty.
 	SpoolDir string
+	// MaxSizeBytes, when positive, makes Start evict the blobs read least
+	// recently once the cache holds more than this.
+	MaxSizeBytes int64
 }
 
 // Store is the cache. It is safe for concurrent use, and several processes
@@ -51,6 +55,11 @@ type Store struct {
 	spoolDir  string
 	log       *slog.Logger
 	metrics   *metrics
+	maxSize   int64
+	// evictMinIdle: blobs read this recently are not evicted.
+	evictMinIdle time.Duration
+	usage        *usage
+	scanned      chan struct{} // closed when Start's walk of storage ended
 
 	mu    sync.Mutex
 	fills map[digest.Digest]*Fill
@@ -62,11 +71,15 @@ func New(driver storagedriver.StorageDriver, opts Options) (*Store, error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Store{
-		driver:    driver,
-		localRoot: opts.LocalRoot,
-		spoolDir:  opts.SpoolDir,
-		log:       opts.Logger,
-		fills:     map[digest.Digest]*Fill{},
+		driver:       driver,
+		localRoot:    opts.LocalRoot,
+		spoolDir:     opts.SpoolDir,
+		log:          opts.Logger,
+		fills:        map[digest.Digest]*Fill{},
+		maxSize:      opts.MaxSizeBytes,
+		evictMinIdle: defaultEvictMinIdle,
+		usage:        newUsage(),
+		scanned:      make(chan struct{}),
 	}
 	m, err := newMetrics(opts.Registerer)
 	if err != nil {

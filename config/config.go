@@ -65,6 +65,12 @@ type Storage struct {
 	// SpoolDir holds blobs while they are being fetched from an upstream,
 	// for drivers that are not a local filesystem.
 	SpoolDir string `mapstructure:"spoolDir"`
+	// MaxSizeBytes bounds the cache: above it, the blobs read least
+	// recently (and not within the last minute) are deleted until the
+	// cache is at 90% of it. 0 means unbounded. The size is measured by
+	// walking storage at start; replicas sharing one storage each account
+	// only for what they stored, read and evicted themselves.
+	MaxSizeBytes int64 `mapstructure:"maxSizeBytes"`
 }
 
 // Log configures the process logger.

@@ -36,6 +36,9 @@ func (c *Config) Validate() error {
 	if c.Storage.Driver == "" {
 		bad("storage.driver", "must be set (filesystem, inmemory, s3)")
 	}
+	if c.Storage.MaxSizeBytes < 0 {
+		bad("storage.maxSizeBytes", "must not be negative (0 means unbounded)")
+	}
 	switch c.Log.Format {
 	case "text", "json":
 	default:
