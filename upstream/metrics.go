@@ -3,8 +3,11 @@ package upstream
 import (
 	"errors"
 	"net/http"
+	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +24,7 @@ type metrics struct {
 	circuitOpen    *prometheus.GaugeVec     // upstream
 	circuitOpens   *prometheus.CounterVec   // upstream
 	transportSetup *prometheus.CounterVec   // upstream, result
+	tokenRequests  *prometheus.CounterVec   // upstream
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -50,6 +54,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "pullbroker", Subsystem: "upstream", Name: "transport_setups_total",
 			Help: "Authenticated transports set up (registry ping and token fetch) per repository scope, by result.",
 		}, []string{"upstream", "result"}),
+		tokenRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullbroker_token_refreshes_total",
+			Help: "Requests sent to the upstream's Bearer token endpoint (the realm of its WWW-Authenticate challenge): first tokens and refreshes, whatever the outcome.",
+		}, []string{"upstream"}),
 	}
 	if reg != nil {
 		m.requests = registerOrExisting(reg, m.requests)
@@ -58,6 +66,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.circuitOpen = registerOrExisting(reg, m.circuitOpen)
 		m.circuitOpens = registerOrExisting(reg, m.circuitOpens)
 		m.transportSetup = registerOrExisting(reg, m.transportSetup)
+		m.tokenRequests = registerOrExisting(reg, m.tokenRequests)
 	}
 	return m
 }
@@ -82,12 +91,23 @@ func registerOrExisting[T prometheus.Collector](reg prometheus.Registerer, c T) 
 // instrumentedTransport counts and times every round trip of one upstream
 // and reads its rate-limit header. It sits below ggcr's transports, so pings,
 // token requests and redirected blob fetches are measured too.
+//
+// ggcr does the token exchange itself, so token requests are recognised
+// here by their URL: the realm of a Bearer challenge this upstream sent.
 type instrumentedTransport struct {
 	inner         http.RoundTripper
 	requests      *prometheus.CounterVec
 	duration      prometheus.ObserverVec
 	rateRemaining prometheus.Gauge
+	tokenRequests prometheus.Counter
+
+	mu     sync.Mutex
+	realms map[string]struct{} // scheme://host/path of each realm seen
 }
+
+// maxRealms bounds the realms remembered per upstream; a registry has one,
+// a blob CDN that challenges on its own may add another.
+const maxRealms = 8
 
 func (m *metrics) instrument(upstream string, inner http.RoundTripper) *instrumentedTransport {
 	labels := prometheus.Labels{"upstream": upstream}
@@ -96,10 +116,15 @@ func (m *metrics) instrument(upstream string, inner http.RoundTripper) *instrume
 		requests:      m.requests.MustCurryWith(labels),
 		duration:      m.duration.MustCurryWith(labels),
 		rateRemaining: m.rateRemaining.With(labels),
+		tokenRequests: m.tokenRequests.With(labels),
+		realms:        map[string]struct{}{},
 	}
 }
 
 func (t *instrumentedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if t.isTokenRequest(req.URL) {
+		t.tokenRequests.Inc()
+	}
 	start := time.Now()
 	resp, err := t.inner.RoundTrip(req)
 	t.duration.WithLabelValues(req.Method).Observe(time.Since(start).Seconds())
@@ -112,7 +137,40 @@ func (t *instrumentedTransport) RoundTrip(req *http.Request) (*http.Response, er
 	if remaining, ok := parseRateLimitRemaining(resp.Header.Get("Ratelimit-Remaining")); ok {
 		t.rateRemaining.Set(remaining)
 	}
+	if resp.StatusCode == http.StatusUnauthorized {
+		t.learnRealms(resp.Header.Values("Www-Authenticate"))
+	}
 	return resp, nil
+}
+
+func endpointKey(u *url.URL) string { return u.Scheme + "://" + u.Host + u.Path }
+
+func (t *instrumentedTransport) isTokenRequest(u *url.URL) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.realms[endpointKey(u)]
+	return ok
+}
+
+// bearerRealm matches the realm parameter of a Bearer challenge.
+var bearerRealm = regexp.MustCompile(`(?i)\bbearer\s.*?\brealm\s*=\s*"([^"]+)"`)
+
+func (t *instrumentedTransport) learnRealms(challenges []string) {
+	for _, c := range challenges {
+		m := bearerRealm.FindStringSubmatch(c)
+		if m == nil {
+			continue
+		}
+		u, err := url.Parse(m[1])
+		if err != nil || u.Host == "" {
+			continue
+		}
+		t.mu.Lock()
+		if len(t.realms) < maxRealms {
+			t.realms[endpointKey(u)] = struct{}{}
+		}
+		t.mu.Unlock()
+	}
 }
 
 // parseRateLimitRemaining reads Docker Hub's "ratelimit-remaining: 100;w=21600"
