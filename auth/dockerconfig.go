@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -271,10 +272,20 @@ func jsonError(err error) error {
 	case errors.As(err, &syn):
 		return fmt.Errorf("is not valid JSON (syntax error at byte %d)", syn.Offset)
 	case errors.As(err, &typ):
-		if typ.Field != "" {
-			return fmt.Errorf("is not the expected JSON: %s is a %s, not a %s", typ.Field, typ.Value, typ.Type)
+		// typ.Value quotes a number literal: it may be the secret.
+		want := "a value of another type"
+		switch typ.Type.Kind() {
+		case reflect.Map, reflect.Struct:
+			want = "an object"
+		case reflect.String:
+			want = "a string"
+		case reflect.Slice, reflect.Array:
+			want = "a list"
 		}
-		return fmt.Errorf("is not the expected JSON: found a %s, want a %s", typ.Value, typ.Type)
+		if typ.Field != "" {
+			return fmt.Errorf("is not the expected JSON: %s must be %s", typ.Field, want)
+		}
+		return fmt.Errorf("is not the expected JSON: want %s at byte %d", want, typ.Offset)
 	default:
 		return errors.New("is not valid JSON")
 	}

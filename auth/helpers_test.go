@@ -23,7 +23,7 @@ func expectAuth(t *testing.T, a authn.Authenticator, user, pass string) {
 	}
 }
 
-// eventually polls cond every 20 ms until it holds or d passes.
+// eventually polls cond every 2 ms until it holds or d passes.
 func eventually(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
@@ -31,7 +31,7 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) ti
 		if time.Since(start) > d {
 			t.Fatalf("%s: not within %s", what, d)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond)
 	}
 	return time.Since(start)
 }
