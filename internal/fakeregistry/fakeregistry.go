@@ -28,6 +28,7 @@ package fakeregistry
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -46,8 +47,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 type authMode int
@@ -270,6 +274,24 @@ func WriteError(w http.ResponseWriter, status int, code, message string) {
 	_ = json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]string{{"code": code, "message": message}}})
 }
 
+// ParseError returns the code and message of the first error of an OCI
+// error body ({"errors":[{"code","message","detail"}]}).
+func ParseError(body []byte) (code, message string, err error) {
+	var e struct {
+		Errors []struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"errors"`
+	}
+	if err := json.Unmarshal(body, &e); err != nil {
+		return "", "", fmt.Errorf("not an OCI error body: %w", err)
+	}
+	if len(e.Errors) == 0 {
+		return "", "", errors.New("OCI error body without errors")
+	}
+	return e.Errors[0].Code, e.Errors[0].Message, nil
+}
+
 // countingListener counts accepted connections, so tests can prove that a
 // call opened none.
 type countingListener struct {
@@ -476,6 +498,45 @@ func (f *Registry) PushRandom(repo, tag string) v1.Image {
 	}
 	f.Push(repo, tag, img)
 	return img
+}
+
+// RandomIndex builds a multi-platform index of one random image per
+// platform, each with two 4 KiB layers and its platform in both the index
+// descriptor and the image config. indexType is types.OCIImageIndex (OCI
+// images and layers) or types.DockerManifestList (Docker ones).
+func RandomIndex(t testing.TB, indexType types.MediaType, platforms ...v1.Platform) v1.ImageIndex {
+	t.Helper()
+	base, layerType := empty.Image, types.DockerLayer
+	if indexType == types.OCIImageIndex {
+		base = mutate.MediaType(mutate.ConfigMediaType(empty.Image, types.OCIConfigJSON), types.OCIManifestSchema1)
+		layerType = types.OCILayer
+	}
+	idx := mutate.IndexMediaType(empty.Index, indexType)
+	for _, p := range platforms {
+		var layers []v1.Layer
+		for range 2 {
+			l, err := random.Layer(4<<10, layerType)
+			if err != nil {
+				t.Fatal(err)
+			}
+			layers = append(layers, l)
+		}
+		img, err := mutate.AppendLayers(base, layers...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := img.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg = cfg.DeepCopy()
+		cfg.OS, cfg.Architecture, cfg.Variant = p.OS, p.Architecture, p.Variant
+		if img, err = mutate.ConfigFile(img, cfg); err != nil {
+			t.Fatal(err)
+		}
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &p}})
+	}
+	return idx
 }
 
 // Push writes img as repo:tag, and records that repo holds its blobs.
