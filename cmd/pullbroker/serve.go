@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -68,6 +69,8 @@ type app struct {
 	store    *cache.Store
 	handler  *proxy.Handler
 	sources  []auth.Source
+	// draining turns /readyz to 503 once shutdown began.
+	draining atomic.Bool
 }
 
 func (a *app) Close() {
@@ -89,6 +92,7 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 	a.store, err = cache.New(driver, cache.Options{
 		Logger: log.With("component", "cache"), Registerer: a.registry,
 		LocalRoot: localRoot, SpoolDir: cfg.Storage.SpoolDir,
+		MaxSizeBytes: cfg.Storage.MaxSizeBytes,
 	})
 	if err != nil {
 		return nil, err
@@ -135,6 +139,8 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	defer a.Close()
+	// Measures the cache for the metrics and runs eviction (storage.maxSizeBytes).
+	a.store.Start(ctx)
 
 	registrySrv := &http.Server{
 		Handler:           a.handler,
@@ -183,6 +189,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	case <-ctx.Done():
 	}
+	a.draining.Store(true)
 	log.Info("draining in-flight requests", "timeout", cfg.Listen.DrainTimeout)
 	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.Listen.DrainTimeout)
 	defer cancel()
@@ -202,7 +209,14 @@ func adminMux(a *app, cfg *config.Config) *http.ServeMux {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
+	// Ready means the config loaded (the admin listener starts only after
+	// build succeeded), storage takes writes, and no drain has begun.
+	// Upstream reachability is not part of it: the cache serves without.
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if a.draining.Load() {
+			http.Error(w, "not ready: draining", http.StatusServiceUnavailable)
+			return
+		}
 		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 		defer cancel()
 		if err := a.store.CheckWritable(ctx); err != nil {
@@ -221,4 +235,3 @@ func upstreamNames(cfg *config.Config) string {
 	}
 	return strings.Join(names, ",")
 }
-
