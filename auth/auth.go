@@ -223,8 +223,13 @@ type source struct {
 	baseCtx  context.Context
 
 	cur atomic.Pointer[materialBox]
-	// healthy mirrors the gauge so Healthy() needs no registry.
-	healthy atomic.Bool
+	// originOK: the last load of the file, Secret or config succeeded.
+	// tokenOK: the last token exchange (GCP) succeeded. Healthy() and the
+	// gauge are both together, so a token refresh does not hide a bad
+	// rotation of the key, nor the other way round.
+	mu       sync.Mutex
+	originOK bool
+	tokenOK  bool
 	// missing explains, without secrets, why there is no credential yet.
 	missing atomic.Pointer[string]
 
@@ -238,10 +243,11 @@ type source struct {
 
 type materialBox struct{ m material }
 
-// store takes m into use and marks the source healthy.
+// store takes m into use and marks the source healthy: a new credential
+// has no failed exchange yet.
 func (s *source) store(m material) {
 	s.cur.Store(&materialBox{m})
-	s.setHealthy(true)
+	s.setHealth(func() { s.originOK, s.tokenOK = true, true })
 }
 
 // rotated takes a newly loaded credential into use.
@@ -260,7 +266,7 @@ func (s *source) rotated(m material, what string) {
 // last good one, if any, stays in use. err must not carry secrets: every
 // error built in this package names what is wrong, never a value.
 func (s *source) failed(what string, err error) {
-	s.setHealthy(false)
+	s.setHealth(func() { s.originOK = false })
 	s.metrics.errors.Inc()
 	if s.cur.Load() != nil {
 		s.log.Warn("credential update rejected; keeping the last good credential", "from", what, "reason", err.Error())
@@ -271,17 +277,25 @@ func (s *source) failed(what string, err error) {
 	}
 }
 
-func (s *source) setHealthy(ok bool) {
-	s.healthy.Store(ok)
-	if ok {
+// setHealth applies change under the lock and publishes the gauge.
+func (s *source) setHealth(change func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	change()
+	if s.originOK && s.tokenOK {
 		s.metrics.healthy.Set(1)
 	} else {
 		s.metrics.healthy.Set(0)
 	}
 }
 
-func (s *source) Kind() string  { return s.kind }
-func (s *source) Healthy() bool { return s.healthy.Load() }
+func (s *source) Kind() string { return s.kind }
+
+func (s *source) Healthy() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.originOK && s.tokenOK
+}
 
 func (s *source) Authorization() (*authn.AuthConfig, error) {
 	return s.AuthorizationContext(s.baseCtx)

@@ -90,9 +90,7 @@ func (w *fileWatch) check() {
 	h := sha256.Sum256(data)
 	if bytes.Equal(h[:], w.lastHash[:]) {
 		// Touched or re-created with the same content.
-		if !w.s.Healthy() {
-			w.s.setHealthy(true)
-		}
+		w.s.setHealth(func() { w.s.originOK = true })
 		return
 	}
 	m, err := w.parse(data)

@@ -303,13 +303,13 @@ func describeOAuthError(re *oauth2.RetrieveError) string {
 
 // tokenRefreshed and tokenFailed report the outcome of an exchange.
 func (s *source) tokenRefreshed(tokenURL string, life time.Duration) {
-	s.setHealthy(true)
+	s.setHealth(func() { s.tokenOK = true })
 	s.metrics.reloads.Inc()
 	s.log.Debug("access token obtained", "token_uri", tokenURL, "lifetime", life.Round(time.Second).String())
 }
 
 func (s *source) tokenFailed(tokenURL string, err error, stillValid bool) {
-	s.setHealthy(false)
+	s.setHealth(func() { s.tokenOK = false })
 	s.metrics.errors.Inc()
 	if stillValid {
 		s.log.Warn("access token refresh failed; the current token is still valid", "token_uri", tokenURL, "reason", err.Error())

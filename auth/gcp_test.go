@@ -524,3 +524,39 @@ func TestCheckTokenURL(t *testing.T) {
 		}
 	}
 }
+
+// TestGCPHealthIsKeyAndToken: a good token refresh does not make a source
+// healthy again while the last rotation of its key file was refused.
+func TestGCPHealthIsKeyAndToken(t *testing.T) {
+	priv, _ := testServiceAccountKey(t, "")
+	ts := newGoogleTokenServer(t, &priv.PublicKey, time.Hour)
+	key := serviceAccountJSON(t, priv, ts.tokenURL())
+	file := writeKeyFile(t, key)
+	src, err := For(context.Background(), gcpUpstream(&config.GCPServiceAccount{KeyFile: file}), Options{FileCheckInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectAuth(t, src, "oauth2accesstoken", "ya29.test-token-1")
+	if err := os.WriteFile(file, []byte(`{"type":"service_account"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	expectAuth(t, src, "oauth2accesstoken", "ya29.test-token-1")
+	if src.Healthy() {
+		t.Fatal("healthy after a refused key rotation")
+	}
+	tm := src.(*source).cur.Load().m.(*tokenMaterial)
+	tm.mu.Lock()
+	tm.refreshAt = time.Now().Add(-time.Second)
+	tm.mu.Unlock()
+	expectAuth(t, src, "oauth2accesstoken", "ya29.test-token-2")
+	if src.Healthy() {
+		t.Fatal("a token refresh hid the refused key rotation")
+	}
+	if err := os.WriteFile(file, key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	expectAuth(t, src, "oauth2accesstoken", "ya29.test-token-2") // same key: same material, cached token
+	if !src.Healthy() {
+		t.Fatal("not healthy with the good key back")
+	}
+}
