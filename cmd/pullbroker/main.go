@@ -30,6 +30,9 @@ func newRootCmd() *cobra.Command {
 		newSyncCmd(),
 		newExportCmd(),
 		newImportCmd(),
+		newWebhookCmd(),
+		newHostsCmd(),
+		newRewriteCmd(),
 	)
 	return root
 }
