@@ -274,7 +274,7 @@ func gcpUpstream(g *config.GCPServiceAccount) config.Upstream {
 // expires.
 func TestGCPAccessTokenRefresh(t *testing.T) {
 	priv, _ := testServiceAccountKey(t, "")
-	ts := newGoogleTokenServer(t, &priv.PublicKey, 2*time.Second)
+	ts := newGoogleTokenServer(t, &priv.PublicKey, 3*time.Second)
 	keyFile := writeKeyFile(t, serviceAccountJSON(t, priv, ts.tokenURL()))
 	reg := prometheus.NewRegistry()
 	log, logs := newTestLogger(t)
@@ -328,7 +328,7 @@ func TestGCPAccessTokenRefresh(t *testing.T) {
 // across the token's expiry because the transport asks the Source again.
 func TestGCPThroughGGCR(t *testing.T) {
 	priv, _ := testServiceAccountKey(t, "")
-	ts := newGoogleTokenServer(t, &priv.PublicKey, 2*time.Second)
+	ts := newGoogleTokenServer(t, &priv.PublicKey, 3*time.Second)
 	keyFile := writeKeyFile(t, serviceAccountJSON(t, priv, ts.tokenURL()))
 
 	var mu sync.Mutex
@@ -365,7 +365,7 @@ func TestGCPThroughGGCR(t *testing.T) {
 	if err := remote.Write(ref, img, remote.WithAuth(src)); err != nil {
 		t.Fatalf("push: %v", err)
 	}
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(4 * time.Second)
 	for time.Now().Before(deadline) {
 		if _, err := remote.Head(ref, remote.WithAuth(src)); err != nil {
 			t.Fatalf("head at %s: %v", time.Now().Format(time.StampMilli), err)
@@ -375,7 +375,7 @@ func TestGCPThroughGGCR(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	if len(seen) < 2 {
-		t.Fatalf("the registry saw %d distinct tokens over 3 s of 2 s tokens, want ≥ 2", len(seen))
+		t.Fatalf("the registry saw %d distinct tokens over 4 s of 3 s tokens, want ≥ 2", len(seen))
 	}
 }
 
