@@ -73,16 +73,24 @@ func (h *Handler) serveTags(w http.ResponseWriter, r *http.Request, rt *route, i
 	if !h.offline(rt) {
 		body, link, err := h.client(rt).Tags(ctx, rt.repository, r.URL.Query())
 		if err == nil {
-			if link != "" {
+			page, next, apiErr := pageUpstreamTags(body, r.URL.Query())
+			if apiErr != nil {
+				writeError(w, r, apiErr)
+				return
+			}
+			switch {
+			case next != "":
+				w.Header().Set("Link", ownNextLink(r, next))
+			case link != "":
 				if rewritten, ok := rewriteNextLink(link, r); ok {
 					w.Header().Set("Link", rewritten)
 				}
 			}
 			w.Header().Set("Content-Type", "application/json")
-			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+			w.Header().Set("Content-Length", strconv.Itoa(len(page)))
 			w.WriteHeader(http.StatusOK)
 			if r.Method == http.MethodGet {
-				_, _ = w.Write(body)
+				_, _ = w.Write(page)
 			}
 			return
 		}
@@ -113,6 +121,48 @@ func (h *Handler) serveTags(w http.ResponseWriter, r *http.Request, rt *route, i
 		w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, q.Encode()))
 	}
 	writeJSON(w, r, "application/json", map[string]any{"name": rt.repository, "tags": page})
+}
+
+// pageUpstreamTags applies n and last to an upstream's tag list, in the
+// lexical order the distribution spec requires. Some upstreams ignore both
+// and list tags in storage order (distribution 2.8, the registry Debian
+// ships); on a list the upstream already paged this changes nothing, and a
+// sorted list asked for without n or last is passed on byte for byte. next
+// is the last tag of a page this cut short. A body that is not a tag list
+// is passed on as it came.
+func pageUpstreamTags(body []byte, q url.Values) (out []byte, next string, apiErr *apiError) {
+	var list struct {
+		Name string   `json:"name"`
+		Tags []string `json:"tags"`
+	}
+	if err := json.Unmarshal(body, &list); err != nil {
+		return body, "", nil
+	}
+	if q.Get("n") == "" && q.Get("last") == "" && sort.StringsAreSorted(list.Tags) {
+		return body, "", nil
+	}
+	sort.Strings(list.Tags)
+	page, next, apiErr := paginate(list.Tags, q)
+	if apiErr != nil {
+		return nil, "", apiErr
+	}
+	out, err := json.Marshal(map[string]any{"name": list.Name, "tags": page})
+	if err != nil {
+		return nil, "", internalError(err)
+	}
+	return out, next, nil
+}
+
+// ownNextLink is the Link to the page after last on this proxy's own path,
+// keeping n and containerd's ns.
+func ownNextLink(r *http.Request, last string) string {
+	q := url.Values{"last": {last}}
+	for _, k := range []string{"n", "ns"} {
+		if v := r.URL.Query().Get(k); v != "" {
+			q.Set(k, v)
+		}
+	}
+	return fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, q.Encode())
 }
 
 var linkTarget = regexp.MustCompile(`^\s*<([^>]*)>(.*)$`)
