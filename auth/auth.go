@@ -72,7 +72,9 @@ type Options struct {
 // Authorization returns the registry-wide credential as of now. Resolve
 // (authn.Keychain) returns an authenticator for one repository, which only
 // differs from the registry-wide one for docker config entries scoped to a
-// path ("quay.io/team"), as kubelet does. Close stops any watch.
+// path ("quay.io/team"), as kubelet does; where no entry applies the
+// answer is an empty AuthConfig (anonymous), as kubelet pulls without
+// credentials then. Close stops any watch.
 type Source interface {
 	authn.Authenticator
 	authn.ContextAuthenticator

@@ -188,6 +188,15 @@ func TestDockerConfigSource(t *testing.T) {
 		t.Fatal("not healthy after a good config")
 	}
 
+	// Only a path-scoped entry: the registry as a whole and other
+	// repositories get no credentials (anonymous), that path gets them.
+	write(dockerConfigJSON(t, "docker.io/team"))
+	expectAuth(t, src, "", "")
+	a, _ = src.Resolve(fakeResource{"registry-1.docker.io", "team/app"})
+	expectAuth(t, a, "u", "docker.io/team")
+	a, _ = src.Resolve(fakeResource{"registry-1.docker.io", "library/nginx"})
+	expectAuth(t, a, "", "")
+
 	// A missing file at start is an error naming the file.
 	up.Credentials.DockerConfig.File = filepath.Join(dir, "nope.json")
 	if _, err := For(context.Background(), up, Options{}); err == nil || !strings.Contains(err.Error(), "nope.json") {
