@@ -153,8 +153,10 @@ func (r *Rewriter) canonicalRegistry(registry string) (string, error) {
 	if name, ok := r.upstreamNames[strings.ToLower(registry)]; ok {
 		return name, nil
 	}
-	named, err := reference.ParseNormalizedNamed(registry + "/x")
-	if err != nil || reference.Path(named) != "x" {
+	// Two path components, or docker.io would add "library/" and the
+	// check below could not tell a registry from a Docker Hub namespace.
+	named, err := reference.ParseNormalizedNamed(registry + "/x/y")
+	if err != nil || reference.Path(named) != "x/y" {
 		return "", fmt.Errorf("%q is not a registry host[:port]", registry)
 	}
 	return reference.Domain(named), nil
@@ -246,10 +248,6 @@ func (r *Rewriter) Rewrite(ctx context.Context, image string) Result {
 	res := Result{Image: rewritten.String(), Changed: true}
 	if r.resolver != nil {
 		res.Image, res.ResolveErr = r.pin(ctx, rewritten)
-	}
-	if res.Image == image {
-		// Only possible when a rule maps a registry onto itself.
-		res.Changed, res.Reason = false, ReasonOnProxy
 	}
 	return res
 }

@@ -206,6 +206,24 @@ func TestRewriteRules(t *testing.T) {
 	}
 }
 
+// TestRuleWithoutUpstreams: rules work for registries the proxy host does
+// not cover, docker.io included (its names get "library/").
+func TestRuleWithoutUpstreams(t *testing.T) {
+	r := mustNew(t, Options{
+		Upstreams: []config.Upstream{},
+		Rules:     []Rule{{Registry: "index.docker.io", Prefix: "hub-mirror.example/hub"}},
+	})
+	for _, tc := range []struct{ in, want string }{
+		{"nginx", "hub-mirror.example/hub/library/nginx:latest"},
+		{"docker.io/bitnami/redis:7", "hub-mirror.example/hub/bitnami/redis:7"},
+		{"ghcr.io/org/app", "ghcr.io/org/app"},
+	} {
+		if got := r.Rewrite(context.Background(), tc.in); got.Image != tc.want {
+			t.Errorf("Rewrite(%q) = %+v, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
 func TestNewRejects(t *testing.T) {
 	for name, opts := range map[string]Options{
 		// A runtime would read "pullbroker/docker.io/nginx" as a Docker Hub
@@ -215,6 +233,7 @@ func TestNewRejects(t *testing.T) {
 		"upper-case proxy path":          {Rules: []Rule{{Registry: "docker.io", Prefix: "p.example/Hub"}}},
 		"rule prefix without host":       {Rules: []Rule{{Registry: "docker.io", Prefix: "mirror/hub"}}},
 		"rule registry not a host":       {Rules: []Rule{{Registry: "docker.io/x", Prefix: "p.example/hub"}}},
+		"rule registry a Hub namespace":  {Rules: []Rule{{Registry: "library", Prefix: "p.example/hub"}}},
 		"unknown selected registry":      {ProxyHost: testProxy, Registries: []string{"nowhere.example"}},
 		"bad exclude pattern":            {ProxyHost: testProxy, ExcludeImages: []string{"docker.io/[x"}},
 		"nothing to rewrite":             {},
