@@ -161,6 +161,11 @@ func (f *Fill) run(fetch Fetcher) {
 	}
 	if err == nil {
 		s.accountCommit(f.digest, f.written)
+	} else {
+		// Forget a failed fill before its readers learn that it failed: a
+		// client retrying at once must start a new fetch, not join this one
+		// and get its error.
+		s.forgetFill(f)
 	}
 
 	f.mu.Lock()
@@ -177,9 +182,7 @@ func (f *Fill) run(fetch Fetcher) {
 	f.release()
 	f.mu.Unlock()
 
-	s.mu.Lock()
-	delete(s.fills, f.digest)
-	s.mu.Unlock()
+	s.forgetFill(f)
 	s.metrics.fillsInFlight.Dec()
 	if err != nil {
 		s.log.Warn("blob fill failed", "digest", f.digest, "error", err)
@@ -247,6 +250,16 @@ func (f *Fill) fetch(ctx context.Context, cancel context.CancelFunc, fetch Fetch
 	f.cond.Broadcast()
 	f.mu.Unlock()
 	return nil
+}
+
+// forgetFill removes f from the fills in progress, unless a newer fill of
+// the same digest has replaced it there.
+func (s *Store) forgetFill(f *Fill) {
+	s.mu.Lock()
+	if s.fills[f.digest] == f {
+		delete(s.fills, f.digest)
+	}
+	s.mu.Unlock()
 }
 
 func (s *Store) createSpool() (*os.File, error) {
