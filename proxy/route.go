@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/internal/registryname"
 )
 
 // Route kinds.
@@ -121,6 +122,8 @@ func (rt *route) resolveName(cfg *config.Config, name string, q url.Values) *api
 	switch {
 	case q.Get("ns") != "":
 		registry, repo, rt.mirrorForm = q.Get("ns"), name, true
+	case hasRest && configuredRegistry(cfg, first) != "":
+		registry, repo = configuredRegistry(cfg, first), rest
 	case hasRest && looksLikeRegistry(first):
 		registry, repo = first, rest
 	case cfg.DefaultUpstream != "":
@@ -168,6 +171,18 @@ func (rt *route) validateReference() *apiError {
 
 func validTag(tag string) bool {
 	return len(tag) <= 128 && reference.TagRegexp.FindString(tag) == tag
+}
+
+// configuredRegistry returns the upstream a first path component names,
+// either as is or in the "host_5000" form that image references need for
+// a registry with a port; "" when it names none.
+func configuredRegistry(cfg *config.Config, component string) string {
+	for _, name := range []string{component, registryname.FromPathComponent(component)} {
+		if u, ok := cfg.Upstream(name); ok {
+			return u.Name
+		}
+	}
+	return ""
 }
 
 // looksLikeRegistry applies the rule image references use: a first

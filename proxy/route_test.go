@@ -38,6 +38,7 @@ func TestParseRoute(t *testing.T) {
 		{url: "/v2/nginx/manifests/1.27?ns=docker.io", kind: kindManifest, registry: "docker.io", repo: "library/nginx", ref: "1.27", mirror: true},
 		{url: "/v2/ghcr.io/org/team/app/blobs/" + dgst, kind: kindBlob, registry: "ghcr.io", repo: "org/team/app", ref: dgst},
 		{url: "/v2/127.0.0.1:5001/a/manifests/manifests/x", kind: kindManifest, registry: "127.0.0.1:5001", repo: "a/manifests", ref: "x"},
+		{url: "/v2/127.0.0.1_5001/a/b/manifests/v1", kind: kindManifest, registry: "127.0.0.1:5001", repo: "a/b", ref: "v1"},
 		{url: "/v2/quay.io/org/app/tags/list?n=10", kind: kindTags, registry: "quay.io", repo: "org/app"},
 		{url: "/v2/quay.io/org/app/referrers/" + dgst, kind: kindReferrers, registry: "quay.io", repo: "org/app", ref: dgst},
 		{url: "/v2/quay.io/org/app/blobs/uploads/", kind: kindUpload},

@@ -10,6 +10,8 @@ import (
 	"github.com/distribution/reference"
 
 	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/internal/glob"
+	"github.com/pullbroker/pullbroker/internal/registryname"
 )
 
 // Rule sends the images of one registry to a proxy prefix:
@@ -60,7 +62,7 @@ type Rewriter struct {
 	proxyHosts    map[string]bool   // lowercased hosts whose images are left alone
 	prefixes      map[string]string // canonical registry → prefix
 	upstreamNames map[string]string // lowercased name or alias → canonical name
-	exclude       []globPattern
+	exclude       []glob.Pattern
 	resolver      Resolver
 }
 
@@ -89,7 +91,7 @@ func New(opts Options) (*Rewriter, error) {
 			return nil, err
 		}
 		for _, name := range selected {
-			component, err := RegistryPathComponent(name)
+			component, err := registryname.ToPathComponent(name)
 			if err != nil {
 				return nil, fmt.Errorf("upstream %q: %w; give it an explicit rule or leave it out", name, err)
 			}
@@ -116,7 +118,7 @@ func New(opts Options) (*Rewriter, error) {
 		return nil, errors.New("nothing to rewrite: set a proxy host with at least one upstream, or rules")
 	}
 	for _, p := range opts.ExcludeImages {
-		g, err := compileGlob(p)
+		g, err := glob.Compile(p)
 		if err != nil {
 			return nil, fmt.Errorf("exclude pattern %q: %w", p, err)
 		}
@@ -294,7 +296,7 @@ func (r *Rewriter) onProxy(named reference.Named) bool {
 func (r *Rewriter) excluded(named reference.Named) bool {
 	name := named.Name()
 	for _, g := range r.exclude {
-		if g.match(name) {
+		if g.Match(name) {
 			return true
 		}
 	}

@@ -76,37 +76,6 @@ func TestNormalize(t *testing.T) {
 	}
 }
 
-func TestRegistryPathComponent(t *testing.T) {
-	for _, tc := range []struct{ registry, want string }{
-		{"docker.io", "docker.io"},
-		{"ghcr.io", "ghcr.io"},
-		{"registry.example.com:5000", "registry.example.com_5000"},
-		{"Registry.Example.com:5000", "registry.example.com_5000"},
-		{"localhost:5000", "localhost_5000"},
-		{"10.0.0.1:5000", "10.0.0.1_5000"},
-		{"xn--bcher-kva.example", "xn--bcher-kva.example"},
-	} {
-		got, err := RegistryPathComponent(tc.registry)
-		if err != nil || got != tc.want {
-			t.Errorf("RegistryPathComponent(%q) = %q, %v; want %q", tc.registry, got, err, tc.want)
-		}
-		if back := RegistryFromPathComponent(got); back != strings.ToLower(tc.registry) {
-			t.Errorf("RegistryFromPathComponent(%q) = %q, want %q", got, back, strings.ToLower(tc.registry))
-		}
-	}
-	for _, bad := range []string{"[::1]:5000", "a/b", "", "-x.example"} {
-		if got, err := RegistryPathComponent(bad); err == nil {
-			t.Errorf("RegistryPathComponent(%q) = %q, want an error", bad, got)
-		}
-	}
-	// Components without a numeric tail are not ports.
-	for _, c := range []string{"docker.io", "a_b", "a_", "_5000"} {
-		if got := RegistryFromPathComponent(c); got != c {
-			t.Errorf("RegistryFromPathComponent(%q) = %q, want it unchanged", c, got)
-		}
-	}
-}
-
 func TestRewriteDefaultRules(t *testing.T) {
 	r := mustNew(t, Options{ProxyHost: testProxy, ExcludeImages: []string{"docker.io/library/busybox", "ghcr.io/private/**"}})
 	const p = testProxy + "/"
@@ -297,33 +266,6 @@ func TestRewriteResolvesTags(t *testing.T) {
 	}
 	if res.calls != before {
 		t.Errorf("the resolver was asked about an image already on the proxy")
-	}
-}
-
-func TestGlob(t *testing.T) {
-	for _, tc := range []struct {
-		pattern, name string
-		want          bool
-	}{
-		{"docker.io/library/nginx", "docker.io/library/nginx", true},
-		{"docker.io/library/*", "docker.io/library/nginx", true},
-		{"docker.io/*", "docker.io/library/nginx", false},
-		{"docker.io/**", "docker.io/library/nginx", true},
-		{"**/pause", "registry.k8s.io/pause", true},
-		{"**/pause", "registry.k8s.io/x/pause", true},
-		{"**/pause", "registry.k8s.io/pause2", false},
-		{"ghcr.io/**/tools/*", "ghcr.io/a/b/tools/x", true},
-		{"ghcr.io/**/tools/*", "ghcr.io/tools/x", true},
-		{"ghcr.io/**", "ghcr.io", true},
-		{"*.example.com:5000/**", "r.example.com:5000/a", true},
-	} {
-		g, err := compileGlob(tc.pattern)
-		if err != nil {
-			t.Fatalf("compileGlob(%q): %v", tc.pattern, err)
-		}
-		if got := g.match(tc.name); got != tc.want {
-			t.Errorf("%q matches %q = %v, want %v", tc.pattern, tc.name, got, tc.want)
-		}
 	}
 }
 

@@ -18,6 +18,17 @@ func TestMatch(t *testing.T) {
 		{"a/**/z", "a/z", true},
 		{"a/**/z", "a/b/y", false},
 		{"1.*", "1.27", true},
+		{"docker.io/library/nginx", "docker.io/library/nginx", true},
+		{"docker.io/library/*", "docker.io/library/nginx", true},
+		{"docker.io/*", "docker.io/library/nginx", false},
+		{"docker.io/**", "docker.io/library/nginx", true},
+		{"**/pause", "registry.k8s.io/pause", true},
+		{"**/pause", "registry.k8s.io/x/pause", true},
+		{"**/pause", "registry.k8s.io/pause2", false},
+		{"ghcr.io/**/tools/*", "ghcr.io/a/b/tools/x", true},
+		{"ghcr.io/**/tools/*", "ghcr.io/tools/x", true},
+		{"ghcr.io/**", "ghcr.io", true},
+		{"*.example.com:5000/**", "r.example.com:5000/a", true},
 	}
 	for _, tt := range tests {
 		if got := MustCompile(tt.pattern).Match(tt.name); got != tt.want {

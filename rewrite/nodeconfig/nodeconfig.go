@@ -19,7 +19,7 @@ import (
 	"github.com/distribution/reference"
 
 	"github.com/pullbroker/pullbroker/config"
-	"github.com/pullbroker/pullbroker/rewrite"
+	"github.com/pullbroker/pullbroker/internal/registryname"
 )
 
 // Options describe how nodes reach the proxy.
@@ -217,7 +217,7 @@ func CRIORegistries(o Options) ([]byte, error) {
 		return nil, errors.New("no upstream registries to configure")
 	}
 	for _, r := range regs {
-		component, err := rewrite.RegistryPathComponent(r.upstream.Name)
+		component, err := registryname.ToPathComponent(r.upstream.Name)
 		if err != nil {
 			return nil, err
 		}
