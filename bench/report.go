@@ -1,0 +1,318 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Server names, as the tables show them.
+const (
+	srvSendfile     = "sendfile ceiling"
+	srvPullbroker   = "pullbroker"
+	srvDistribution = "distribution proxy"
+	srvUpstream     = "upstream itself (reference)"
+)
+
+type machine struct {
+	CPUs       int
+	CPUModel   string
+	MemTotal   int64
+	Kernel     string
+	GoVersion  string
+	Pullbroker string // git revision of the checkout
+	Registry   string // distribution version
+	Date       time.Time
+	// Load averages at the start and the end: other work on the machine.
+	LoadStart, LoadEnd string
+}
+
+type headRow struct {
+	name       string
+	server     string
+	rate       float64 // requests per second
+	requests   int
+	upstream   int64 // upstream requests during the run
+	byMethod   map[string]int64
+	per1000    float64
+	elapsedSec float64
+}
+
+type coldRow struct {
+	server        string
+	wall          time.Duration
+	upstreamBytes int64
+	blobRequests  int64
+	ratio         float64
+}
+
+type results struct {
+	quick   bool
+	machine machine
+
+	bigSize       int64
+	coldImage     int64 // bytes of the 3-layer image
+	coldLayers    int
+	coldLayerSize int64
+	coldClients   int
+	ttfbLayerSize int64
+	ttfbLayers    int
+	headWorkers   int
+	rounds        int
+	perClient     map[int]int
+
+	// throughput[clients][server] is every round's bytes per second.
+	throughput map[int]map[string][]float64
+	head       []headRow
+	cold       []coldRow
+	ttfb       map[string][]time.Duration
+	// rss[server][phase] is the phase's peak resident memory in bytes.
+	rss map[string]map[string]int64
+	// coldFill[server] is the time of the first, cold GET of the big blob.
+	coldFill map[string]time.Duration
+}
+
+// RSS phases.
+const (
+	phaseHead     = "(2) manifest HEADs"
+	phaseCold     = "(3) cold pull, 32 clients"
+	phaseFillBig  = "cold fill of the big blob"
+	phaseFillTTFB = "(5) cold fills of the TTFB blobs"
+	phaseCached   = "(1) cached blob serving"
+)
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func medianDuration(ds []time.Duration) time.Duration {
+	xs := make([]float64, len(ds))
+	for i, d := range ds {
+		xs[i] = float64(d)
+	}
+	return time.Duration(median(xs))
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
+
+func rate(bps float64) string {
+	if bps >= 1<<30 {
+		return fmt.Sprintf("%.2f GiB/s", bps/(1<<30))
+	}
+	return fmt.Sprintf("%.0f MiB/s", bps/(1<<20))
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
+
+// target is one goal of issue 6 and how this run did against it.
+type target struct {
+	goal   string
+	met    bool
+	detail string
+}
+
+func (r *results) tput(clients int, server string) float64 {
+	return median(r.throughput[clients][server])
+}
+
+func (r *results) headRow(name string) (headRow, bool) {
+	for _, h := range r.head {
+		if h.name == name {
+			return h, true
+		}
+	}
+	return headRow{}, false
+}
+
+func (r *results) coldRow(server string) (coldRow, bool) {
+	for _, c := range r.cold {
+		if c.server == server {
+			return c, true
+		}
+	}
+	return coldRow{}, false
+}
+
+// Head scenario names.
+const (
+	headPinned = "pullbroker, pinned tag"
+	headTTL    = "pullbroker, tag within TTL"
+	headDist   = "distribution proxy"
+)
+
+// flatSlack is how much more memory a fill of the big blob may take than
+// fills of the small ones for memory to count as flat in blob size.
+const flatSlack = 32 << 20
+
+func (r *results) targets() []target {
+	var out []target
+	clients := slices.Sorted(maps.Keys(r.throughput))
+	for _, c := range clients {
+		pb, ceil, dist := r.tput(c, srvPullbroker), r.tput(c, srvSendfile), r.tput(c, srvDistribution)
+		if ceil > 0 {
+			ratio := pb / ceil
+			t := target{goal: fmt.Sprintf("cached throughput, %d client(s): at least 0.8 of the sendfile ceiling", c), met: ratio >= 0.8}
+			t.detail = fmt.Sprintf("%.2f of the ceiling (%s of %s)", ratio, rate(pb), rate(ceil))
+			if !t.met {
+				t.detail += fmt.Sprintf("; missed by %.2f", 0.8-ratio)
+			}
+			out = append(out, t)
+		}
+		if dist > 0 {
+			t := target{goal: fmt.Sprintf("cached throughput, %d client(s): above distribution's", c), met: pb > dist}
+			t.detail = fmt.Sprintf("%.2f× distribution (%s vs %s)", pb/dist, rate(pb), rate(dist))
+			out = append(out, t)
+		}
+	}
+	if pin, ok := r.headRow(headPinned); ok {
+		if dist, ok := r.headRow(headDist); ok && dist.rate > 0 {
+			x := pin.rate / dist.rate
+			t := target{goal: "pinned tag HEADs: at least 10× distribution's rate", met: x >= 10}
+			t.detail = fmt.Sprintf("%.1f× (%.0f vs %.0f req/s)", x, pin.rate, dist.rate)
+			if !t.met {
+				t.detail += fmt.Sprintf("; missed by %.1f×", 10-x)
+			}
+			out = append(out, t)
+		}
+		out = append(out, target{
+			goal:   "pinned tag HEADs: zero upstream requests",
+			met:    pin.upstream == 0,
+			detail: fmt.Sprintf("%d upstream requests for %d HEADs", pin.upstream, pin.requests),
+		})
+	}
+	if c, ok := r.coldRow(srvPullbroker); ok {
+		t := target{goal: "cold concurrent pull: each byte fetched from upstream once (ratio 1.0)", met: c.ratio <= 1.001}
+		t.detail = fmt.Sprintf("ratio %.3f (%d upstream bytes for a %d byte image, %d clients)", c.ratio, c.upstreamBytes, r.coldImage, r.coldClients)
+		out = append(out, t)
+	}
+	if rss := r.rss[srvPullbroker]; rss != nil && rss[phaseFillBig] > 0 && rss[phaseFillTTFB] > 0 {
+		big, small := rss[phaseFillBig], rss[phaseFillTTFB]
+		t := target{goal: "memory flat in blob size", met: big <= small+flatSlack}
+		t.detail = fmt.Sprintf("peak RSS %s filling the %s blob vs %s filling %s blobs", mib(big), mib(r.bigSize), mib(small), mib(r.ttfbLayerSize))
+		if !t.met {
+			t.detail += fmt.Sprintf("; %s over the %s allowance", mib(big-small-flatSlack), mib(flatSlack))
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
+func (r *results) write(w io.Writer) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format, args...) }
+	m := r.machine
+	p("# Benchmark: pullbroker against distribution's pull-through proxy\n\n")
+	p("Written by `go run ./bench` (see [README.md](README.md)) on %s. All traffic on 127.0.0.1; one upstream\n", m.Date.UTC().Format("2006-01-02 15:04 MST"))
+	p("(distribution `registry`, filesystem storage) behind a counting reverse proxy, with pullbroker and\n")
+	p("distribution's proxy (`proxy.remoteurl`) both in front of it, each with an empty filesystem cache\n")
+	p("at the start. Ratios compare numbers measured in this same run.\n\n")
+	if r.quick {
+		p("**Quick mode (`-quick`): small sizes, one round. Not the numbers of record.**\n\n")
+	}
+	p("## Machine\n\n")
+	p("| | |\n|---|---|\n")
+	p("| CPUs (nproc) | %d (%s) |\n| memory | %s |\n| kernel | %s |\n| Go | %s |\n", m.CPUs, m.CPUModel, mib(m.MemTotal), m.Kernel, m.GoVersion)
+	p("| pullbroker | %s |\n| distribution | %s |\n", m.Pullbroker, m.Registry)
+	p("| load average (1, 5, 15 min) at start / end | %s / %s |\n\n", m.LoadStart, m.LoadEnd)
+
+	p("## Targets\n\n")
+	for _, t := range r.targets() {
+		mark := "met"
+		if !t.met {
+			mark = "**missed**"
+		}
+		p("- %s — %s: %s\n", t.goal, mark, t.detail)
+	}
+	p("\n")
+
+	p("## (1) Cached blob throughput\n\n")
+	p("One %s blob already in both caches, GET by concurrent keep-alive clients (each client %s);\n", mib(r.bigSize), perClientText(r.perClient))
+	p("median of %d round(s), servers interleaved. The ceiling is net/http's `ServeFile` (sendfile) of\n", r.rounds)
+	p("pullbroker's own cached copy of the blob, in a process of its own.\n\n")
+	p("| clients | %s | %s | %s | pullbroker / ceiling | pullbroker / distribution |\n|---|---|---|---|---|---|\n", srvSendfile, srvPullbroker, srvDistribution)
+	for _, c := range slices.Sorted(maps.Keys(r.throughput)) {
+		pb, ceil, dist := r.tput(c, srvPullbroker), r.tput(c, srvSendfile), r.tput(c, srvDistribution)
+		p("| %d | %s | %s | %s | %.2f | %.2f |\n", c, rate(ceil), rate(pb), rate(dist), pb/ceil, pb/dist)
+	}
+	p("\nEvery round:\n\n| clients | server | rounds |\n|---|---|---|\n")
+	for _, c := range slices.Sorted(maps.Keys(r.throughput)) {
+		for _, s := range []string{srvSendfile, srvPullbroker, srvDistribution} {
+			var parts []string
+			for _, v := range r.throughput[c][s] {
+				parts = append(parts, rate(v))
+			}
+			p("| %d | %s | %s |\n", c, s, strings.Join(parts, ", "))
+		}
+	}
+	p("\n")
+
+	p("## (2) Manifest HEAD by tag\n\n")
+	p("%d concurrent keep-alive clients HEAD one tag (containerd's Accept header) after one warm-up HEAD.\n\n", r.headWorkers)
+	p("| scenario | requests | req/s | upstream requests | upstream requests per 1,000 | upstream requests by method |\n|---|---|---|---|---|---|\n")
+	for _, h := range r.head {
+		var parts []string
+		for _, m := range slices.Sorted(maps.Keys(h.byMethod)) {
+			parts = append(parts, fmt.Sprintf("%s %d", m, h.byMethod[m]))
+		}
+		p("| %s | %d | %.0f | %d | %.1f | %s |\n", h.name, h.requests, h.rate, h.upstream, h.per1000, strings.Join(parts, ", "))
+	}
+	p("\n")
+
+	p("## (3) Cold pull by %d concurrent clients\n\n", r.coldClients)
+	p("An image of %d layers of %s (%d bytes with manifest and config) that neither proxy holds; each\n", r.coldLayers, mib(r.coldLayerSize), r.coldImage)
+	p("client GETs the manifest, the config, then the layers in parallel, and reads every byte (the first\n")
+	p("client checks digests). Upstream bytes are manifest and blob response body bytes through the\ncounting proxy.\n\n")
+	p("| proxy | wall time | upstream bytes | upstream / image size | upstream blob requests |\n|---|---|---|---|---|\n")
+	for _, c := range r.cold {
+		p("| %s | %s | %d | %.3f | %d |\n", c.server, c.wall.Round(time.Millisecond), c.upstreamBytes, c.ratio, c.blobRequests)
+	}
+	p("\n")
+
+	p("## (4) Peak resident memory\n\n")
+	p("VmHWM of each proxy process, reset (`/proc/<pid>/clear_refs`) at the start of each phase.\n\n")
+	phases := []string{phaseHead, phaseCold, phaseCached, phaseFillBig, phaseFillTTFB}
+	p("| proxy | %s |\n|---|%s\n", strings.Join(phases, " | "), strings.Repeat("---|", len(phases)))
+	for _, s := range []string{srvPullbroker, srvDistribution} {
+		var cells []string
+		for _, ph := range phases {
+			cells = append(cells, mib(r.rss[s][ph]))
+		}
+		p("| %s | %s |\n", s, strings.Join(cells, " | "))
+	}
+	p("\nThe big blob is %s; the TTFB blobs are %s each.\n\n", mib(r.bigSize), mib(r.ttfbLayerSize))
+
+	p("## (5) Time to first byte of a cold blob\n\n")
+	p("%d blobs of %s that the proxy does not hold, GET one after the other after the image's manifest;\n", r.ttfbLayers, mib(r.ttfbLayerSize))
+	p("time from sending the request to the first body byte. The first GET of the big blob is shown too.\n\n")
+	p("| proxy | median | min | max | first GET of the %s blob (whole body) |\n|---|---|---|---|---|\n", mib(r.bigSize))
+	for _, s := range []string{srvPullbroker, srvDistribution, srvUpstream} {
+		ds := r.ttfb[s]
+		if len(ds) == 0 {
+			continue
+		}
+		fill := "–"
+		if d, ok := r.coldFill[s]; ok {
+			fill = d.Round(time.Millisecond).String()
+		}
+		p("| %s | %s | %s | %s | %s |\n", s, ms(medianDuration(ds)), ms(slices.Min(ds)), ms(slices.Max(ds)), fill)
+	}
+	p("\n")
+}
+
+func perClientText(pc map[int]int) string {
+	var parts []string
+	for _, c := range slices.Sorted(maps.Keys(pc)) {
+		parts = append(parts, fmt.Sprintf("%d GETs with %d client(s)", pc[c], c))
+	}
+	return strings.Join(parts, ", ")
+}
