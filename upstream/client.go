@@ -226,7 +226,7 @@ func (c *Client) clientFor(ctx context.Context, repo string) (*http.Client, erro
 		setupCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.setupTimeout)
 		defer cancel()
 		scope := "repository:" + repo + ":pull"
-		rt, err := transport.NewWithContext(setupCtx, c.registry, c.auth, c.base, []string{scope})
+		rt, err := transport.NewWithContext(setupCtx, c.registry, c.authFor(repo), c.base, []string{scope})
 		if err != nil {
 			c.metrics.transportSetup.WithLabelValues(c.name, "error").Inc()
 			err = classifyRequestError(err)
@@ -238,6 +238,17 @@ func (c *Client) clientFor(ctx context.Context, repo string) (*http.Client, erro
 		// transport's dial and header timeouts bound the wait instead.
 		return &http.Client{Transport: rt}, nil
 	})
+}
+
+// authFor narrows a keychain-aware credential source to the repository,
+// so that docker config entries scoped to a path ("quay.io/team") apply.
+func (c *Client) authFor(repo string) authn.Authenticator {
+	if kc, ok := c.auth.(authn.Keychain); ok {
+		if a, err := kc.Resolve(c.registry.Repo(repo)); err == nil {
+			return a
+		}
+	}
+	return c.auth
 }
 
 // repoPattern is the OCI distribution repository name grammar. Checking it
