@@ -170,7 +170,11 @@ func run(ctx context.Context, root string, o options) error {
 	if err != nil {
 		return err
 	}
-	r.machine.Pullbroker = binaryRevision(pbBin)
+	if o.pullbrokerBin != "" {
+		r.machine.Pullbroker = binaryRevision(pbBin) + " (given with -pullbroker)"
+	} else {
+		r.machine.Pullbroker = checkoutRevision(root)
+	}
 	regBin, err := ensureRegistry(ctx)
 	if err != nil {
 		return err
@@ -572,8 +576,22 @@ pins:
 `, port, admin, root, upstream)
 }
 
+// checkoutRevision describes the working tree pullbroker was built from.
+func checkoutRevision(root string) string {
+	out, err := exec.Command("git", "-C", root, "rev-parse", "--short=12", "HEAD").Output()
+	if err != nil {
+		return "unknown revision"
+	}
+	rev := "commit " + strings.TrimSpace(string(out))
+	if st, err := exec.Command("git", "-C", root, "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(bytes.TrimSpace(st)) > 0 {
+		rev += " + uncommitted changes"
+	}
+	return rev
+}
+
 // binaryRevision is the commit a Go binary was built from, as the Go
-// toolchain stamped it, with "+ uncommitted changes" when the tree was dirty.
+// toolchain stamped it (go build -buildvcs=true), with "+ uncommitted
+// changes" when the tree was dirty.
 func binaryRevision(bin string) string {
 	info, err := buildinfo.ReadFile(bin)
 	if err != nil {
