@@ -43,13 +43,14 @@ func noLoginEnv(t testing.TB) []string {
 }
 
 // NewPodmanStore makes an image store for Podman in a temp dir and returns it. Pulls into one
-// store are seen by later Podman calls with the same store.
+// store are seen by later Podman calls with the same store. The dir has a short path: podman
+// refuses a runroot longer than 50 characters, which a t.TempDir() under a subtest's name exceeds.
 func NewPodmanStore(t testing.TB) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		missing(t, "podman with overlay storage needs root")
 	}
-	return t.TempDir()
+	return shortTempDir(t)
 }
 
 // Podman runs podman without a daemon on store (from NewPodmanStore) and returns its trimmed

@@ -16,6 +16,11 @@ import (
 // How much of a server's log a failed test prints: the end is where the cause usually is.
 const logTailBytes = 16 << 10
 
+// KillWithParent makes the kernel kill cmd's process if the test binary dies without running its
+// cleanups (a -timeout panic), so that no server a test started outlives the run. Call it before
+// cmd.Start; it has no effect outside Linux.
+func KillWithParent(cmd *exec.Cmd) { killWithParent(cmd) }
+
 // process is a server started for one test. Its output goes to a file rather than the test's
 // output, and is printed only when the test fails.
 type process struct {

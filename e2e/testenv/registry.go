@@ -25,6 +25,33 @@ const registryStartAttempts = 3
 // Deleting manifests and blobs is enabled, so tests can make an upstream lose a tag.
 func StartDockerRegistry(t testing.TB, opts RegistryOptions) string {
 	t.Helper()
+	return RunDockerRegistry(t, opts).Addr
+}
+
+// DockerRegistry is a docker-registry started by RunDockerRegistry.
+type DockerRegistry struct {
+	// Addr is "127.0.0.1:PORT".
+	Addr string
+	p    *process
+}
+
+// Kill ends the registry at once with SIGKILL, as a crash or an outage would, and waits until it
+// has exited: from then on its port refuses connections.
+func (r *DockerRegistry) Kill(t testing.TB) {
+	t.Helper()
+	if r.p.exited() {
+		return
+	}
+	if err := r.p.cmd.Process.Kill(); err != nil {
+		t.Fatalf("kill docker-registry: %v", err)
+	}
+	<-r.p.done
+}
+
+// RunDockerRegistry is StartDockerRegistry for tests that stop the registry themselves: it returns
+// a handle whose Kill ends the process mid-test.
+func RunDockerRegistry(t testing.TB, opts RegistryOptions) *DockerRegistry {
+	t.Helper()
 	bin := toolPath(t, "docker-registry")
 	dir := t.TempDir()
 	htpasswd := ""
@@ -37,7 +64,7 @@ func StartDockerRegistry(t testing.TB, opts RegistryOptions) string {
 		p := startProcess(t, "docker-registry", exec.Command(bin, "serve", config))
 		err := p.waitReady(30*time.Second, func() bool { return registryAnswers(addr) })
 		if err == nil {
-			return addr
+			return &DockerRegistry{Addr: addr, p: p}
 		}
 		if !p.exited() || attempt == registryStartAttempts {
 			t.Fatalf("docker-registry on %s: %v\n%s", addr, err, p.logTail())
