@@ -1,0 +1,205 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// connCounter is a TCP listener on 127.0.0.1 that counts the connections it is offered and
+// closes each at once: an upstream that must never be contacted.
+type connCounter struct {
+	ln net.Listener
+	n  atomic.Int64
+}
+
+func newConnCounter(t *testing.T) *connCounter {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &connCounter{ln: ln}
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.n.Add(1)
+			conn.Close()
+		}
+	}()
+	t.Cleanup(func() { ln.Close() })
+	return c
+}
+
+func (c *connCounter) endpoint() string { return "http://" + c.ln.Addr().String() }
+
+func (c *connCounter) count() int64 { return c.n.Load() }
+
+// upstreamProxy is a reverse proxy between pullbroker and docker-registry that counts the
+// requests pullbroker makes, by "METHOD kind" (kind: manifest, blob, tags, base, other), and can
+// slow blob bodies down.
+type upstreamProxy struct {
+	srv *httptest.Server
+	mu  sync.Mutex
+	n   map[string]int
+	// bytesPerSecond, when not zero, throttles every blob body.
+	bytesPerSecond atomic.Int64
+}
+
+func newUpstreamProxy(t *testing.T, target string) *upstreamProxy {
+	t.Helper()
+	u, err := url.Parse("http://" + target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &upstreamProxy{n: map[string]int{}}
+	rp := httputil.NewSingleHostReverseProxy(u)
+	rp.ModifyResponse = func(resp *http.Response) error {
+		if rate := p.bytesPerSecond.Load(); rate > 0 && resp.Request.Method == http.MethodGet && requestKind(resp.Request.URL.Path) == "blob" {
+			resp.Body = &throttledBody{rc: resp.Body, rate: rate}
+		}
+		return nil
+	}
+	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.mu.Lock()
+		p.n[r.Method+" "+requestKind(r.URL.Path)]++
+		p.mu.Unlock()
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(p.srv.Close)
+	return p
+}
+
+func (p *upstreamProxy) endpoint() string { return p.srv.URL }
+
+// counts returns a copy of the request counts.
+func (p *upstreamProxy) counts() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[string]int, len(p.n))
+	for k, v := range p.n {
+		out[k] = v
+	}
+	return out
+}
+
+// total is the number of requests seen.
+func (p *upstreamProxy) total() int {
+	n := 0
+	for _, v := range p.counts() {
+		n += v
+	}
+	return n
+}
+
+func requestKind(path string) string {
+	switch {
+	case path == "/v2/" || path == "/v2":
+		return "base"
+	case strings.Contains(path, "/manifests/"):
+		return "manifest"
+	case strings.Contains(path, "/blobs/"):
+		return "blob"
+	case strings.HasSuffix(path, "/tags/list"):
+		return "tags"
+	}
+	return "other"
+}
+
+// throttledBody passes a body on at about rate bytes per second, in 32 KiB steps.
+type throttledBody struct {
+	rc   io.ReadCloser
+	rate int64
+}
+
+func (b *throttledBody) Read(p []byte) (int, error) {
+	const step = 32 << 10
+	if len(p) > step {
+		p = p[:step]
+	}
+	n, err := b.rc.Read(p)
+	if n > 0 {
+		time.Sleep(time.Duration(int64(n) * int64(time.Second) / b.rate))
+	}
+	return n, err
+}
+
+func (b *throttledBody) Close() error { return b.rc.Close() }
+
+// tapProxy sits between clients and pullbroker and searches every response it relays, status
+// line, headers and body, for the test's secrets.
+type tapProxy struct {
+	srv       *httptest.Server
+	sec       *secrets
+	mu        sync.Mutex
+	scanners  []*leakScanner
+	responses atomic.Int64
+	bodyBytes atomic.Int64
+}
+
+func newTapProxy(t *testing.T, sec *secrets, target string) *tapProxy {
+	t.Helper()
+	u, err := url.Parse("http://" + target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := &tapProxy{sec: sec}
+	rp := httputil.NewSingleHostReverseProxy(u)
+	rp.ModifyResponse = func(resp *http.Response) error {
+		where := fmt.Sprintf("response to %s %s (%s)", resp.Request.Method, resp.Request.URL, resp.Status)
+		s := sec.scanner(where)
+		fmt.Fprintf(s, "%s\n", resp.Status)
+		_ = resp.Header.Write(s)
+		tp.mu.Lock()
+		tp.scanners = append(tp.scanners, s)
+		tp.mu.Unlock()
+		tp.responses.Add(1)
+		resp.Body = &teeBody{rc: resp.Body, w: s, n: &tp.bodyBytes}
+		return nil
+	}
+	tp.srv = httptest.NewServer(rp)
+	t.Cleanup(tp.srv.Close)
+	return tp
+}
+
+// addr is the tap's host:port: clients pull from it as they would from pullbroker.
+func (tp *tapProxy) addr() string { return strings.TrimPrefix(tp.srv.URL, "http://") }
+
+// report fails the test for every secret a relayed response held.
+func (tp *tapProxy) report(t *testing.T) {
+	t.Helper()
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	for _, s := range tp.scanners {
+		s.report(t)
+	}
+}
+
+type teeBody struct {
+	rc io.ReadCloser
+	w  io.Writer
+	n  *atomic.Int64
+}
+
+func (b *teeBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if n > 0 {
+		_, _ = b.w.Write(p[:n])
+		b.n.Add(int64(n))
+	}
+	return n, err
+}
+
+func (b *teeBody) Close() error { return b.rc.Close() }

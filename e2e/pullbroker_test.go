@@ -1,0 +1,291 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pullbroker/pullbroker/e2e/testenv"
+)
+
+// upstreamName is the name clients use for the docker-registry upstream: the first path component
+// of the image-prefix form and the ?ns= value of containerd's mirror form. It resolves nowhere;
+// pullbroker connects to the configured endpoint.
+const upstreamName = "upstream.test"
+
+// upstreamConfig is one entry of the generated config's upstreams list.
+type upstreamConfig struct {
+	Name     string // default upstreamName
+	Endpoint string // http://127.0.0.1:PORT
+	// Username and PasswordFile are the only credential: clients never have one.
+	Username, PasswordFile string
+	Mode                   string        // "" inherits the global mode
+	TagTTL                 time.Duration // 0: pullbroker's default (5m)
+}
+
+// pbConfig is what a test chooses of a pullbroker's config; the listeners are always on free
+// 127.0.0.1 ports and the storage is the filesystem driver.
+type pbConfig struct {
+	Upstreams []upstreamConfig
+	// Mode is the global mode: "" (online) or "offline".
+	Mode string
+	// StorageDir is the cache root; "" makes a fresh one. Two pullbrokers given the same
+	// directory share one cache, as replicas sharing a bucket do.
+	StorageDir     string
+	AdminTokenFile string
+	DrainTimeout   time.Duration // 0: 30s
+}
+
+// pullbroker is a running `pullbroker serve`.
+type pullbroker struct {
+	Addr       string // client listener, 127.0.0.1:PORT
+	Admin      string // admin listener, 127.0.0.1:PORT
+	ConfigPath string
+	StorageDir string
+
+	cmd     *exec.Cmd
+	logPath string
+	done    chan struct{}
+	waitErr error
+}
+
+// writeConfig renders cfg with the given listeners and returns the file's path.
+func writeConfig(t *testing.T, cfg pbConfig, listen, admin string) string {
+	t.Helper()
+	drain := cfg.DrainTimeout
+	if drain == 0 {
+		drain = 30 * time.Second
+	}
+	mode := cfg.Mode
+	if mode == "" {
+		mode = "online"
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "listen:\n  addr: %q\n  drainTimeout: %s\n", listen, drain)
+	fmt.Fprintf(&b, "admin:\n  addr: %q\n  tokenFile: %q\n", admin, cfg.AdminTokenFile)
+	fmt.Fprintf(&b, "storage:\n  driver: filesystem\n  parameters:\n    rootdirectory: %q\n", cfg.StorageDir)
+	// debug: the more the proxy logs, the more the leak checks see.
+	fmt.Fprintf(&b, "log:\n  format: json\n  level: debug\n")
+	fmt.Fprintf(&b, "mode: %s\ndefaultUpstream: \"\"\ndisableDefaultUpstreams: true\nupstreams:\n", mode)
+	for _, u := range cfg.Upstreams {
+		name := u.Name
+		if name == "" {
+			name = upstreamName
+		}
+		fmt.Fprintf(&b, "  - name: %q\n    endpoint: %q\n", name, u.Endpoint)
+		if u.Mode != "" {
+			fmt.Fprintf(&b, "    mode: %s\n", u.Mode)
+		}
+		if u.TagTTL != 0 {
+			fmt.Fprintf(&b, "    tagTTL: %s\n", u.TagTTL)
+		}
+		// A short dial timeout: a killed upstream refuses at once anyway.
+		fmt.Fprintf(&b, "    dialTimeout: 2s\n    responseTimeout: 20s\n")
+		if u.Username != "" {
+			fmt.Fprintf(&b, "    credentials:\n      basic:\n        username: %q\n        passwordFile: %q\n", u.Username, u.PasswordFile)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "pullbroker.yaml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// A port taken between FreePort and pullbroker's bind makes it exit; new ports are tried.
+const pullbrokerStartAttempts = 3
+
+// startPullbroker runs `pullbroker serve` with cfg and waits until both listeners answer. On
+// cleanup it sends SIGTERM and expects exit status 0, then searches the whole log for the test's
+// secrets and for race reports.
+func startPullbroker(t *testing.T, sec *secrets, cfg pbConfig) *pullbroker {
+	t.Helper()
+	if cfg.StorageDir == "" {
+		cfg.StorageDir = t.TempDir()
+	}
+	for attempt := 1; ; attempt++ {
+		p := &pullbroker{
+			Addr:       fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+			Admin:      fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
+			StorageDir: cfg.StorageDir,
+			logPath:    filepath.Join(t.TempDir(), "pullbroker.log"),
+			done:       make(chan struct{}),
+		}
+		p.ConfigPath = writeConfig(t, cfg, p.Addr, p.Admin)
+		p.start(t)
+		err := p.waitReady(30 * time.Second)
+		if err == nil {
+			t.Cleanup(func() { p.cleanup(t, sec) })
+			return p
+		}
+		log := p.logs(t)
+		if p.exited() && strings.Contains(log, "address already in use") && attempt < pullbrokerStartAttempts {
+			continue
+		}
+		p.kill()
+		t.Fatalf("pullbroker did not start: %v\n%s", err, log)
+	}
+}
+
+func (p *pullbroker) start(t *testing.T) {
+	t.Helper()
+	logFile, err := os.Create(p.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.cmd = exec.Command(pullbrokerBin, "serve", "--config", p.ConfigPath)
+	p.cmd.Stdout, p.cmd.Stderr = logFile, logFile
+	testenv.KillWithParent(p.cmd)
+	if err := p.cmd.Start(); err != nil {
+		logFile.Close()
+		t.Fatalf("start pullbroker: %v", err)
+	}
+	go func() {
+		p.waitErr = p.cmd.Wait()
+		logFile.Close()
+		close(p.done)
+	}()
+}
+
+func (p *pullbroker) waitReady(timeout time.Duration) error {
+	client := &http.Client{Timeout: 2 * time.Second}
+	ok := func(url string) bool {
+		resp, err := client.Get(url)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		if ok("http://"+p.Addr+"/v2/") && ok("http://"+p.Admin+"/healthz") {
+			return nil
+		}
+		if p.exited() {
+			return fmt.Errorf("pullbroker exited: %v", p.waitErr)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready after %v", timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (p *pullbroker) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *pullbroker) kill() {
+	if !p.exited() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// stop sends SIGTERM and waits for the exit status; it kills the process after timeout.
+func (p *pullbroker) stop(timeout time.Duration) error {
+	if !p.exited() {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	}
+	select {
+	case <-p.done:
+		return p.waitErr
+	case <-time.After(timeout):
+		p.kill()
+		return fmt.Errorf("pullbroker still running %v after SIGTERM; killed", timeout)
+	}
+}
+
+func (p *pullbroker) cleanup(t *testing.T, sec *secrets) {
+	if err := p.stop(45 * time.Second); err != nil {
+		t.Errorf("pullbroker on %s did not exit with status 0 after SIGTERM: %v", p.Addr, err)
+	}
+	log := p.logs(t)
+	sec.check(t, "pullbroker log ("+p.logPath+")", []byte(log))
+	checkNoRace(t, "pullbroker", log)
+	t.Logf("pullbroker %s: %d log lines searched for secrets", p.Addr, strings.Count(log, "\n"))
+	if t.Failed() {
+		t.Logf("pullbroker %s log tail:\n%s", p.Addr, tail(log, 24<<10))
+	}
+}
+
+func (p *pullbroker) logs(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile(p.logPath)
+	if err != nil {
+		t.Errorf("pullbroker log: %v", err)
+	}
+	return string(b)
+}
+
+func checkNoRace(t *testing.T, what, output string) {
+	t.Helper()
+	if strings.Contains(output, "WARNING: DATA RACE") {
+		t.Errorf("%s reported a data race", what)
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "[...]\n" + s[len(s)-n:]
+}
+
+// ref is the image-prefix reference of repo ("team/app:v1", "team/app@sha256:...") on p.
+func (p *pullbroker) ref(repo string) string { return p.Addr + "/" + upstreamName + "/" + repo }
+
+// url is a URL on the client listener.
+func (p *pullbroker) url(path string) string { return "http://" + p.Addr + path }
+
+// metrics returns the /metrics page of the admin listener.
+func (p *pullbroker) metrics(t *testing.T) string {
+	t.Helper()
+	resp, err := http.Get("http://" + p.Admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %s, %v", resp.Status, err)
+	}
+	return string(b)
+}
+
+// runCLI runs a pullbroker command (sync, export, import, pin ...) to completion and returns its
+// combined output, which is searched for the secrets. A failure fails the test.
+func runCLI(t *testing.T, sec *secrets, args ...string) string {
+	t.Helper()
+	out, err := tryCLI(t, sec, args...)
+	if err != nil {
+		t.Fatalf("pullbroker %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func tryCLI(t *testing.T, sec *secrets, args ...string) (string, error) {
+	t.Helper()
+	var out bytes.Buffer
+	cmd := exec.Command(pullbrokerBin, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	testenv.KillWithParent(cmd)
+	err := cmd.Run()
+	sec.check(t, "output of pullbroker "+strings.Join(args, " "), out.Bytes())
+	checkNoRace(t, "pullbroker "+args[0], out.String())
+	return out.String(), err
+}
