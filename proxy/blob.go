@@ -66,13 +66,25 @@ func (h *Handler) confirmBlobInRepository(ctx context.Context, rt *route, dgst d
 	if h.offline(rt) {
 		return fromUpstream(rt, upstream.ErrOffline)
 	}
-	if _, err := h.client(rt).HeadBlob(ctx, rt.repository, dgst); err != nil {
-		return fromUpstream(rt, err)
+	// Concurrent requests for the same unlinked blob share one HEAD.
+	key := rt.registry + "\x00" + rt.repository + "\x00" + dgst.String()
+	ch := h.blobConfirmFlight.DoChan(key, func() (any, error) {
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), upstreamWorkTimeout)
+		defer cancel()
+		if _, err := h.client(rt).HeadBlob(wctx, rt.repository, dgst); err != nil {
+			return nil, err
+		}
+		return nil, h.store.LinkBlob(wctx, rt.registry, rt.repository, dgst)
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return fromUpstream(rt, res.Err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fromUpstream(rt, ctx.Err())
 	}
-	if err := h.store.LinkBlob(ctx, rt.registry, rt.repository, dgst); err != nil {
-		return internalError(err)
-	}
-	return nil
 }
 
 func (h *Handler) serveCachedBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest, blob *cache.Blob) {

@@ -47,6 +47,9 @@ type Handler struct {
 	// Concurrent requests for the same tag or manifest share one upstream
 	// round trip.
 	manifestFlight singleflight.Group
+	// and concurrent requests for a blob not yet linked to its repository
+	// share one confirming HEAD.
+	blobConfirmFlight singleflight.Group
 }
 
 // New returns a Handler.
