@@ -16,7 +16,8 @@ import (
 // without the pin every one of them would revalidate upstream (checked first). A new image pushed
 // to the same tag upstream does not change what is served until `pullbroker pin refresh`, which
 // reports old -> new; then the new digest is served. The unpinned control also shows that TTL
-// revalidation of an unchanged tag is a HEAD upstream, never a GET.
+// revalidation of an unchanged tag is a HEAD upstream, never a GET; a restart on the same storage
+// keeps the pin.
 func TestAlwaysPullPinned(t *testing.T) {
 	const pinnedHeads = 1000
 	f := newFixture(t)
@@ -99,5 +100,17 @@ func TestAlwaysPullPinned(t *testing.T) {
 	list := runCLI(t, f.secrets, "pin", "list", "--admin", "http://"+pb.Admin, "--token-file", f.adminTokenFile)
 	if !strings.Contains(list, moved) || strings.Contains(list, old) {
 		t.Errorf("pin list after refresh:\n%s\nwant %s and not %s", list, moved, old)
+	}
+
+	// Pins live in the storage: a restarted proxy answers the pinned tag with no upstream request.
+	if err := pb.stop(time.Minute); err != nil {
+		t.Fatalf("stopping pullbroker: %v", err)
+	}
+	pb = f.startPullbroker(pbConfig{StorageDir: pb.StorageDir, Upstreams: []upstreamConfig{u}})
+	tagURL = pb.url("/v2/" + upstreamName + "/" + appRepo + "/manifests/" + appTag)
+	before = counting.total()
+	headAll(100, moved)
+	if n := counting.total() - before; n != 0 {
+		t.Errorf("after a restart, 100 HEADs of the pinned tag made %d upstream requests, want 0", n)
 	}
 }
