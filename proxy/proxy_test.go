@@ -97,6 +97,13 @@ type env struct {
 // driver, wired as cmd/pullbroker's build() wires them.
 func newEnv(t *testing.T, driver string, upOpts ...fakeregistry.Option) *env {
 	t.Helper()
+	return newEnvWithConfig(t, driver, nil, upOpts...)
+}
+
+// newEnvWithConfig is newEnv with a chance to change the proxy's config
+// (pin rules, access, modes) before the handler is built.
+func newEnvWithConfig(t *testing.T, driver string, configure func(*config.Config), upOpts ...fakeregistry.Option) *env {
+	t.Helper()
 	e := &env{
 		t:       t,
 		up:      fakeregistry.New(t, upOpts...),
@@ -131,6 +138,9 @@ func newEnv(t *testing.T, driver string, upOpts ...fakeregistry.Option) *env {
 		DefaultUpstream: upstreamName,
 		Upstreams:       []config.Upstream{u},
 		Storage:         storage,
+	}
+	if configure != nil {
+		configure(cfg)
 	}
 	e.handler, err = proxy.New(proxy.Options{
 		Config:     cfg,
