@@ -51,8 +51,9 @@ type usage struct {
 
 	// evict is signalled when the cache may be over its limit.
 	evict chan struct{}
-	// overWarned is when the eviction loop last logged that it could not
-	// get under the limit.
+	// evictMu serializes eviction passes; overWarned, under it, is when
+	// a pass last logged that it could not get under the limit.
+	evictMu    sync.Mutex
 	overWarned time.Time
 }
 
@@ -230,6 +231,8 @@ func (s *Store) evictLoop(ctx context.Context) {
 // being filled is not in the index yet, so it is never a candidate.
 func (s *Store) evictOnce(ctx context.Context) {
 	u := s.usage
+	u.evictMu.Lock()
+	defer u.evictMu.Unlock()
 	u.mu.Lock()
 	if u.bytes <= s.maxSize {
 		u.mu.Unlock()
