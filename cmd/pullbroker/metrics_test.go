@@ -169,13 +169,18 @@ func (w *wiredApp) get(t *testing.T, url string, header http.Header) (int, strin
 	return resp.StatusCode, string(b)
 }
 
-func TestMetricsOfAWiredProxy(t *testing.T) {
-	w := startWired(t)
+// pullSome pulls two images twice each, one of them pinned on the way.
+func (w *wiredApp) pullSome(t *testing.T) {
+	t.Helper()
 	w.pull(t, testTag)
 	w.pull(t, testTag)      // from the cache
 	w.pull(t, testPinnedTg) // pinned (sticky) on first resolution
 	w.pull(t, testPinnedTg)
+}
 
+func TestMetricsPassLint(t *testing.T) {
+	w := startWired(t)
+	w.pullSome(t)
 	problems, err := testutil.GatherAndLint(w.app.registry)
 	if err != nil {
 		t.Fatal(err)
@@ -183,6 +188,11 @@ func TestMetricsOfAWiredProxy(t *testing.T) {
 	for _, p := range problems {
 		t.Errorf("lint: %s: %s", p.Metric, p.Text)
 	}
+}
+
+func TestMetricsAfterPulls(t *testing.T) {
+	w := startWired(t)
+	w.pullSome(t)
 
 	code, body := w.get(t, w.admin.URL+"/metrics", nil)
 	if code != http.StatusOK {
