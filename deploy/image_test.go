@@ -1,0 +1,290 @@
+package deploy_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"debug/elf"
+	"errors"
+	"io"
+	"log"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// needTool finds a test tool (PULLBROKER_TEST_TOOLS, then PATH). Missing, it
+// skips the test, or fails it when PULLBROKER_REQUIRE_TOOLS=1 (CI).
+func needTool(t *testing.T, tool string) string {
+	t.Helper()
+	if dir := os.Getenv("PULLBROKER_TEST_TOOLS"); dir != "" {
+		if p := filepath.Join(dir, tool); isExecutable(p) {
+			return p
+		}
+	}
+	if p, err := exec.LookPath(tool); err == nil {
+		return p
+	}
+	missing(t, tool+" not found in $PULLBROKER_TEST_TOOLS or $PATH (scripts/install-test-deps.sh builds it)")
+	return ""
+}
+
+func missing(t *testing.T, why string) {
+	t.Helper()
+	if os.Getenv("PULLBROKER_REQUIRE_TOOLS") == "1" {
+		t.Fatal(why)
+	}
+	t.Skip(why)
+}
+
+func isExecutable(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0
+}
+
+// TestImageBuild runs deploy/image/build.sh against an in-memory registry on
+// loopback: the base image comes from it (as it would through pullbroker)
+// and the result goes back to it, for two platforms.
+func TestImageBuild(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cross-compiles the binary twice")
+	}
+	crane := needTool(t, "crane")
+	for _, tool := range []string{"bash", "tar", "go"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			missing(t, tool+" not found")
+		}
+	}
+
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://")
+
+	// A two-platform base, standing in for distroless/static.
+	platforms := []v1.Platform{{OS: "linux", Architecture: "amd64"}, {OS: "linux", Architecture: "arm64"}}
+	var base v1.ImageIndex = empty.Index
+	baseLayers := map[string]v1.Hash{}
+	for _, p := range platforms {
+		img, err := random.Image(512, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cf, err := img.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cf = cf.DeepCopy()
+		cf.OS, cf.Architecture = p.OS, p.Architecture
+		cf.Config.User = "65532:65532"
+		if img, err = mutate.ConfigFile(img, cf); err != nil {
+			t.Fatal(err)
+		}
+		layers, _ := img.Layers()
+		baseLayers[p.Architecture], _ = layers[0].Digest()
+		p := p
+		base = mutate.AppendManifests(base, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &p}})
+	}
+	baseRef, err := name.ParseReference(host+"/distroless/static:nonroot", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteIndex(baseRef, base); err != nil {
+		t.Fatal(err)
+	}
+
+	target := host + "/pullbroker/pullbroker:test"
+	cmd := exec.Command("bash", "image/build.sh", target)
+	cmd.Env = append(os.Environ(),
+		"CRANE="+crane,
+		"INSECURE=1",
+		"BASE_IMAGE="+baseRef.String(),
+		"PLATFORMS=linux/amd64,linux/arm64",
+		"SOURCE_DATE_EPOCH=1700000000",
+	)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("build.sh: %v\n%s", err, stderr.String())
+	}
+	out := strings.TrimSpace(stdout.String())
+	if !regexp.MustCompile(`^` + regexp.QuoteMeta(host+"/pullbroker/pullbroker") + `@sha256:[0-9a-f]{64}$`).MatchString(out) {
+		t.Fatalf("build.sh printed %q, want the pushed digest reference", out)
+	}
+
+	ref, _ := name.ParseReference(target, name.Insecure)
+	desc, err := remote.Get(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(out, desc.Digest.String()) {
+		t.Errorf("tag %s is %s, build.sh printed %s", target, desc.Digest, out)
+	}
+	if !desc.MediaType.IsIndex() {
+		t.Fatalf("%s is %s, want an index for two platforms", target, desc.MediaType)
+	}
+	idx, _ := desc.ImageIndex()
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(im.Manifests) != 2 {
+		t.Fatalf("index has %d manifests", len(im.Manifests))
+	}
+	machines := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}
+	for _, m := range im.Manifests {
+		if m.Platform == nil {
+			t.Fatalf("manifest %s has no platform", m.Digest)
+		}
+		arch := m.Platform.Architecture
+		img, err := idx.Image(m.Digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cf, err := img.ConfigFile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cf.OS != "linux" || cf.Architecture != arch {
+			t.Errorf("%s: config platform %s/%s", arch, cf.OS, cf.Architecture)
+		}
+		if !slices.Equal(cf.Config.Entrypoint, []string{"/usr/local/bin/pullbroker"}) ||
+			!slices.Equal(cf.Config.Cmd, []string{"serve"}) || cf.Config.User != "65532:65532" {
+			t.Errorf("%s: entrypoint %q cmd %q user %q", arch, cf.Config.Entrypoint, cf.Config.Cmd, cf.Config.User)
+		}
+		if _, ok := cf.Config.ExposedPorts["5000/tcp"]; !ok {
+			t.Errorf("%s: exposed ports %v", arch, cf.Config.ExposedPorts)
+		}
+		layers, err := img.Layers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(layers) != 2 {
+			t.Fatalf("%s: %d layers, want the base's and the binary's", arch, len(layers))
+		}
+		if d, _ := layers[0].Digest(); d != baseLayers[arch] {
+			t.Errorf("%s: first layer %s is not the %s base layer", arch, d, arch)
+		}
+		if mt, _ := layers[1].MediaType(); mt != types.DockerLayer && mt != types.OCILayer {
+			t.Errorf("%s: binary layer media type %s, want a gzip layer", arch, mt)
+		}
+		checkBinaryLayer(t, arch, layers[1], machines[arch])
+	}
+}
+
+// checkBinaryLayer: the layer holds exactly the binary, root-owned,
+// executable, statically linked for the platform.
+func checkBinaryLayer(t *testing.T, arch string, l v1.Layer, machine elf.Machine) {
+	t.Helper()
+	rc, err := l.Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	var names []string
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, h.Name)
+		if h.Typeflag != tar.TypeReg {
+			continue
+		}
+		if h.Uid != 0 || h.Gid != 0 || h.Mode&0o777 != 0o755 || h.ModTime.Unix() != 1700000000 {
+			t.Errorf("%s: %s uid %d gid %d mode %o mtime %v", arch, h.Name, h.Uid, h.Gid, h.Mode, h.ModTime)
+		}
+		b, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := elf.NewFile(bytes.NewReader(b))
+		if err != nil {
+			t.Fatalf("%s: %s is not ELF: %v", arch, h.Name, err)
+		}
+		if f.Machine != machine {
+			t.Errorf("%s: binary for %s", arch, f.Machine)
+		}
+		for _, p := range f.Progs {
+			if p.Type == elf.PT_INTERP {
+				t.Errorf("%s: binary is dynamically linked (CGO_ENABLED=0 expected)", arch)
+			}
+		}
+	}
+	if !slices.Equal(names, []string{"usr/local/bin/pullbroker"}) {
+		t.Errorf("%s: layer holds %q, want only usr/local/bin/pullbroker", arch, names)
+	}
+}
+
+// TestCommandLines checks the command lines in the manifests against the
+// pullbroker binary: each subcommand exists and takes the flags given.
+// A subcommand that has not landed yet is reported as skipped.
+func TestCommandLines(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := buildPullbroker(t)
+	seen := map[string]bool{}
+	for _, dir := range allBuilds() {
+		r := render(t, dir)
+		for _, w := range r.workloads(t) {
+			for _, c := range w.pod.Spec.Containers {
+				key := strings.Join(c.Args, " ")
+				if seen[key] {
+					continue
+				}
+				seen[key] = true
+				t.Run(w.pod.Labels[componentKey]+"/"+c.Args[0], func(t *testing.T) {
+					checkCommandLine(t, bin, c.Args)
+				})
+			}
+		}
+	}
+}
+
+// buildPullbroker builds cmd/pullbroker into the test's temporary directory.
+func buildPullbroker(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "pullbroker")
+	build := exec.Command("go", "build", "-o", bin, "../cmd/pullbroker")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func checkCommandLine(t *testing.T, bin string, args []string) {
+	out, err := exec.Command(bin, args[0], "--help").CombinedOutput()
+	help := string(out)
+	if err != nil || !strings.Contains(help, "Usage:") || !strings.Contains(help, "pullbroker "+args[0]) {
+		if args[0] == "serve" {
+			t.Fatalf("pullbroker serve --help: %v\n%s", err, help)
+		}
+		t.Skipf("pullbroker %s is not implemented yet (%v): manifests use %q", args[0], err, args)
+	}
+	for _, a := range args[1:] {
+		if !strings.HasPrefix(a, "--") {
+			continue
+		}
+		flag, _, _ := strings.Cut(a, "=")
+		if !regexp.MustCompile(`(?m)^\s+(-\w, )?` + regexp.QuoteMeta(flag) + `\b`).MatchString(help) {
+			t.Errorf("pullbroker %s has no flag %s:\n%s", args[0], flag, help)
+		}
+	}
+}
