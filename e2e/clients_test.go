@@ -88,22 +88,22 @@ func ctrPullPrefix(t *testing.T, socket, ref, want string) {
 	ctrExpect(t, socket, ref, want)
 }
 
-// mirrorHostsDir writes a containerd hosts directory that makes pbAddr the mirror of
-// upstreamName for pull and resolve, with `server` on a port nothing listens on: a pull that
-// succeeds came through the mirror, whose requests carry ?ns=upstream.test.
+// mirrorHostsDir is what `pullbroker hosts` writes for a node whose containerd should use the
+// proxy at pbAddr as the mirror of upstreamName, with the fallback `server` on a port nothing
+// listens on: a pull that succeeds came through the mirror, whose requests carry
+// ?ns=upstream.test.
 func mirrorHostsDir(t *testing.T, pbAddr string) string {
 	t.Helper()
 	dir := t.TempDir()
-	dead := fmt.Sprintf("http://127.0.0.1:%d", testenv.FreePort(t))
-	hosts := fmt.Sprintf(`server = %q
-
-[host."http://%s"]
-  capabilities = ["pull", "resolve"]
-`, dead, pbAddr)
-	if err := os.MkdirAll(filepath.Join(dir, upstreamName), 0o755); err != nil {
-		t.Fatal(err)
+	cfg := filepath.Join(t.TempDir(), "hosts-config.yaml")
+	writeFile(t, cfg, fmt.Sprintf("disableDefaultUpstreams: true\ndefaultUpstream: \"\"\nupstreams:\n  - name: %s\n    endpoint: http://127.0.0.1:%d\n",
+		upstreamName, testenv.FreePort(t)))
+	runCLI(t, newSecrets(), "hosts", "--config", cfg, "--proxy", "http://"+pbAddr, "--dir", dir)
+	hosts, err := os.ReadFile(filepath.Join(dir, upstreamName, "hosts.toml"))
+	if err != nil {
+		t.Fatalf("pullbroker hosts wrote no hosts.toml for %s: %v", upstreamName, err)
 	}
-	writeFile(t, filepath.Join(dir, upstreamName, "hosts.toml"), hosts)
+	t.Logf("hosts.toml from pullbroker hosts:\n%s", hosts)
 	return dir
 }
 
