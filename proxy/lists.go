@@ -116,9 +116,7 @@ func (h *Handler) serveTags(w http.ResponseWriter, r *http.Request, rt *route, i
 		return
 	}
 	if next != "" {
-		q := r.URL.Query()
-		q.Set("last", next)
-		w.Header().Set("Link", fmt.Sprintf(`<%s?%s>; rel="next"`, r.URL.Path, q.Encode()))
+		w.Header().Set("Link", ownNextLink(r, next))
 	}
 	writeJSON(w, r, "application/json", map[string]any{"name": rt.repository, "tags": page})
 }
