@@ -1,9 +1,9 @@
 package auth
 
 import (
-	"errors"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pullbroker/pullbroker/internal/metricsreg"
 )
 
 // Metric names. The only label is the upstream name from the config, so the
@@ -40,24 +40,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg == nil {
 		return m
 	}
-	m.errors = register(reg, m.errors)
-	m.healthy = register(reg, m.healthy)
-	m.reloads = register(reg, m.reloads)
+	m.errors = metricsreg.Shared(reg, m.errors)
+	m.healthy = metricsreg.Shared(reg, m.healthy)
+	m.reloads = metricsreg.Shared(reg, m.reloads)
 	return m
-}
-
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing
-			}
-		}
-		// A different collector under the same name is a programming
-		// error in the process; keep ours working, unexported.
-	}
-	return c
 }
 
 type upstreamMetrics struct {

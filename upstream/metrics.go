@@ -1,7 +1,6 @@
 package upstream
 
 import (
-	"errors"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -11,6 +10,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pullbroker/pullbroker/internal/metricsreg"
 )
 
 // metrics are shared by every Client registered on the same Registerer and
@@ -60,32 +61,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"upstream"}),
 	}
 	if reg != nil {
-		m.requests = registerOrExisting(reg, m.requests)
-		m.duration = registerOrExisting(reg, m.duration)
-		m.rateRemaining = registerOrExisting(reg, m.rateRemaining)
-		m.circuitOpen = registerOrExisting(reg, m.circuitOpen)
-		m.circuitOpens = registerOrExisting(reg, m.circuitOpens)
-		m.transportSetup = registerOrExisting(reg, m.transportSetup)
-		m.tokenRequests = registerOrExisting(reg, m.tokenRequests)
+		m.requests = metricsreg.Shared(reg, m.requests)
+		m.duration = metricsreg.Shared(reg, m.duration)
+		m.rateRemaining = metricsreg.Shared(reg, m.rateRemaining)
+		m.circuitOpen = metricsreg.Shared(reg, m.circuitOpen)
+		m.circuitOpens = metricsreg.Shared(reg, m.circuitOpens)
+		m.transportSetup = metricsreg.Shared(reg, m.transportSetup)
+		m.tokenRequests = metricsreg.Shared(reg, m.tokenRequests)
 	}
 	return m
-}
-
-// registerOrExisting registers c, or returns the collector already
-// registered under the same description: every Client shares one set of
-// metric families on a Registerer.
-func registerOrExisting[T prometheus.Collector](reg prometheus.Registerer, c T) T {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(T); ok {
-				return existing
-			}
-		}
-		// A clashing, different collector: keep counting into ours, which
-		// simply stays unexported, rather than failing the whole proxy.
-	}
-	return c
 }
 
 // instrumentedTransport counts and times every round trip of one upstream
