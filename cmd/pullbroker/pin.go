@@ -49,14 +49,20 @@ func newPinCmd() *cobra.Command {
 		return &adminClient{base: strings.TrimSuffix(adminURL, "/"), token: strings.TrimSpace(string(b)),
 			http: &http.Client{Timeout: 2 * time.Minute}}, nil
 	}
-
-	cmd.AddCommand(&cobra.Command{
-		Use: "list", Short: "List every pin", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+	// withClient gives a subcommand the admin client, built from the flags.
+	withClient := func(run func(c *adminClient, cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
+		return func(cmd *cobra.Command, args []string) error {
 			c, err := client()
 			if err != nil {
 				return err
 			}
+			return run(c, cmd, args)
+		}
+	}
+
+	cmd.AddCommand(&cobra.Command{
+		Use: "list", Short: "List every pin", Args: cobra.NoArgs,
+		RunE: withClient(func(c *adminClient, cmd *cobra.Command, _ []string) error {
 			pins, err := c.list()
 			if err != nil {
 				return err
@@ -67,18 +73,15 @@ func newPinCmd() *cobra.Command {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Image(), p.Digest, p.Policy, p.PinnedAt.Format(time.RFC3339))
 			}
 			return tw.Flush()
-		},
+		}),
 	})
 	cmd.AddCommand(&cobra.Command{
 		Use: "set IMAGE[:TAG] [DIGEST]", Short: "Pin a tag to a digest, or to what the upstream resolves it to now",
 		Args: cobra.RangeArgs(1, 2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := client()
-			if err != nil {
-				return err
-			}
+		RunE: withClient(func(c *adminClient, cmd *cobra.Command, args []string) error {
 			var d digest.Digest
 			if len(args) == 2 {
+				var err error
 				if d, err = digest.Parse(args[1]); err != nil {
 					return fmt.Errorf("digest %q: %w", args[1], err)
 				}
@@ -89,25 +92,17 @@ func newPinCmd() *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s pinned to %s\n", pin.Image(), pin.Digest)
 			return nil
-		},
+		}),
 	})
 	cmd.AddCommand(&cobra.Command{
 		Use: "rm IMAGE[:TAG]", Short: "Remove a pin; the tag is resolved by its rule again", Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := client()
-			if err != nil {
-				return err
-			}
+		RunE: withClient(func(c *adminClient, cmd *cobra.Command, args []string) error {
 			return c.do(http.MethodDelete, "/api/v1/pins/"+args[0], nil, nil)
-		},
+		}),
 	})
 	cmd.AddCommand(&cobra.Command{
 		Use: "refresh IMAGE[:TAG]", Short: "Resolve a tag upstream now and move its pin; reports old and new digest", Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := client()
-			if err != nil {
-				return err
-			}
+		RunE: withClient(func(c *adminClient, cmd *cobra.Command, args []string) error {
 			var res proxy.PinRefresh
 			if err := c.do(http.MethodPost, "/api/v1/refresh/"+args[0], nil, &res); err != nil {
 				return err
@@ -118,16 +113,12 @@ func newPinCmd() *cobra.Command {
 				fmt.Fprintf(cmd.OutOrStdout(), "%s unchanged: %s\n", res.Image, res.New)
 			}
 			return nil
-		},
+		}),
 	})
 	var output string
 	export := &cobra.Command{
 		Use: "export", Short: "Write every pin as a lock file that a locked pin rule reads", Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := client()
-			if err != nil {
-				return err
-			}
+		RunE: withClient(func(c *adminClient, cmd *cobra.Command, _ []string) error {
 			pins, err := c.list()
 			if err != nil {
 				return err
@@ -146,17 +137,13 @@ func newPinCmd() *cobra.Command {
 				return err
 			}
 			return os.WriteFile(output, b, 0o644)
-		},
+		}),
 	}
 	export.Flags().StringVarP(&output, "output", "o", "", "lock file to write (default stdout)")
 	cmd.AddCommand(export)
 	cmd.AddCommand(&cobra.Command{
 		Use: "import LOCKFILE", Short: "Pin every tag of a lock file to its digest", Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := client()
-			if err != nil {
-				return err
-			}
+		RunE: withClient(func(c *adminClient, cmd *cobra.Command, args []string) error {
 			b, err := os.ReadFile(args[0])
 			if err != nil {
 				return err
@@ -177,7 +164,7 @@ func newPinCmd() *cobra.Command {
 				fmt.Fprintf(cmd.OutOrStdout(), "%s pinned to %s\n", img, lf.Pins[img])
 			}
 			return nil
-		},
+		}),
 	})
 	return cmd
 }
