@@ -113,8 +113,8 @@ func sizesFor(quick bool) sizes {
 	}
 	return sizes{
 		big: 256 << 20, coldLayers: 3, coldLayer: 50 << 20, ttfbLayers: 5, ttfbLayer: 32 << 20,
-		coldClients: 32, headWorkers: 32, headReqs: 20000, headMax: 20 * time.Second, rounds: 5,
-		perClient: map[int]int{1: 4, 8: 2},
+		coldClients: 32, headWorkers: 32, headReqs: 20000, headMax: 20 * time.Second, rounds: 7,
+		perClient: map[int]int{1: 6, 8: 2},
 	}
 }
 

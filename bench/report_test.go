@@ -58,3 +58,19 @@ func TestTargets(t *testing.T) {
 		t.Errorf("report does not say what was missed by how much:\n%s", buf.String())
 	}
 }
+
+func TestPairedRatio(t *testing.T) {
+	// Load from elsewhere halves both servers in the last rounds: the
+	// ratio of medians would say 0.75, every round says 1.
+	r := &results{throughput: map[int]map[string][]float64{1: {
+		srvSendfile:   {4, 4, 2, 2, 2},
+		srvPullbroker: {4, 4, 2, 2, 2},
+	}}}
+	r.throughput[1][srvSendfile][1] = 4.2
+	if got := r.pairedRatio(1, srvPullbroker, srvSendfile); got != 1 {
+		t.Errorf("paired ratio = %v, want 1", got)
+	}
+	if got := r.pairedRatio(8, srvPullbroker, srvSendfile); got != 0 {
+		t.Errorf("paired ratio without samples = %v, want 0", got)
+	}
+}
