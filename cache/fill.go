@@ -73,6 +73,14 @@ func (s *Store) Fill(dgst digest.Digest, fetch Fetcher) (f *Fill, cached bool, e
 	return f, false, nil
 }
 
+// RunningFill returns the fill in progress for dgst, or nil. Offline, a
+// request may still follow a fill that started before.
+func (s *Store) RunningFill(dgst digest.Digest) *Fill {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fills[dgst]
+}
+
 // Wait blocks until the upstream answered and returns the blob's size (-1
 // if the upstream did not say), or the error that ended the fill early.
 func (f *Fill) Wait(ctx context.Context) (int64, error) {

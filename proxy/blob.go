@@ -34,6 +34,10 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, rt *route, i
 		return
 	}
 	if h.offline(rt) {
+		if fill := h.store.RunningFill(dgst); fill != nil && r.Method == http.MethodGet {
+			h.followFill(w, r, rt, dgst, fill)
+			return
+		}
 		writeError(w, r, fromUpstream(rt, upstream.ErrOffline))
 		return
 	}
@@ -98,7 +102,6 @@ func (h *Handler) serveCachedBlob(w http.ResponseWriter, r *http.Request, dgst d
 // serveThroughFill joins (or starts) the one upstream fetch of the blob
 // and streams it as it arrives.
 func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, rt *route, dgst digest.Digest) {
-	ctx := r.Context()
 	client := h.client(rt)
 	repo := rt.repository
 	fill, cached, err := h.store.Fill(dgst, func(ctx context.Context) (io.ReadCloser, int64, error) {
@@ -112,6 +115,12 @@ func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, rt *r
 		h.serveFromCache(w, r, dgst)
 		return
 	}
+	h.followFill(w, r, rt, dgst, fill)
+}
+
+// followFill streams a fill to the client as its bytes arrive.
+func (h *Handler) followFill(w http.ResponseWriter, r *http.Request, rt *route, dgst digest.Digest, fill *cache.Fill) {
+	ctx := r.Context()
 	size, err := fill.Wait(ctx)
 	if err != nil {
 		if ctx.Err() != nil {

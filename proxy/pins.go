@@ -106,9 +106,10 @@ func (pr *pinRules) match(registry, repo, tag string) (config.PinRule, int) {
 	return config.PinRule{}, -1
 }
 
+// orAny makes an empty glob match every name, at any depth.
 func orAny(glob string) string {
 	if glob == "" {
-		return "*"
+		return "**"
 	}
 	return glob
 }

@@ -214,3 +214,32 @@ func TestAdminAPIRequiresItsToken(t *testing.T) {
 		t.Fatalf("list pins: status %d body %s", r.StatusCode, r.body)
 	}
 }
+
+// TestOfflineFollowsARunningFill: a blob whose fill began before the
+// upstream was switched offline is still served, not refused as a miss.
+func TestOfflineFollowsARunningFill(t *testing.T) {
+	var cfg *config.Config
+	e := newEnvWithConfig(t, "filesystem", func(c *config.Config) { cfg = c })
+	content := randomBytes(t, 256<<10)
+	d := e.pushBlobImage("team/app", content)
+	e.fetchManifest("team/app")
+	release := make(chan struct{})
+	interceptBlobGETs(e.up, d, release, nil)
+
+	results := make(chan response, 2)
+	go func() { results <- doRequest(t, t.Context(), http.MethodGet, e.srv.URL+blobPath("team/app", d)) }()
+	eventually(t, "the fill is running", func() bool { return e.store.RunningFill(d) != nil })
+	cfg.Mode = config.ModeOffline
+	go func() { results <- doRequest(t, t.Context(), http.MethodGet, e.srv.URL+blobPath("team/app", d)) }()
+	eventually(t, "both clients are waiting", func() bool { return e.inflight.Load() == 2 })
+	close(release)
+	for range 2 {
+		r := <-results
+		if r.StatusCode != http.StatusOK || string(r.body) != string(content) {
+			t.Fatalf("status %d, %d bytes, read error %v", r.StatusCode, len(r.body), r.readErr)
+		}
+	}
+	if n := e.up.Count(http.MethodGet, "/blobs/"); n != 1 {
+		t.Fatalf("upstream blob GETs = %d, want 1", n)
+	}
+}
