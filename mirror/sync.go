@@ -10,6 +10,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/term"
 	"sigs.k8s.io/yaml"
 
 	"github.com/pullbroker/pullbroker/config"
@@ -85,14 +86,24 @@ func Sync(ctx context.Context, cfg *config.Config, h *proxy.Handler, list ImageL
 		return nil, err
 	}
 	defer lp.Close()
+	live := isTerminal(progress)
 	var results []SyncResult
-	for _, e := range list.Images {
+	for i, e := range list.Images {
 		platforms := e.Platforms
 		if len(platforms) == 0 {
 			platforms = list.Platforms
 		}
 		start := time.Now()
-		res := syncImage(ctx, cfg, h, lp, e.Image, platforms)
+		var onBlob func(SyncResult)
+		if live {
+			onBlob = func(r SyncResult) {
+				fmt.Fprintf(progress, "\r\033[K[%d/%d] %s: %d blobs, %s", i+1, len(list.Images), e.Image, r.Blobs, humanBytes(r.Bytes))
+			}
+		}
+		res := syncImage(ctx, cfg, h, lp, e.Image, platforms, onBlob)
+		if live {
+			fmt.Fprint(progress, "\r\033[K")
+		}
 		if res.Err != nil {
 			fmt.Fprintf(progress, "FAIL %s: %v\n", e.Image, res.Err)
 		} else {
@@ -106,7 +117,9 @@ func Sync(ctx context.Context, cfg *config.Config, h *proxy.Handler, list ImageL
 	return results, nil
 }
 
-func syncImage(ctx context.Context, cfg *config.Config, h *proxy.Handler, lp *loopbackProxy, ref string, platforms []Platform) SyncResult {
+// syncImage pulls one image through the proxy; onBlob, when set, sees the
+// running totals after every blob.
+func syncImage(ctx context.Context, cfg *config.Config, h *proxy.Handler, lp *loopbackProxy, ref string, platforms []Platform, onBlob func(SyncResult)) SyncResult {
 	res := SyncResult{Image: ref}
 	img, err := proxy.ParseImage(cfg, ref)
 	if err != nil {
@@ -123,6 +136,9 @@ func syncImage(ctx context.Context, cfg *config.Config, h *proxy.Handler, lp *lo
 	if err := walkDescriptor(ctx, lp, img, desc, platforms, func(size int64) {
 		res.Blobs++
 		res.Bytes += size
+		if onBlob != nil {
+			onBlob(res)
+		}
 	}); err != nil {
 		res.Err = err
 		return res
@@ -194,6 +210,13 @@ func walkDescriptor(ctx context.Context, lp *loopbackProxy, img proxy.Image, des
 		fetched(n)
 	}
 	return nil
+}
+
+// isTerminal reports whether w is a terminal, where sync redraws one
+// progress line instead of printing a line per image only.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 func humanBytes(n int64) string {
