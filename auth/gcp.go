@@ -17,7 +17,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/authn"
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/google"
 	"golang.org/x/oauth2/jwt"
@@ -40,13 +39,9 @@ const (
 // DefaultGCPSecretKey is the Secret data key read when secretKey is empty.
 const DefaultGCPSecretKey = "key.json"
 
-// Token refresh tuning: a token is replaced when less than
-// min(gcpRefreshMargin, a fifth of its lifetime) is left; after a failed
-// exchange the next one waits gcpRetryBackoff.
-var (
-	gcpRefreshMargin = 5 * time.Minute
-	gcpRetryBackoff  = 2 * time.Second
-)
+// gcpRefreshMargin: an access token is replaced when less than
+// min(gcpRefreshMargin, a fifth of its lifetime) is left.
+var gcpRefreshMargin = 5 * time.Minute
 
 func (s *source) startGCP(ctx context.Context, g *config.GCPServiceAccount) error {
 	mode := g.Exchange
@@ -112,7 +107,7 @@ func (s *source) gcpMaterial(data []byte, mode string) (material, error) {
 	if err := checkTokenURL(cfg.TokenURL); err != nil {
 		return nil, err
 	}
-	return &tokenMaterial{s: s, cfg: cfg}, nil
+	return newTokenMaterial(s, &gcpExchanger{s: s, cfg: cfg}, gcpRefreshMargin), nil
 }
 
 func checkRSAKey(p string) error {
@@ -151,74 +146,19 @@ func checkTokenURL(raw string) error {
 	return fmt.Errorf("token_uri %q must use https", raw)
 }
 
-// tokenMaterial exchanges a service-account key for OAuth2 access tokens
-// (JWT-bearer grant at the key's token_uri) and caches each until shortly
-// before it expires. A failed refresh keeps using a token that has not
-// expired yet.
-type tokenMaterial struct {
+// gcpExchanger exchanges a service-account key for OAuth2 access tokens
+// (JWT-bearer grant at the key's token_uri), sent as oauth2accesstoken.
+type gcpExchanger struct {
 	s   *source
 	cfg *jwt.Config
-
-	mu        sync.Mutex
-	tok       *oauth2.Token
-	refreshAt time.Time // replace the token from here on
-	validTo   time.Time // the token may be sent until here
-	retryAt   time.Time // no exchange before here (after a failure)
-	lastErr   error
 }
 
-func (t *tokenMaterial) authFor(context.Context, string) (*authn.AuthConfig, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	now := time.Now()
-	if t.tok != nil && now.Before(t.refreshAt) {
-		return t.auth(), nil
-	}
-	if now.Before(t.retryAt) {
-		if t.tok != nil && now.Before(t.validTo) {
-			return t.auth(), nil
-		}
-		return nil, t.lastErr
-	}
-	// The exchange runs under the Source's context, not the caller's: a
-	// cancelled pull must not fail the refresh for the pulls waiting on it.
-	tok, err := t.exchange(t.s.baseCtx)
-	if err != nil {
-		t.lastErr = err
-		t.retryAt = now.Add(gcpRetryBackoff)
-		stillValid := t.tok != nil && now.Before(t.validTo)
-		t.s.tokenFailed(t.cfg.TokenURL, err, stillValid)
-		if stillValid {
-			return t.auth(), nil
-		}
-		return nil, err
-	}
-	got := time.Now()
-	t.tok = tok
-	t.retryAt = time.Time{}
-	t.lastErr = nil
-	life := tok.Expiry.Sub(got)
-	if tok.Expiry.IsZero() || life <= 0 {
-		// No expires_in: use it for a while, then ask again.
-		life = gcpRefreshMargin
-		t.validTo = got.Add(life)
-		t.refreshAt = t.validTo
-	} else {
-		t.refreshAt = tok.Expiry.Add(-min(gcpRefreshMargin, life/5))
-		t.validTo = tok.Expiry.Add(-min(10*time.Second, life/10))
-	}
-	t.s.tokenRefreshed(t.cfg.TokenURL, life)
-	return t.auth(), nil
-}
-
-func (t *tokenMaterial) auth() *authn.AuthConfig {
-	return &authn.AuthConfig{Username: gcpAccessTokenUser, Password: t.tok.AccessToken}
-}
+func (g *gcpExchanger) logAttrs() []any { return []any{"token_uri", g.cfg.TokenURL} }
 
 // exchange runs one JWT-bearer grant. Its errors say what went wrong
 // without quoting the response body or the assertion.
-func (t *tokenMaterial) exchange(ctx context.Context) (*oauth2.Token, error) {
-	base := t.s.opts.HTTPClient
+func (g *gcpExchanger) exchange(ctx context.Context) (exchangedToken, error) {
+	base := g.s.opts.HTTPClient
 	rt := &recordingTransport{base: base.Transport}
 	if rt.base == nil {
 		rt.base = http.DefaultTransport
@@ -226,22 +166,22 @@ func (t *tokenMaterial) exchange(ctx context.Context) (*oauth2.Token, error) {
 	client := *base
 	client.Transport = rt
 	ctx = context.WithValue(ctx, oauth2.HTTPClient, &client)
-	tok, err := t.cfg.TokenSource(ctx).Token()
+	tok, err := g.cfg.TokenSource(ctx).Token()
 	if err == nil && tok.AccessToken == "" {
 		err = errors.New("missing access_token")
 	}
 	if err == nil {
-		return tok, nil
+		return exchangedToken{username: gcpAccessTokenUser, password: tok.AccessToken, expiry: tok.Expiry}, nil
 	}
-	where := "token endpoint " + t.cfg.TokenURL
+	where := "token endpoint " + g.cfg.TokenURL
 	var re *oauth2.RetrieveError
 	switch {
 	case errors.As(err, &re):
-		return nil, fmt.Errorf("%s refused the exchange: %s", where, describeOAuthError(re))
+		return exchangedToken{}, fmt.Errorf("%s refused the exchange: %s", where, describeOAuthError(re))
 	case rt.err() != nil:
-		return nil, fmt.Errorf("%s: %w", where, rt.err())
+		return exchangedToken{}, fmt.Errorf("%s: %w", where, rt.err())
 	default:
-		return nil, fmt.Errorf("%s sent no usable token", where)
+		return exchangedToken{}, fmt.Errorf("%s sent no usable token", where)
 	}
 }
 
@@ -299,21 +239,4 @@ func describeOAuthError(re *oauth2.RetrieveError) string {
 		}
 	}
 	return msg
-}
-
-// tokenRefreshed and tokenFailed report the outcome of an exchange.
-func (s *source) tokenRefreshed(tokenURL string, life time.Duration) {
-	s.setHealth(func() { s.tokenOK = true })
-	s.metrics.reloads.Inc()
-	s.log.Debug("access token obtained", "token_uri", tokenURL, "lifetime", life.Round(time.Second).String())
-}
-
-func (s *source) tokenFailed(tokenURL string, err error, stillValid bool) {
-	s.setHealth(func() { s.tokenOK = false })
-	s.metrics.errors.Inc()
-	if stillValid {
-		s.log.Warn("access token refresh failed; the current token is still valid", "token_uri", tokenURL, "reason", err.Error())
-	} else {
-		s.log.Error("access token refresh failed", "token_uri", tokenURL, "reason", err.Error())
-	}
 }
