@@ -113,6 +113,7 @@ type Credentials struct {
 	GCPServiceAccount *GCPServiceAccount `mapstructure:"gcpServiceAccount"`
 	DockerConfig      *DockerConfig      `mapstructure:"dockerConfig"`
 	KubernetesSecret  *KubernetesSecret  `mapstructure:"kubernetesSecret"`
+	ECR               *ECR               `mapstructure:"ecr"`
 }
 
 // BasicCredentials is a username with a password or access token given
@@ -150,6 +151,23 @@ type KubernetesSecret struct {
 	Name string `mapstructure:"name"`
 	// Kubeconfig is a kubeconfig path; empty means in-cluster config.
 	Kubeconfig string `mapstructure:"kubeconfig"`
+}
+
+// ECR is Amazon ECR: an authorization token from the ECR API's
+// GetAuthorizationToken, signed with the AWS default credential chain
+// (environment, shared config and credentials files, web identity / IRSA,
+// ECS and EC2 metadata), sent as Basic "AWS:<token>" and refreshed before
+// its 12-hour expiry.
+type ECR struct {
+	// Region is the AWS region of the registry, such as "eu-west-1".
+	Region string `mapstructure:"region"`
+	// RegistryID is the 12-digit account ID of the registry; empty means
+	// the caller's own. (ECR's token is valid for every registry the
+	// principal may read, so this rarely matters.)
+	RegistryID string `mapstructure:"registryID"`
+	// Endpoint overrides the ECR API URL (a VPC interface endpoint, a
+	// test server); https, or http on a loopback address only.
+	Endpoint string `mapstructure:"endpoint"`
 }
 
 // Access decides which clients may pull through the proxy.

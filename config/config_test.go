@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -137,4 +138,44 @@ func keys(t reflect.Type) []string {
 		}
 	}
 	return out
+}
+
+func TestECRCredentials(t *testing.T) {
+	c, err := Load(write(t, `
+upstreams:
+  - name: 123456789012.dkr.ecr.eu-west-1.amazonaws.com
+    endpoint: https://123456789012.dkr.ecr.eu-west-1.amazonaws.com
+    credentials:
+      ecr: {region: eu-west-1, registryID: "123456789012", endpoint: "https://api.ecr.eu-west-1.amazonaws.com"}
+  - name: ecr.test:5000
+    endpoint: http://127.0.0.1:5000
+    credentials:
+      ecr: {region: us-east-1, endpoint: "http://127.0.0.1:8080"}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := c.Upstream("123456789012.dkr.ecr.eu-west-1.amazonaws.com")
+	if e := u.Credentials.ECR; e == nil || *e != (ECR{Region: "eu-west-1", RegistryID: "123456789012", Endpoint: "https://api.ecr.eu-west-1.amazonaws.com"}) {
+		t.Fatalf("ecr = %+v", u.Credentials.ECR)
+	}
+
+	const up = `upstreams: [{name: "123456789012.dkr.ecr.eu-west-1.amazonaws.com", endpoint: "https://123456789012.dkr.ecr.eu-west-1.amazonaws.com", credentials: %s}]`
+	const key = "upstreams[123456789012.dkr.ecr.eu-west-1.amazonaws.com].credentials"
+	for _, tt := range []struct{ creds, want string }{
+		{`{ecr: {}}`, key + ".ecr.region: must be set"},
+		{`{ecr: {region: "EU west"}}`, key + ".ecr.region: \"EU west\" is not an AWS region"},
+		{`{ecr: {region: us-east-1}}`, key + ".ecr.region: \"us-east-1\" is not the region of the upstream endpoint"},
+		{`{ecr: {region: eu-west-1, registryID: "1234"}}`, key + ".ecr.registryID"},
+		{`{ecr: {region: eu-west-1, endpoint: "api.ecr.eu-west-1.amazonaws.com"}}`, key + ".ecr.endpoint"},
+		{`{ecr: {region: eu-west-1, endpoint: "https://api.ecr.eu-west-1.amazonaws.com/v1"}}`, key + ".ecr.endpoint"},
+		{`{ecr: {region: eu-west-1, endpoint: "http://vpce.example.com"}}`, key + ".ecr.endpoint: \"http://vpce.example.com\" must use https"},
+		{`{ecr: {region: eu-west-1}, basic: {username: AWS, passwordEnv: PW}}`, key + ": set exactly one of basic, gcpServiceAccount, dockerConfig, kubernetesSecret, ecr (found 2)"},
+		{`{ecr: {region: eu-west-1, regoin: x}}`, "regoin"},
+	} {
+		_, err := Load(write(t, fmt.Sprintf(up, tt.creds)))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("credentials %s: error = %v, want one containing %q", tt.creds, err, tt.want)
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"regexp"
 	"strings"
 
 	"github.com/pullbroker/pullbroker/internal/glob"
@@ -141,6 +142,9 @@ func validateUpstream(key string, u Upstream, bad func(key, format string, args 
 	}
 	if c := u.Credentials; c != nil {
 		validateCredentials(key+".credentials", c, bad)
+		if c.ECR != nil {
+			validateECR(key+".credentials.ecr", c.ECR, u.Endpoint, bad)
+		}
 	}
 }
 
@@ -190,9 +194,55 @@ func validateCredentials(key string, c *Credentials, bad func(key, format string
 			bad(key+".kubernetesSecret.name", "%q is not namespace/name", k.Name)
 		}
 	}
-	if n != 1 {
-		bad(key, "set exactly one of basic, gcpServiceAccount, dockerConfig, kubernetesSecret (found %d)", n)
+	if c.ECR != nil {
+		n++
 	}
+	if n != 1 {
+		bad(key, "set exactly one of basic, gcpServiceAccount, dockerConfig, kubernetesSecret, ecr (found %d)", n)
+	}
+}
+
+var (
+	awsRegion    = regexp.MustCompile(`^[a-z0-9]+(-[a-z0-9]+)+$`)
+	awsAccountID = regexp.MustCompile(`^[0-9]{12}$`)
+	// ecrRegistryHost is a private ECR registry's host, with its region:
+	// 123456789012.dkr.ecr.eu-west-1.amazonaws.com, the -fips and
+	// dual-stack (dkr-ecr ... on.aws) forms, the .cn partition.
+	ecrRegistryHost = regexp.MustCompile(`^[0-9]{12}\.dkr[.-]ecr(?:-fips)?\.([a-z0-9-]+)\.`)
+)
+
+func validateECR(key string, e *ECR, upstreamEndpoint string, bad func(key, format string, args ...any)) {
+	if e.Region == "" {
+		bad(key+".region", "must be set to the registry's AWS region, for example eu-west-1")
+	} else if !awsRegion.MatchString(e.Region) {
+		bad(key+".region", "%q is not an AWS region such as eu-west-1", e.Region)
+	} else if ep, err := url.Parse(upstreamEndpoint); err == nil {
+		if m := ecrRegistryHost.FindStringSubmatch(ep.Hostname()); m != nil && m[1] != e.Region {
+			bad(key+".region", "%q is not the region of the upstream endpoint %s (%s); ECR tokens are regional", e.Region, ep.Host, m[1])
+		}
+	}
+	if e.RegistryID != "" && !awsAccountID.MatchString(e.RegistryID) {
+		bad(key+".registryID", "%q is not a 12-digit AWS account ID", e.RegistryID)
+	}
+	if e.Endpoint != "" {
+		ep, err := url.Parse(e.Endpoint)
+		switch {
+		case err != nil || ep.Host == "" || (ep.Scheme != "http" && ep.Scheme != "https"):
+			bad(key+".endpoint", "%q is not a URL such as https://api.ecr.eu-west-1.amazonaws.com", e.Endpoint)
+		case (ep.Path != "" && ep.Path != "/") || ep.RawQuery != "" || ep.User != nil:
+			bad(key+".endpoint", "%q must be scheme://host[:port] with no path, query or user", e.Endpoint)
+		case ep.Scheme == "http" && !isLoopback(ep.Hostname()):
+			bad(key+".endpoint", "%q must use https (http only on a loopback address)", e.Endpoint)
+		}
+	}
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func validMode(m string) bool { return m == "" || m == ModeOnline || m == ModeOffline }
