@@ -3,8 +3,8 @@
 //
 // Every upstream gets one Source, built by For from its config.Credentials:
 // static basic credentials, a Google service-account key (used as _json_key
-// or exchanged for OAuth2 access tokens), a docker config file, or a
-// Kubernetes Secret watched live. A Source answers Authorization() with the
+// or exchanged for OAuth2 access tokens), a docker config file, a
+// Kubernetes Secret watched live, or Amazon ECR authorization tokens. A Source answers Authorization() with the
 // credential that is current at the time of the call, so a rotated file or
 // Secret takes effect on the next upstream request; a rotation that cannot be
 // used (a missing file, a malformed or deleted Secret) keeps the last good
@@ -42,6 +42,7 @@ const (
 	KindGCPServiceAccount = "gcpServiceAccount"
 	KindDockerConfig      = "dockerConfig"
 	KindKubernetesSecret  = "kubernetesSecret"
+	KindECR               = "ecr"
 )
 
 // Options are the process-wide things a Source needs.
@@ -53,7 +54,8 @@ type Options struct {
 	// them unregistered. Several Sources may share one Registerer.
 	Registerer prometheus.Registerer
 	// HTTPClient is used for OAuth2 token endpoints (the GCP key's
-	// token_uri). Nil means a client with a 30 s timeout.
+	// token_uri). Nil means a client with a 30 s timeout. (The AWS SDK of
+	// the ecr source keeps its own, which honours AWS_CA_BUNDLE.)
 	HTTPClient *http.Client
 	// LookupEnv resolves basic.passwordEnv. Nil means os.LookupEnv.
 	LookupEnv func(string) (string, bool)
@@ -122,6 +124,8 @@ func For(ctx context.Context, up config.Upstream, opts Options) (Source, error) 
 		err = s.startDockerConfig(c.DockerConfig)
 	case KindKubernetesSecret:
 		err = s.startKubernetesSecret(ctx, c.KubernetesSecret)
+	case KindECR:
+		err = s.startECR(ctx, c.ECR)
 	default:
 		err = errors.New("credentials name no source")
 	}
@@ -144,6 +148,8 @@ func kindOf(c *config.Credentials) string {
 		return KindDockerConfig
 	case c.KubernetesSecret != nil:
 		return KindKubernetesSecret
+	case c.ECR != nil:
+		return KindECR
 	}
 	return ""
 }
@@ -226,7 +232,7 @@ type source struct {
 
 	cur atomic.Pointer[materialBox]
 	// originOK: the last load of the file, Secret or config succeeded.
-	// tokenOK: the last token exchange (GCP) succeeded. Healthy() and the
+	// tokenOK: the last token exchange (GCP, ECR) succeeded. Healthy() and the
 	// gauge are both together, so a token refresh does not hide a bad
 	// rotation of the key, nor the other way round.
 	mu       sync.Mutex

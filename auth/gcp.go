@@ -129,10 +129,14 @@ func checkRSAKey(p string) error {
 
 // checkTokenURL refuses to send a signed assertion in clear text anywhere
 // but to this machine.
-func checkTokenURL(raw string) error {
+func checkTokenURL(raw string) error { return checkSecureURL("token_uri", raw) }
+
+// checkSecureURL accepts https URLs, and http ones only to this machine:
+// what is sent there, or answered, is a secret.
+func checkSecureURL(what, raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" {
-		return fmt.Errorf("token_uri %q is not a URL", raw)
+		return fmt.Errorf("%s %q is not a URL", what, raw)
 	}
 	switch u.Scheme {
 	case "https":
@@ -143,7 +147,7 @@ func checkTokenURL(raw string) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("token_uri %q must use https", raw)
+	return fmt.Errorf("%s %q must use https", what, raw)
 }
 
 // gcpExchanger exchanges a service-account key for OAuth2 access tokens

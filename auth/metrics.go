@@ -34,7 +34,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"upstream"}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricReloads,
-			Help: "New upstream credentials taken into use: first load, rotation of a file or Secret, OAuth2 token refresh.",
+			Help: "New upstream credentials taken into use: first load, rotation of a file or Secret, token refresh (GCP OAuth2, ECR).",
 		}, []string{"upstream"}),
 	}
 	if reg == nil {

@@ -32,15 +32,21 @@ type tokenExchanger interface {
 
 // tokenMaterial caches the token of an exchanger until shortly before it
 // expires. The exchange runs on the first use and then on the first use
-// after refreshAt, so an idle source asks nobody; a failed refresh keeps
-// using a token that has not expired yet and is retried after
-// tokenRetryBackoff.
+// after refreshAt, so an idle source asks nobody. One exchange runs at a
+// time: while it does, callers that can be given a token that is still
+// valid get it at once, and only callers with nothing to send wait. A
+// failed refresh keeps using a token that has not expired yet and is
+// retried after tokenRetryBackoff.
 type tokenMaterial struct {
 	s  *source
 	ex tokenExchanger
 	// margin: a token is replaced when less than min(margin, a fifth of
 	// its lifetime) is left.
 	margin time.Duration
+
+	// exchanging is held for the length of an exchange; it is taken
+	// before mu, or tried (never waited for) while mu is held.
+	exchanging sync.Mutex
 
 	mu        sync.Mutex
 	tok       *exchangedToken
@@ -56,39 +62,82 @@ func newTokenMaterial(s *source, ex tokenExchanger, margin time.Duration) *token
 
 func (t *tokenMaterial) authFor(context.Context, string) (*authn.AuthConfig, error) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	now := time.Now()
+	if a, due, err := t.cached(time.Now()); !due {
+		t.mu.Unlock()
+		return a, err
+	}
+	if t.valid(time.Now()) {
+		// Due for a refresh, but the token in hand still works: refresh
+		// it unless another caller already is, then use it meanwhile.
+		if !t.exchanging.TryLock() {
+			a := t.auth()
+			t.mu.Unlock()
+			return a, nil
+		}
+		t.mu.Unlock()
+	} else {
+		// Nothing to send: wait for the exchange under way, if any, and
+		// take its outcome, or run one.
+		t.mu.Unlock()
+		t.exchanging.Lock()
+		t.mu.Lock()
+		a, due, err := t.cached(time.Now())
+		t.mu.Unlock()
+		if !due {
+			t.exchanging.Unlock()
+			return a, err
+		}
+	}
+	defer t.exchanging.Unlock()
+	return t.refresh()
+}
+
+// cached answers from the state when no exchange is due; t.mu is held.
+func (t *tokenMaterial) cached(now time.Time) (a *authn.AuthConfig, due bool, err error) {
 	if t.tok != nil && now.Before(t.refreshAt) {
-		return t.auth(), nil
+		return t.auth(), false, nil
 	}
 	if now.Before(t.retryAt) {
-		if t.tok != nil && now.Before(t.validTo) {
-			return t.auth(), nil
+		if t.valid(now) {
+			return t.auth(), false, nil
 		}
-		return nil, t.lastErr
+		return nil, false, t.lastErr
 	}
+	return nil, true, nil
+}
+
+// valid: there is a token and it may still be sent; t.mu is held.
+func (t *tokenMaterial) valid(now time.Time) bool {
+	return t.tok != nil && now.Before(t.validTo)
+}
+
+// refresh runs one exchange and takes its outcome into use; t.exchanging
+// is held, t.mu is not.
+func (t *tokenMaterial) refresh() (*authn.AuthConfig, error) {
 	// The exchange runs under the Source's context, not the caller's: a
 	// cancelled pull must not fail the refresh for the pulls waiting on it.
 	tok, err := t.ex.exchange(t.s.baseCtx)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := time.Now()
 	if err != nil {
 		t.lastErr = err
 		t.retryAt = now.Add(tokenRetryBackoff)
-		stillValid := t.tok != nil && now.Before(t.validTo)
+		stillValid := t.valid(now)
 		t.s.tokenFailed(t.ex.logAttrs(), err, stillValid)
 		if stillValid {
 			return t.auth(), nil
 		}
 		return nil, err
 	}
-	got := time.Now()
 	t.tok = &tok
 	t.retryAt = time.Time{}
 	t.lastErr = nil
-	life := tok.expiry.Sub(got)
+	life := tok.expiry.Sub(now)
 	if tok.expiry.IsZero() || life <= 0 {
 		// No lifetime given: use it for a while, then ask again.
 		life = t.margin
-		t.validTo = got.Add(life)
+		t.validTo = now.Add(life)
 		t.refreshAt = t.validTo
 	} else {
 		t.refreshAt = tok.expiry.Add(-min(t.margin, life/5))
