@@ -29,6 +29,8 @@ type upstreamConfig struct {
 	Username, PasswordFile string
 	Mode                   string        // "" inherits the global mode
 	TagTTL                 time.Duration // 0: pullbroker's default (5m)
+	// Repositories are the globs this upstream may serve; empty allows all.
+	Repositories []string
 }
 
 // pbConfig is what a test chooses of a pullbroker's config; the listeners are always on free
@@ -42,6 +44,8 @@ type pbConfig struct {
 	StorageDir     string
 	AdminTokenFile string
 	DrainTimeout   time.Duration // 0: 30s
+	// Access is the access section's body, as YAML indented under "access:".
+	Access string
 }
 
 // pullbroker is a running `pullbroker serve`.
@@ -92,6 +96,15 @@ func writeConfig(t *testing.T, cfg pbConfig, listen, admin string) string {
 		if u.Username != "" {
 			fmt.Fprintf(&b, "    credentials:\n      basic:\n        username: %q\n        passwordFile: %q\n", u.Username, u.PasswordFile)
 		}
+		for i, r := range u.Repositories {
+			if i == 0 {
+				fmt.Fprintf(&b, "    repositories:\n")
+			}
+			fmt.Fprintf(&b, "      - %q\n", r)
+		}
+	}
+	if cfg.Access != "" {
+		fmt.Fprintf(&b, "access:\n%s\n", cfg.Access)
 	}
 	path := filepath.Join(t.TempDir(), "pullbroker.yaml")
 	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
@@ -157,13 +170,15 @@ func (p *pullbroker) start(t *testing.T) {
 
 func (p *pullbroker) waitReady(timeout time.Duration) error {
 	client := &http.Client{Timeout: 2 * time.Second}
+	// The registry answers /v2/ with 401 when access rules want client
+	// credentials: answering at all is what counts there.
 	ok := func(url string) bool {
 		resp, err := client.Get(url)
 		if err != nil {
 			return false
 		}
 		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
+		return resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized
 	}
 	deadline := time.Now().Add(timeout)
 	for {
