@@ -118,3 +118,29 @@ func metricsText(t *testing.T, reg *prometheus.Registry) string {
 	}
 	return b.String()
 }
+
+// awaitTokenRefresh polls src like an upstream would until it hands out
+// next, failing on any token the issuer no longer accepts, and checks the
+// change came before the first token expired. It returns how long before.
+func awaitTokenRefresh(t *testing.T, src Source, accepted func(string) bool, next string, firstExpires time.Time) time.Duration {
+	t.Helper()
+	var changedAt time.Time
+	eventually(t, 5*time.Second, "token refresh", func() bool {
+		a, err := src.Authorization()
+		if err != nil {
+			t.Fatalf("Authorization: %v", err)
+		}
+		if !accepted(a.Password) {
+			t.Fatalf("Authorization gave a token the issuer no longer accepts at %s", time.Now().Format(time.StampMilli))
+		}
+		if a.Password == next {
+			changedAt = time.Now()
+			return true
+		}
+		return false
+	})
+	if !changedAt.Before(firstExpires) {
+		t.Fatalf("refreshed %s after the first token expired", changedAt.Sub(firstExpires))
+	}
+	return firstExpires.Sub(changedAt).Round(time.Millisecond)
+}
