@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pullbroker/pullbroker/internal/testenv"
+
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -46,20 +48,12 @@ func TestMain(m *testing.M) {
 // PULLBROKER_REQUIRE_TOOLS=1).
 func apiServer(t *testing.T) (string, kubernetes.Interface) {
 	t.Helper()
-	assets := os.Getenv("KUBEBUILDER_ASSETS")
-	if assets == "" {
-		if os.Getenv("PULLBROKER_REQUIRE_TOOLS") == "1" {
-			t.Fatal("KUBEBUILDER_ASSETS is not set (scripts/install-test-deps.sh builds etcd and kube-apiserver)")
-		}
-		t.Skip("KUBEBUILDER_ASSETS is not set: no kube-apiserver to test against")
-	}
+	// Skips (or fails under PULLBROKER_REQUIRE_TOOLS=1) outside the Once,
+	// so a skip cannot leave the shared environment half made.
+	testenv.KubeAssets(t)
 	envOnce.Do(func() {
 		start := time.Now()
-		e := &envtest.Environment{BinaryAssetsDirectory: assets}
-		// Loopback-only network namespace: no default route to advertise.
-		e.ControlPlane.GetAPIServer().Configure().
-			Set("advertise-address", "127.0.0.1").
-			Set("endpoint-reconciler-type", "none")
+		e := testenv.NewAPIServerEnvironment(t)
 		if _, envErr = e.Start(); envErr != nil {
 			return
 		}

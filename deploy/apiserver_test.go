@@ -3,7 +3,6 @@ package deploy_test
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -13,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pullbroker/pullbroker/internal/testenv"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
@@ -25,7 +26,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
 
 // warnings collects the API server's warning headers (Pod Security "would
@@ -47,40 +47,6 @@ func (w *warnings) take() []string {
 	m := w.msgs
 	w.msgs = nil
 	return m
-}
-
-// startAPIServer runs kube-apiserver and etcd from KUBEBUILDER_ASSETS.
-func startAPIServer(t *testing.T, crds ...*apiextensionsv1.CustomResourceDefinition) *rest.Config {
-	t.Helper()
-	assets := os.Getenv("KUBEBUILDER_ASSETS")
-	if assets == "" {
-		missing(t, "KUBEBUILDER_ASSETS is not set (scripts/install-test-deps.sh builds etcd and kube-apiserver)")
-	}
-	for _, bin := range []string{"etcd", "kube-apiserver"} {
-		if !isExecutable(filepath.Join(assets, bin)) {
-			missing(t, fmt.Sprintf("%s not found in KUBEBUILDER_ASSETS=%s", bin, assets))
-		}
-	}
-	env := &envtest.Environment{
-		BinaryAssetsDirectory: assets,
-		CRDs:                  crds,
-		ErrorIfCRDPathMissing: true,
-	}
-	// Loopback only: nothing to advertise, no endpoint reconciling for the
-	// kubernetes Service (works inside a network namespace with only lo).
-	env.ControlPlane.GetAPIServer().Configure().
-		Set("advertise-address", "127.0.0.1").
-		Set("endpoint-reconciler-type", "none")
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatalf("envtest: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := env.Stop(); err != nil {
-			t.Errorf("envtest stop: %v", err)
-		}
-	})
-	return cfg
 }
 
 // minimalCRD is the smallest CRD that lets the API server take objects of
@@ -115,7 +81,7 @@ func minimalCRD(group, kind, plural string) *apiextensionsv1.CustomResourceDefin
 // daemonset RBAC for real and asks the authorizer what the ServiceAccounts
 // may do.
 func TestApplyToAPIServer(t *testing.T) {
-	cfg := startAPIServer(t,
+	cfg := testenv.StartAPIServer(t,
 		minimalCRD("monitoring.coreos.com", "ServiceMonitor", "servicemonitors"),
 		minimalCRD("cert-manager.io", "Certificate", "certificates"))
 	warn := &warnings{}

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pullbroker/pullbroker/internal/testenv"
+
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -26,35 +28,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
-// needTool finds a test tool (PULLBROKER_TEST_TOOLS, then PATH). Missing, it
-// skips the test, or fails it when PULLBROKER_REQUIRE_TOOLS=1 (CI).
-func needTool(t *testing.T, tool string) string {
-	t.Helper()
-	if dir := os.Getenv("PULLBROKER_TEST_TOOLS"); dir != "" {
-		if p := filepath.Join(dir, tool); isExecutable(p) {
-			return p
-		}
-	}
-	if p, err := exec.LookPath(tool); err == nil {
-		return p
-	}
-	missing(t, tool+" not found in $PULLBROKER_TEST_TOOLS or $PATH (scripts/install-test-deps.sh builds it)")
-	return ""
-}
-
-func missing(t *testing.T, why string) {
-	t.Helper()
-	if os.Getenv("PULLBROKER_REQUIRE_TOOLS") == "1" {
-		t.Fatal(why)
-	}
-	t.Skip(why)
-}
-
-func isExecutable(p string) bool {
-	fi, err := os.Stat(p)
-	return err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0
-}
-
 // TestImageBuild runs deploy/image/build.sh against an in-memory registry on
 // loopback: the base image comes from it (as it would through pullbroker)
 // and the result goes back to it, for two platforms.
@@ -62,11 +35,9 @@ func TestImageBuild(t *testing.T) {
 	if testing.Short() {
 		t.Skip("cross-compiles the binary twice")
 	}
-	crane := needTool(t, "crane")
+	crane := testenv.Tool(t, "crane")
 	for _, tool := range []string{"bash", "tar", "go"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing(t, tool+" not found")
-		}
+		testenv.Tool(t, tool)
 	}
 
 	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pullbroker/pullbroker/e2e/testenv"
+	"github.com/pullbroker/pullbroker/internal/testenv"
 )
 
 // TestClientAccessRules is issue 3's "who may pull" with real clients. Loopback is outside the

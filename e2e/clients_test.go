@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pullbroker/pullbroker/e2e/testenv"
+	"github.com/pullbroker/pullbroker/internal/testenv"
 )
 
 // skopeoPull pulls ref through a plain-HTTP registry with skopeo, which has no credentials, and

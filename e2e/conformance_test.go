@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pullbroker/pullbroker/e2e/testenv"
+	"github.com/pullbroker/pullbroker/internal/testenv"
 )
 
 // TestConformanceReadOnly runs the OCI distribution-spec conformance suite in its read-only mode

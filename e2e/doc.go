@@ -6,5 +6,5 @@
 //
 // The package has no code of its own; everything is in its tests. Run it with
 // `scripts/test.sh ./e2e/...`, which installs the tools and runs it in a loopback-only network
-// namespace. The helpers that start the tools are in e2e/testenv.
+// namespace. The helpers that start the tools are in internal/testenv.
 package e2e

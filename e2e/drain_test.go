@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pullbroker/pullbroker/e2e/testenv"
+	"github.com/pullbroker/pullbroker/internal/testenv"
 )
 
 // TestSIGTERMDrain (issue 2): SIGTERM in the middle of a blob pull from a slow upstream lets the

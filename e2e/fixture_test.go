@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pullbroker/pullbroker/e2e/testenv"
+	"github.com/pullbroker/pullbroker/internal/testenv"
 )
 
 // Test content, kept small so the whole package runs in a few minutes on two cores: an image of

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pullbroker/pullbroker/e2e/testenv"
+	"github.com/pullbroker/pullbroker/internal/testenv"
 )
 
 // TestNoSecretLeaks (issue 3): pulls by every client, error paths and the admin API, run with

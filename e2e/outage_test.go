@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pullbroker/pullbroker/e2e/testenv"
+	"github.com/pullbroker/pullbroker/internal/testenv"
 )
 
 // TestUpstreamKilled (issue 4): once the cache is warm, killing the upstream's process does not

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pullbroker/pullbroker/e2e/testenv"
+	"github.com/pullbroker/pullbroker/internal/testenv"
 )
 
 // TestAlwaysPullPinned (issue 4) simulates `imagePullPolicy: Always` through the real binary: after

@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pullbroker/pullbroker/e2e/testenv"
+	"github.com/pullbroker/pullbroker/internal/testenv"
 )
 
 // TestRealClientsPullThrough is issue 2's end-to-end proof: an image of several layers and a

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pullbroker/pullbroker/e2e/testenv"
+	"github.com/pullbroker/pullbroker/internal/testenv"
 )
 
 // upstreamName is the name clients use for the docker-registry upstream: the first path component

@@ -23,44 +23,13 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/internal/testenv"
 	"github.com/pullbroker/pullbroker/rewrite"
 	"github.com/pullbroker/pullbroker/rewrite/webhook"
 	"github.com/pullbroker/pullbroker/tlsreload"
 )
-
-// startAPIServer starts etcd and kube-apiserver from KUBEBUILDER_ASSETS
-// (scripts/install-test-deps.sh builds them).
-func startAPIServer(t *testing.T) *rest.Config {
-	t.Helper()
-	assets := os.Getenv("KUBEBUILDER_ASSETS")
-	if assets == "" {
-		if os.Getenv("PULLBROKER_REQUIRE_TOOLS") == "1" {
-			t.Fatal("KUBEBUILDER_ASSETS is not set; run scripts/install-test-deps.sh")
-		}
-		t.Skip("KUBEBUILDER_ASSETS is not set; run scripts/install-test-deps.sh")
-	}
-	env := &envtest.Environment{BinaryAssetsDirectory: assets}
-	// In a loopback-only network namespace the API server finds no
-	// address of its own to advertise, and has no use for the endpoint
-	// reconciler.
-	env.ControlPlane.GetAPIServer().Configure().
-		Set("advertise-address", "127.0.0.1").
-		Set("endpoint-reconciler-type", "none")
-	cfg, err := env.Start()
-	if err != nil {
-		t.Fatalf("starting the API server: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := env.Stop(); err != nil {
-			t.Logf("stopping the API server: %v", err)
-		}
-	})
-	return cfg
-}
 
 // warningRecorder collects the warnings the API server passes on from
 // webhooks.
@@ -86,7 +55,7 @@ func (w *warningRecorder) all() string {
 // go-containerregistry in-memory registry stands in for the proxy: nodes
 // would pull from it, and the webhook pins tags by asking it.
 func TestWebhookThroughAPIServer(t *testing.T) {
-	cfg := startAPIServer(t)
+	cfg := testenv.StartAPIServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	warnings := &warningRecorder{}

@@ -59,9 +59,9 @@ func cacheDir() string {
 	return filepath.Join(home, ".cache", "pullbroker-test")
 }
 
-// toolPath finds an executable: the pinned Go tools in $PULLBROKER_TEST_TOOLS (or the install
+// Tool finds an executable: the pinned Go tools in $PULLBROKER_TEST_TOOLS (or the install
 // cache), then $PATH for the Debian packages.
-func toolPath(t testing.TB, name string) string {
+func Tool(t testing.TB, name string) string {
 	t.Helper()
 	dir := os.Getenv(ToolsEnv)
 	if dir == "" {
@@ -97,7 +97,7 @@ func FreePort(t testing.TB) int {
 // ConformanceBinary returns the path of the OCI distribution-spec conformance suite binary.
 func ConformanceBinary(t testing.TB) string {
 	t.Helper()
-	return toolPath(t, "conformance")
+	return Tool(t, "conformance")
 }
 
 // KubeAssets returns the folder holding etcd and kube-apiserver, for envtest's

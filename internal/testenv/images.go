@@ -43,7 +43,7 @@ func CraneAs(t testing.TB, host string, auth BasicAuth, args ...string) string {
 // ~/.docker/config.json nor another test's login leaks into it.
 func craneCmd(t testing.TB, host string, auth *BasicAuth, args []string) *exec.Cmd {
 	t.Helper()
-	bin := toolPath(t, "crane")
+	bin := Tool(t, "crane")
 	return withEnv(exec.Command(bin, args...), "DOCKER_CONFIG="+dockerConfig(t, host, auth))
 }
 

@@ -52,7 +52,7 @@ func (r *DockerRegistry) Kill(t testing.TB) {
 // a handle whose Kill ends the process mid-test.
 func RunDockerRegistry(t testing.TB, opts RegistryOptions) *DockerRegistry {
 	t.Helper()
-	bin := toolPath(t, "docker-registry")
+	bin := Tool(t, "docker-registry")
 	dir := t.TempDir()
 	htpasswd := ""
 	if opts.Auth != nil {
@@ -76,7 +76,7 @@ func RunDockerRegistry(t testing.TB, opts RegistryOptions) *DockerRegistry {
 // path.
 func writeHtpasswd(t testing.TB, dir string, auth BasicAuth) string {
 	t.Helper()
-	line := mustRun(t, exec.Command(toolPath(t, "htpasswd"), "-Bbn", auth.Username, auth.Password))
+	line := mustRun(t, exec.Command(Tool(t, "htpasswd"), "-Bbn", auth.Username, auth.Password))
 	path := filepath.Join(dir, "htpasswd")
 	if err := os.WriteFile(path, []byte(line+"\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -24,7 +24,7 @@ func Skopeo(t testing.TB, args ...string) string {
 // TrySkopeo is Skopeo for commands that may fail: the error carries skopeo's stderr.
 func TrySkopeo(t testing.TB, args ...string) (string, error) {
 	t.Helper()
-	bin := toolPath(t, "skopeo")
+	bin := Tool(t, "skopeo")
 	cmd := exec.Command(bin, append([]string{"--insecure-policy"}, args...)...)
 	return runTool(withEnv(cmd, noLoginEnv(t)...))
 }
@@ -57,7 +57,7 @@ func NewPodmanStore(t testing.TB) string {
 // stdout. Pass --tls-verify=false (and --creds user:pass) yourself.
 func Podman(t testing.TB, store string, args ...string) string {
 	t.Helper()
-	bin := toolPath(t, "podman")
+	bin := Tool(t, "podman")
 	global := []string{
 		"--root", filepath.Join(store, "root"),
 		"--runroot", filepath.Join(store, "run"),
@@ -77,7 +77,7 @@ func Podman(t testing.TB, store string, args ...string) string {
 // plugin and metrics off) and returns its socket, for Ctr. It needs root.
 func StartContainerd(t testing.TB) string {
 	t.Helper()
-	bin := toolPath(t, "containerd")
+	bin := Tool(t, "containerd")
 	if os.Geteuid() != 0 {
 		missing(t, "containerd needs root")
 	}
@@ -88,7 +88,7 @@ func StartContainerd(t testing.TB) string {
 		t.Fatal(err)
 	}
 	p := startProcess(t, "containerd", exec.Command(bin, "--config", config))
-	ctr := toolPath(t, "ctr")
+	ctr := Tool(t, "ctr")
 	err := p.waitReady(30*time.Second, func() bool {
 		_, err := runTool(exec.Command(ctr, "--address", socket, "version"))
 		return err == nil
@@ -147,6 +147,6 @@ func Ctr(t testing.TB, socket string, args ...string) string {
 // TryCtr is Ctr for commands that may fail: the error carries ctr's stderr.
 func TryCtr(t testing.TB, socket string, args ...string) (string, error) {
 	t.Helper()
-	bin := toolPath(t, "ctr")
+	bin := Tool(t, "ctr")
 	return runTool(exec.Command(bin, append([]string{"--address", socket}, args...)...))
 }

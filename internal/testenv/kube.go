@@ -1,0 +1,40 @@
+package testenv
+
+import (
+	"testing"
+
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+)
+
+// NewAPIServerEnvironment is an envtest control plane of the etcd and
+// kube-apiserver in KubeAssets, set up to run inside a loopback-only
+// network namespace: there the API server finds no address of its own to
+// advertise, and has no use for the kubernetes Service's endpoint
+// reconciler. Start it with Start and stop it with Stop.
+func NewAPIServerEnvironment(t testing.TB, crds ...*apiextensionsv1.CustomResourceDefinition) *envtest.Environment {
+	t.Helper()
+	env := &envtest.Environment{BinaryAssetsDirectory: KubeAssets(t), CRDs: crds, ErrorIfCRDPathMissing: true}
+	env.ControlPlane.GetAPIServer().Configure().
+		Set("advertise-address", "127.0.0.1").
+		Set("endpoint-reconciler-type", "none")
+	return env
+}
+
+// StartAPIServer starts a control plane for the test, stopped when it
+// ends, and returns a config with cluster-admin rights.
+func StartAPIServer(t testing.TB, crds ...*apiextensionsv1.CustomResourceDefinition) *rest.Config {
+	t.Helper()
+	env := NewAPIServerEnvironment(t, crds...)
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatalf("starting etcd and kube-apiserver: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := env.Stop(); err != nil {
+			t.Logf("stopping the API server: %v", err)
+		}
+	})
+	return cfg
+}
