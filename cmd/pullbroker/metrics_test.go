@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,9 +10,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/pullbroker/pullbroker/internal/testenv"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -35,29 +35,11 @@ const (
 	upstreamPass = "upstream-pass-5t8"
 )
 
-// syncBuffer is a log sink safe for the handler's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type wiredApp struct {
 	app      *app
 	registry *httptest.Server
 	admin    *httptest.Server
-	log      *syncBuffer
+	log      *testenv.SyncBuffer
 	upstream *fakeregistry.Registry
 }
 
@@ -104,7 +86,7 @@ pins:
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	a, err := build(t.Context(), cfg, newLogger(cfg.Log, logs))
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/internal/testenv"
 	"github.com/pullbroker/pullbroker/rewrite/webhook"
 )
 
@@ -60,7 +61,7 @@ storage: {driver: inmemory, parameters: {}}
 	}
 	ctx, stop := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	go func() { done <- serve(ctx, cfg, newLogger(cfg.Log, logs)) }()
 
 	get := func(roots *x509.CertPool) (*http.Response, error) {
