@@ -134,7 +134,14 @@ func (f *Fill) NewReader(ctx context.Context) (io.ReadCloser, error) {
 	}
 	f.refs++
 	f.store.metrics.fillClients.Inc()
-	return &fillReader{fill: f, ctx: ctx}, nil
+	r := &fillReader{fill: f, ctx: ctx}
+	// A descriptor of its own lets WriteTo hand the spool file to
+	// sendfile. After the commit rename the path is gone; ReadAt on the
+	// fill's descriptor still serves.
+	if own, err := os.Open(f.spool.Name()); err == nil {
+		r.file = own
+	}
+	return r, nil
 }
 
 func (f *Fill) broadcast() {
@@ -321,40 +328,41 @@ type fillReader struct {
 	fill   *Fill
 	ctx    context.Context
 	offset int64
+	// file is this reader's own descriptor of the spool, or nil.
+	file   *os.File
 	closed bool
 }
 
-func (r *fillReader) Read(p []byte) (int, error) {
+// wait blocks until bytes past the reader's offset may be read, and says
+// how many; io.EOF once the verified blob has been read whole.
+func (r *fillReader) wait() (avail int64, spool *os.File, err error) {
 	f := r.fill
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	stop := context.AfterFunc(r.ctx, f.broadcast)
-	var avail int64
+	defer stop()
 	for {
-		avail = f.readable() - r.offset
-		if avail > 0 {
-			break
+		if avail = f.readable() - r.offset; avail > 0 {
+			return avail, f.spool, nil
 		}
 		if f.err != nil {
-			err := f.err
-			f.mu.Unlock()
-			stop()
-			return 0, fmt.Errorf("blob fill failed: %w", err)
+			return 0, nil, fmt.Errorf("blob fill failed: %w", f.err)
 		}
 		if f.verified && r.offset >= f.written {
-			f.mu.Unlock()
-			stop()
-			return 0, io.EOF
+			return 0, nil, io.EOF
 		}
 		if err := r.ctx.Err(); err != nil {
-			f.mu.Unlock()
-			stop()
-			return 0, err
+			return 0, nil, err
 		}
 		f.cond.Wait()
 	}
-	spool := f.spool
-	f.mu.Unlock()
-	stop()
+}
+
+func (r *fillReader) Read(p []byte) (int, error) {
+	avail, spool, err := r.wait()
+	if err != nil {
+		return 0, err
+	}
 	if int64(len(p)) > avail {
 		p = p[:avail]
 	}
@@ -366,12 +374,47 @@ func (r *fillReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// WriteTo copies the blob as it arrives. With its own descriptor it
+// passes io.Copy a limited *os.File, which an HTTP response (and the TCP
+// connection under it) sends with sendfile instead of through user space.
+func (r *fillReader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		avail, spool, err := r.wait()
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+		var src io.Reader = io.NewSectionReader(spool, r.offset, avail)
+		if r.file != nil {
+			if _, err := r.file.Seek(r.offset, io.SeekStart); err != nil {
+				return total, err
+			}
+			src = io.LimitReader(r.file, avail)
+		}
+		n, err := io.Copy(w, src)
+		r.offset += n
+		total += n
+		if err != nil {
+			return total, err
+		}
+		if n < avail {
+			return total, fmt.Errorf("spool of %s ended %d bytes early", r.fill.digest, avail-n)
+		}
+	}
+}
+
 func (r *fillReader) Close() error {
 	f := r.fill
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !r.closed {
 		r.closed = true
+		if r.file != nil {
+			r.file.Close()
+		}
 		f.release()
 		f.store.metrics.fillClients.Dec()
 	}

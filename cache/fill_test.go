@@ -68,11 +68,11 @@ func TestFillServesManyReadersFromOneFetch(t *testing.T) {
 			}
 			var wg sync.WaitGroup
 			errs := make(chan error, 50)
-			for range 50 {
+			for i := range 50 {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					errs <- readThroughFill(s, dgst, fetch, content)
+					errs <- readThroughFill(s, dgst, fetch, content, i%2 == 0)
 				}()
 			}
 			wg.Wait()
@@ -98,7 +98,9 @@ func TestFillServesManyReadersFromOneFetch(t *testing.T) {
 	}
 }
 
-func readThroughFill(s *Store, dgst digest.Digest, fetch Fetcher, want []byte) error {
+// readThroughFill reads the blob through a fill, with Read or, as an HTTP
+// response does, with WriteTo.
+func readThroughFill(s *Store, dgst digest.Digest, fetch Fetcher, want []byte, viaWriteTo bool) error {
 	ctx := context.Background()
 	f, cached, err := s.Fill(dgst, fetch)
 	if err != nil {
@@ -124,7 +126,14 @@ func readThroughFill(s *Store, dgst digest.Digest, fetch Fetcher, want []byte) e
 		return err
 	}
 	defer r.Close()
-	got, err := io.ReadAll(r)
+	var got []byte
+	if viaWriteTo {
+		var buf bytes.Buffer
+		_, err = r.(io.WriterTo).WriteTo(&buf)
+		got = buf.Bytes()
+	} else {
+		got, err = io.ReadAll(r)
+	}
 	if err != nil {
 		return err
 	}
@@ -157,9 +166,27 @@ func TestFillWithholdsLastByteUntilVerifiedAndRejectsMismatch(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// A second reader takes the WriteTo path an HTTP response uses.
+			w, err := f.NewReader(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			writeToErr := make(chan error, 1)
+			var written bytes.Buffer
+			go func() {
+				_, err := w.(io.WriterTo).WriteTo(&written)
+				writeToErr <- err
+			}()
 			close(gate)
 			got, err := io.ReadAll(r)
 			r.Close()
+			if err := <-writeToErr; !errors.Is(err, ErrDigestMismatch) {
+				t.Fatalf("WriteTo error = %v, want digest mismatch", err)
+			}
+			w.Close()
+			if written.Len() >= len(lie) {
+				t.Fatalf("WriteTo delivered all %d bytes of unverified content", written.Len())
+			}
 			if !errors.Is(err, ErrDigestMismatch) {
 				t.Fatalf("reader error = %v, want digest mismatch", err)
 			}
