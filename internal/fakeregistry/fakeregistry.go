@@ -37,6 +37,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -114,6 +115,12 @@ type Registry struct {
 
 	mu       sync.Mutex
 	password string            // accepted password; see SetPassword
+	// overlap are further accepted passwords, as during a rotation in
+	// which the old and the new credential are both valid.
+	overlap []string
+	// uses counts the requests (token requests included) that presented
+	// each password.
+	uses map[string]int
 	tokens   map[string]string // issued token -> repository it grants
 	requests []Request         // every request, token requests included
 	scopes   []string          // scope parameter of every token request
@@ -188,10 +195,34 @@ func (f *Registry) SetOverride(o func(w http.ResponseWriter, r *http.Request) bo
 }
 
 // SetPassword rotates the password the registry accepts.
-func (f *Registry) SetPassword(p string) {
+func (f *Registry) SetPassword(p string) { f.SetPasswords(p) }
+
+// SetPasswords makes the registry accept current and, during a rotation,
+// the overlapping others too.
+func (f *Registry) SetPasswords(current string, overlap ...string) {
 	f.mu.Lock()
-	f.password = p
+	f.password, f.overlap = current, overlap
 	f.mu.Unlock()
+}
+
+// PasswordUses returns how many requests presented password p.
+func (f *Registry) PasswordUses(p string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.uses[p]
+}
+
+// acceptsLocked checks Basic credentials and counts the password's use;
+// f.mu is held.
+func (f *Registry) acceptsLocked(user, pass string, ok bool) bool {
+	if !ok {
+		return false
+	}
+	if f.uses == nil {
+		f.uses = map[string]int{}
+	}
+	f.uses[pass]++
+	return user == f.user && (pass == f.password || slices.Contains(f.overlap, pass))
 }
 
 // RevokeTokens makes every issued token invalid, as if they had expired.
@@ -390,7 +421,7 @@ func (f *Registry) authorized(w http.ResponseWriter, r *http.Request) bool {
 	case authBasic:
 		user, pass, ok := r.BasicAuth()
 		f.mu.Lock()
-		good := ok && user == f.user && pass == f.password
+		good := f.acceptsLocked(user, pass, ok)
 		f.mu.Unlock()
 		if !good {
 			w.Header().Set("WWW-Authenticate", `Basic realm="fake"`)
@@ -422,7 +453,7 @@ func (f *Registry) serveToken(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.scopes = append(f.scopes, scope)
-	if !ok || user != f.user || pass != f.password {
+	if !f.acceptsLocked(user, pass, ok) {
 		WriteError(w, http.StatusUnauthorized, "UNAUTHORIZED", "bad credentials")
 		return
 	}
