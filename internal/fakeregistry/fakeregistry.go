@@ -36,8 +36,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"sort"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -114,13 +114,13 @@ type Registry struct {
 	cdn          *httptest.Server
 
 	mu       sync.Mutex
-	password string            // accepted password; see SetPassword
+	password string // accepted password; see SetPassword
 	// overlap are further accepted passwords, as during a rotation in
 	// which the old and the new credential are both valid.
 	overlap []string
 	// uses counts the requests (token requests included) that presented
 	// each password.
-	uses map[string]int
+	uses     map[string]int
 	tokens   map[string]string // issued token -> repository it grants
 	requests []Request         // every request, token requests included
 	scopes   []string          // scope parameter of every token request
