@@ -9,7 +9,6 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
@@ -126,9 +125,6 @@ func TestImportRejectsTamperedBlob(t *testing.T) {
 	}
 	b[len(b)/2] ^= 0xff
 	if err := os.WriteFile(blob, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := layout.FromPath(dir); err != nil {
 		t.Fatal(err)
 	}
 

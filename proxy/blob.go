@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -196,12 +195,4 @@ func (c *servedBytesCounter) ReadFrom(src io.Reader) (int64, error) {
 	n, err := io.Copy(c.ResponseWriter, src)
 	c.counter.Add(float64(n))
 	return n, err
-}
-
-func declaredMediaType(body []byte) string {
-	var m struct {
-		MediaType string `json:"mediaType"`
-	}
-	_ = json.Unmarshal(body, &m)
-	return m.MediaType
 }

@@ -33,8 +33,7 @@ func (h *Handler) serveCatalog(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if next != "" {
-		q := url.Values{"n": {strconv.Itoa(len(page))}, "last": {next}}
-		w.Header().Set("Link", fmt.Sprintf(`</v2/_catalog?%s>; rel="next"`, q.Encode()))
+		w.Header().Set("Link", ownNextLink(r, next))
 	}
 	writeJSON(w, r, "application/json", map[string][]string{"repositories": page})
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"mime"
 	"net/http"
@@ -245,4 +246,13 @@ func manifestMediaType(m cache.Manifest) string {
 		return mt
 	}
 	return "application/vnd.oci.image.manifest.v1+json"
+}
+
+// declaredMediaType is the mediaType field a manifest body declares, if any.
+func declaredMediaType(body []byte) string {
+	var m struct {
+		MediaType string `json:"mediaType"`
+	}
+	_ = json.Unmarshal(body, &m)
+	return m.MediaType
 }

@@ -72,3 +72,10 @@ func (a *rotatingAuth) callCount() int {
 	defer a.mu.Unlock()
 	return a.calls
 }
+
+// len reports the number of cached (or in-progress) transports.
+func (tc *transportCache) len() int {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	return tc.order.Len()
+}

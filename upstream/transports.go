@@ -113,10 +113,3 @@ func (tc *transportCache) get(ctx context.Context, repo string, create func() (*
 		return nil, ctx.Err()
 	}
 }
-
-// len reports the number of cached (or in-progress) entries.
-func (tc *transportCache) len() int {
-	tc.mu.Lock()
-	defer tc.mu.Unlock()
-	return tc.order.Len()
-}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
 
@@ -28,7 +27,7 @@ func newSyncCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			a, err := build(cmd.Context(), cfg, newLogger(config.Log{Format: "text", Level: "warn"}, os.Stderr))
+			a, err := buildForCommand(cmd, cfg)
 			if err != nil {
 				return err
 			}
@@ -74,7 +73,7 @@ func newExportCmd() *cobra.Command {
 					cfg.Upstreams[i].Mode = ""
 				}
 			}
-			a, err := build(cmd.Context(), cfg, newLogger(config.Log{Format: "text", Level: "warn"}, os.Stderr))
+			a, err := buildForCommand(cmd, cfg)
 			if err != nil {
 				return err
 			}
@@ -111,7 +110,7 @@ func newImportCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			a, err := build(cmd.Context(), cfg, newLogger(config.Log{Format: "text", Level: "warn"}, os.Stderr))
+			a, err := buildForCommand(cmd, cfg)
 			if err != nil {
 				return err
 			}
@@ -121,4 +120,10 @@ func newImportCmd() *cobra.Command {
 			return err
 		},
 	}
+}
+
+// buildForCommand assembles the proxy for a one-shot command, whose own
+// output is the progress: the proxy's log shows only warnings and errors.
+func buildForCommand(cmd *cobra.Command, cfg *config.Config) (*app, error) {
+	return build(cmd.Context(), cfg, newLogger(config.Log{Format: "text", Level: "warn"}, cmd.ErrOrStderr()))
 }

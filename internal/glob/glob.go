@@ -25,15 +25,6 @@ func Compile(pattern string) (Pattern, error) {
 	return g, nil
 }
 
-// MustCompile is Compile for patterns already validated.
-func MustCompile(pattern string) Pattern {
-	g, err := Compile(pattern)
-	if err != nil {
-		panic(err)
-	}
-	return g
-}
-
 // Match reports whether name matches.
 func (g Pattern) Match(name string) bool {
 	return matchParts(g, strings.Split(name, "/"))

@@ -31,7 +31,11 @@ func TestMatch(t *testing.T) {
 		{"*.example.com:5000/**", "r.example.com:5000/a", true},
 	}
 	for _, tt := range tests {
-		if got := MustCompile(tt.pattern).Match(tt.name); got != tt.want {
+		g, err := Compile(tt.pattern)
+		if err != nil {
+			t.Fatalf("Compile(%q): %v", tt.pattern, err)
+		}
+		if got := g.Match(tt.name); got != tt.want {
 			t.Errorf("%q.Match(%q) = %v, want %v", tt.pattern, tt.name, got, tt.want)
 		}
 	}

@@ -296,12 +296,10 @@ func ephemeralFields(cs []corev1.EphemeralContainer) []containerImage {
 // invocation recorded: on reinvocation the images it rewrote are already on
 // the proxy, and their first original is the one worth keeping.
 func annotationPatch(rawPod []byte, annotations, originals map[string]string, log *slog.Logger) patchOp {
-	merged := map[string]string{}
-	if prev, ok := annotations[rewrite.OriginalImagesAnnotation]; ok {
-		if err := json.Unmarshal([]byte(prev), &merged); err != nil {
-			log.Warn("replacing an original-images annotation that is not a JSON object", "err", err)
-			merged = map[string]string{}
-		}
+	merged, err := OriginalImages(annotations)
+	if err != nil {
+		log.Warn("replacing an original-images annotation that is not a JSON object", "err", err)
+		merged = map[string]string{}
 	}
 	for name, image := range originals {
 		if _, ok := merged[name]; !ok {
