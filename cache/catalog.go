@@ -8,7 +8,7 @@ import (
 )
 
 // Repositories lists "registry/repository" for every repository the cache
-// holds something for, sorted.
+// holds something for, sorted, in the image-prefix form ("host_5000/app").
 func (s *Store) Repositories(ctx context.Context) ([]string, error) {
 	registries, err := s.driver.List(ctx, "/repos")
 	if isPathNotFound(err) {
@@ -19,7 +19,7 @@ func (s *Store) Repositories(ctx context.Context) ([]string, error) {
 	}
 	var out []string
 	for _, reg := range registries {
-		if err := s.collectRepos(ctx, reg, registryFromPath(path.Base(reg)), &out); err != nil {
+		if err := s.collectRepos(ctx, reg, path.Base(reg), &out); err != nil {
 			return nil, err
 		}
 	}

@@ -15,13 +15,14 @@ import (
 	"fmt"
 	"log/slog"
 	"path"
-	"strings"
 	"sync"
 	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pullbroker/pullbroker/internal/registryname"
 )
 
 // ErrNotFound means the cache does not hold what was asked for.
@@ -109,12 +110,19 @@ func blobPath(d digest.Digest) string {
 }
 
 func repoPath(registry, repo string) string {
-	// ':' is not allowed in driver paths; '_' never occurs in a host name,
-	// so the mapping is reversible.
-	return path.Join("/repos", strings.ReplaceAll(registry, ":", "_"), repo)
+	return path.Join("/repos", registryComponent(registry), repo)
 }
 
-func registryFromPath(component string) string { return strings.ReplaceAll(component, "_", ":") }
+// registryComponent writes the registry the way the image-prefix form does
+// ("host_5000" for "host:5000": driver paths, like repository names, allow
+// no ':'), so the catalog lists names clients can pull by. config refuses
+// upstream names that cannot be written so.
+func registryComponent(registry string) string {
+	if c, err := registryname.ToPathComponent(registry); err == nil {
+		return c
+	}
+	return registry
+}
 
 func linkPath(registry, repo string, d digest.Digest) string {
 	return path.Join(repoPath(registry, repo), "_links", d.Algorithm().String(), d.Encoded())

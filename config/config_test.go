@@ -83,6 +83,7 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		{`upstreams: [{name: "x.io", endpoint: "https://x.io", credentials: {basic: {username: u}}}]`, "upstreams[x.io].credentials.basic"},
 		{`upstreams: [{name: "x.io", endpoint: "https://x.io", credentials: {kubernetesSecret: {name: nons}}}]`, "credentials.kubernetesSecret.name"},
 		{`upstreams: [{name: "docker.io", endpoint: "https://a.io"}, {name: "y.io", aliases: [index.docker.io], endpoint: "https://y.io"}]`, "index.docker.io"},
+		{`upstreams: [{name: "[::1]:5000", endpoint: "http://[::1]:5000"}]`, "cannot be the first path component"},
 		{`access: {allowedNetworks: ["10.0.0.0/33"]}`, "access.allowedNetworks[0]"},
 		{`pins: [{policy: forever}]`, "pins[0].policy"},
 		{`pins: [{policy: locked}]`, "pins[0].lockFile"},

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/pullbroker/pullbroker/internal/glob"
+	"github.com/pullbroker/pullbroker/internal/registryname"
 )
 
 // Validate reports every problem in c, each naming its key.
@@ -110,6 +111,8 @@ func validateUpstream(key string, u Upstream, bad func(key, format string, args 
 		bad(key+".name", "must be set to the registry host clients use, for example ghcr.io")
 	} else if !validRegistryName(u.Name) {
 		bad(key+".name", "%q is not a registry host[:port]", u.Name)
+	} else if _, err := registryname.ToPathComponent(u.Name); err != nil {
+		bad(key+".name", "%q cannot be the first path component of an image name (%v); use a host name", u.Name, err)
 	}
 	for _, a := range u.Aliases {
 		if !validRegistryName(a) {
