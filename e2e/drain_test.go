@@ -47,7 +47,7 @@ func TestSIGTERMDrain(t *testing.T) {
 	}
 
 	sigterm := time.Now()
-	if err := pb.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := pb.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	// The listener closes at once: a new client is refused while the pull drains.
@@ -63,8 +63,8 @@ func TestSIGTERMDrain(t *testing.T) {
 	if !refused {
 		t.Error("pullbroker still accepts new connections 2s after SIGTERM")
 	}
-	if pb.exited() {
-		t.Fatalf("pullbroker exited %v after SIGTERM with a pull in flight: %v", time.Since(sigterm), pb.waitErr)
+	if pb.Exited() {
+		t.Fatalf("pullbroker exited %v after SIGTERM with a pull in flight: %v", time.Since(sigterm), pb.Err())
 	}
 
 	n, err := io.Copy(h, resp.Body)
@@ -78,13 +78,13 @@ func TestSIGTERMDrain(t *testing.T) {
 	finished := time.Since(sigterm)
 
 	select {
-	case <-pb.done:
+	case <-pb.Done():
 	case <-time.After(30 * time.Second):
 		t.Fatal("pullbroker still running 30s after the drained pull finished")
 	}
 	var exit *exec.ExitError
-	if pb.waitErr != nil && (!errors.As(pb.waitErr, &exit) || exit.ExitCode() != 0) {
-		t.Fatalf("pullbroker exited with %v after draining, want status 0", pb.waitErr)
+	if pb.Err() != nil && (!errors.As(pb.Err(), &exit) || exit.ExitCode() != 0) {
+		t.Fatalf("pullbroker exited with %v after draining, want status 0", pb.Err())
 	}
 	t.Logf("SIGTERM after 1 MiB of %d; the pull finished %v later with the right digest; exit status 0 after %v",
 		layer.Size, finished.Round(time.Millisecond), time.Since(sigterm).Round(time.Millisecond))

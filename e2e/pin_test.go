@@ -103,7 +103,7 @@ func TestAlwaysPullPinned(t *testing.T) {
 	}
 
 	// Pins live in the storage: a restarted proxy answers the pinned tag with no upstream request.
-	if err := pb.stop(time.Minute); err != nil {
+	if err := pb.Terminate(time.Minute); err != nil {
 		t.Fatalf("stopping pullbroker: %v", err)
 	}
 	pb = f.startPullbroker(pbConfig{StorageDir: pb.StorageDir, Upstreams: []upstreamConfig{u}})

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -55,10 +54,7 @@ type pullbroker struct {
 	ConfigPath string
 	StorageDir string
 
-	cmd     *exec.Cmd
-	logPath string
-	done    chan struct{}
-	waitErr error
+	*testenv.Process
 }
 
 // writeConfig renders cfg with the given listeners and returns the file's path.
@@ -129,49 +125,27 @@ func startPullbroker(t *testing.T, sec *secrets, cfg pbConfig) *pullbroker {
 			Addr:       fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 			Admin:      fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
 			StorageDir: cfg.StorageDir,
-			logPath:    filepath.Join(t.TempDir(), "pullbroker.log"),
-			done:       make(chan struct{}),
 		}
 		p.ConfigPath = writeConfig(t, cfg, p.Addr, p.Admin)
-		p.start(t)
-		err := p.waitReady(30 * time.Second)
+		p.Process = testenv.StartProcess(t, "pullbroker", exec.Command(pullbrokerBin, "serve", "--config", p.ConfigPath))
+		err := p.WaitReady(30*time.Second, p.answers)
 		if err == nil {
 			t.Cleanup(func() { p.cleanup(t, sec) })
 			return p
 		}
 		log := p.logs(t)
-		if p.exited() && strings.Contains(log, "address already in use") && attempt < pullbrokerStartAttempts {
+		if p.Exited() && strings.Contains(log, "address already in use") && attempt < pullbrokerStartAttempts {
 			continue
 		}
-		p.kill()
+		p.Kill()
 		t.Fatalf("pullbroker did not start: %v\n%s", err, log)
 	}
 }
 
-func (p *pullbroker) start(t *testing.T) {
-	t.Helper()
-	logFile, err := os.Create(p.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.cmd = exec.Command(pullbrokerBin, "serve", "--config", p.ConfigPath)
-	p.cmd.Stdout, p.cmd.Stderr = logFile, logFile
-	testenv.KillWithParent(p.cmd)
-	if err := p.cmd.Start(); err != nil {
-		logFile.Close()
-		t.Fatalf("start pullbroker: %v", err)
-	}
-	go func() {
-		p.waitErr = p.cmd.Wait()
-		logFile.Close()
-		close(p.done)
-	}()
-}
-
-func (p *pullbroker) waitReady(timeout time.Duration) error {
+// answers reports whether both listeners answer. The registry answers /v2/ with 401 when access
+// rules want client credentials: answering at all is what counts there.
+func (p *pullbroker) answers() bool {
 	client := &http.Client{Timeout: 2 * time.Second}
-	// The registry answers /v2/ with 401 when access rules want client
-	// credentials: answering at all is what counts there.
 	ok := func(url string) bool {
 		resp, err := client.Get(url)
 		if err != nil {
@@ -180,71 +154,27 @@ func (p *pullbroker) waitReady(timeout time.Duration) error {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized
 	}
-	deadline := time.Now().Add(timeout)
-	for {
-		if ok("http://"+p.Addr+"/v2/") && ok("http://"+p.Admin+"/healthz") {
-			return nil
-		}
-		if p.exited() {
-			return fmt.Errorf("pullbroker exited: %v", p.waitErr)
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not ready after %v", timeout)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func (p *pullbroker) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *pullbroker) kill() {
-	if !p.exited() {
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-// stop sends SIGTERM and waits for the exit status; it kills the process after timeout.
-func (p *pullbroker) stop(timeout time.Duration) error {
-	if !p.exited() {
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	}
-	select {
-	case <-p.done:
-		return p.waitErr
-	case <-time.After(timeout):
-		p.kill()
-		return fmt.Errorf("pullbroker still running %v after SIGTERM; killed", timeout)
-	}
+	return ok("http://"+p.Addr+"/v2/") && ok("http://"+p.Admin+"/healthz")
 }
 
 func (p *pullbroker) cleanup(t *testing.T, sec *secrets) {
-	if err := p.stop(45 * time.Second); err != nil {
+	if err := p.Terminate(45 * time.Second); err != nil {
 		t.Errorf("pullbroker on %s did not exit with status 0 after SIGTERM: %v", p.Addr, err)
 	}
 	log := p.logs(t)
-	sec.check(t, "pullbroker log ("+p.logPath+")", []byte(log))
+	sec.check(t, "pullbroker log ("+p.LogPath()+")", []byte(log))
 	checkNoRace(t, "pullbroker", log)
 	t.Logf("pullbroker %s: %d log lines searched for secrets", p.Addr, strings.Count(log, "\n"))
-	if t.Failed() {
-		t.Logf("pullbroker %s log tail:\n%s", p.Addr, tail(log, 24<<10))
-	}
+	// On failure, the Process's own cleanup prints the end of the log.
 }
 
 func (p *pullbroker) logs(t *testing.T) string {
 	t.Helper()
-	b, err := os.ReadFile(p.logPath)
+	log, err := p.Log()
 	if err != nil {
 		t.Errorf("pullbroker log: %v", err)
 	}
-	return string(b)
+	return log
 }
 
 func checkNoRace(t *testing.T, what, output string) {
@@ -252,13 +182,6 @@ func checkNoRace(t *testing.T, what, output string) {
 	if strings.Contains(output, "WARNING: DATA RACE") {
 		t.Errorf("%s reported a data race", what)
 	}
-}
-
-func tail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return "[...]\n" + s[len(s)-n:]
 }
 
 // ref is the image-prefix reference of repo ("team/app:v1", "team/app@sha256:...") on p.

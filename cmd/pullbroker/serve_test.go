@@ -16,23 +16,15 @@ import (
 	"github.com/pullbroker/pullbroker/rewrite/webhook"
 )
 
-// writePair writes a fresh self-signed pair for 127.0.0.1 and returns its
-// CA; the files are replaced by rename, as a Secret volume does.
-func writePair(t *testing.T, certFile, keyFile string) *x509.CertPool {
+// writePair writes a fresh self-signed pair for 127.0.0.1 into dir
+// (dir/tls.crt, dir/tls.key) and returns its CA.
+func writePair(t *testing.T, dir string) *x509.CertPool {
 	t.Helper()
 	ss, err := webhook.GenerateSelfSigned([]string{"127.0.0.1"}, time.Hour, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	for file, content := range map[string][]byte{certFile: ss.CertPEM, keyFile: ss.KeyPEM} {
-		tmp := file + ".tmp"
-		if err := os.WriteFile(tmp, content, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, file); err != nil {
-			t.Fatal(err)
-		}
-	}
+	testenv.WriteCertPair(t, dir, ss.CertPEM, ss.KeyPEM)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(ss.CAPEM)
 	return pool
@@ -43,8 +35,8 @@ func writePair(t *testing.T, certFile, keyFile string) *x509.CertPool {
 // without a restart, and a clean exit when the context ends (SIGTERM).
 func TestServeTLSWithHTTP2AndCertificateReload(t *testing.T) {
 	dir := t.TempDir()
+	firstCA := writePair(t, dir)
 	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	firstCA := writePair(t, certFile, keyFile)
 	addr := freeAddr(t)
 	cfgFile := filepath.Join(dir, "config.yaml")
 	err := os.WriteFile(cfgFile, []byte(fmt.Sprintf(`
@@ -86,7 +78,7 @@ storage: {driver: inmemory, parameters: {}}
 		t.Fatalf("GET /v2/: %s over %s, want 200 over HTTP/2", resp.Status, resp.Proto)
 	}
 
-	secondCA := writePair(t, certFile, keyFile)
+	secondCA := writePair(t, dir)
 	var renewed bool
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
 		if resp, err := get(secondCA); err == nil {

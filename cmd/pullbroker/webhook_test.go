@@ -9,11 +9,11 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pullbroker/pullbroker/internal/testenv"
 
 	admissionv1 "k8s.io/api/admission/v1"
 
@@ -74,13 +74,7 @@ func TestWebhookCommandWithCertificateFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	if err := os.WriteFile(certFile, certs.CertPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, certs.KeyPEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	certFile, keyFile := testenv.WriteCertPair(t, dir, certs.CertPEM, certs.KeyPEM)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(certs.CAPEM)
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}

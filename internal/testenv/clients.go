@@ -87,14 +87,14 @@ func StartContainerd(t testing.TB) string {
 	if err := os.WriteFile(config, []byte(containerdConfig(dir, socket)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := startProcess(t, "containerd", exec.Command(bin, "--config", config))
+	p := StartProcess(t, "containerd", exec.Command(bin, "--config", config))
 	ctr := Tool(t, "ctr")
-	err := p.waitReady(30*time.Second, func() bool {
+	err := p.WaitReady(30*time.Second, func() bool {
 		_, err := runTool(exec.Command(ctr, "--address", socket, "version"))
 		return err == nil
 	})
 	if err != nil {
-		t.Fatalf("%v\n%s", err, p.logTail())
+		t.Fatalf("%v\n%s", err, p.LogTail())
 	}
 	return socket
 }

@@ -21,9 +21,9 @@ const logTailBytes = 16 << 10
 // cmd.Start; it has no effect outside Linux.
 func KillWithParent(cmd *exec.Cmd) { killWithParent(cmd) }
 
-// process is a server started for one test. Its output goes to a file rather than the test's
-// output, and is printed only when the test fails.
-type process struct {
+// Process is a server started for one test. Its output goes to a file rather than the test's
+// output, and the end of it is printed only when the test fails.
+type Process struct {
 	name    string
 	cmd     *exec.Cmd
 	logPath string
@@ -31,10 +31,11 @@ type process struct {
 	err     error         // Wait's result, valid after done
 }
 
-// startProcess starts cmd and registers its shutdown (and, on failure, its log) with t.Cleanup.
-func startProcess(t testing.TB, name string, cmd *exec.Cmd) *process {
+// StartProcess starts cmd and registers with t.Cleanup a SIGTERM (then a kill) and, when the
+// test failed, a print of the end of its log.
+func StartProcess(t testing.TB, name string, cmd *exec.Cmd) *Process {
 	t.Helper()
-	p := &process{name: name, cmd: cmd, logPath: filepath.Join(t.TempDir(), name+".log"), done: make(chan struct{})}
+	p := &Process{name: name, cmd: cmd, logPath: filepath.Join(t.TempDir(), name+".log"), done: make(chan struct{})}
 	logFile, err := os.Create(p.logPath)
 	if err != nil {
 		t.Fatalf("%s: %v", name, err)
@@ -51,16 +52,16 @@ func startProcess(t testing.TB, name string, cmd *exec.Cmd) *process {
 		close(p.done)
 	}()
 	t.Cleanup(func() {
-		p.stop()
+		_ = p.Terminate(10 * time.Second)
 		if t.Failed() {
-			t.Logf("%s log (%s):\n%s", name, p.logPath, p.logTail())
+			t.Logf("%s log (%s):\n%s", name, p.logPath, p.LogTail())
 		}
 	})
 	return p
 }
 
-// exited reports whether the process has already ended.
-func (p *process) exited() bool {
+// Exited reports whether the process has already ended.
+func (p *Process) Exited() bool {
 	select {
 	case <-p.done:
 		return true
@@ -69,21 +70,49 @@ func (p *process) exited() bool {
 	}
 }
 
-// stop asks the process to end and kills it if it has not within a few seconds.
-func (p *process) stop() {
-	if p.exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
+// Done is closed once the process has exited.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Err is the process's exit error (nil for status 0), valid once Done is closed.
+func (p *Process) Err() error { return p.err }
+
+// Signal sends sig to the process.
+func (p *Process) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
+
+// Kill kills the process and waits for it to end.
+func (p *Process) Kill() {
+	if !p.Exited() {
 		_ = p.cmd.Process.Kill()
 		<-p.done
 	}
 }
 
-func (p *process) logTail() string {
+// Terminate sends SIGTERM and returns the exit error; a process still running after timeout is
+// killed, and that is an error too.
+func (p *Process) Terminate(timeout time.Duration) error {
+	if !p.Exited() {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	}
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(timeout):
+		p.Kill()
+		return fmt.Errorf("%s still running %v after SIGTERM; killed", p.name, timeout)
+	}
+}
+
+// Log returns the whole log so far.
+func (p *Process) Log() (string, error) {
+	b, err := os.ReadFile(p.logPath)
+	return string(b), err
+}
+
+// LogPath is the file the process's output goes to.
+func (p *Process) LogPath() string { return p.logPath }
+
+// LogTail returns the end of the log, where the cause of a failure usually is.
+func (p *Process) LogTail() string {
 	f, err := os.Open(p.logPath)
 	if err != nil {
 		return err.Error()
@@ -96,14 +125,14 @@ func (p *process) logTail() string {
 	return string(tail)
 }
 
-// waitReady polls ready until it reports true, the process exits, or the timeout passes.
-func (p *process) waitReady(timeout time.Duration, ready func() bool) error {
+// WaitReady polls ready until it reports true, the process exits, or the timeout passes.
+func (p *Process) WaitReady(timeout time.Duration, ready func() bool) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		if ready() {
 			return nil
 		}
-		if p.exited() {
+		if p.Exited() {
 			return fmt.Errorf("%s exited before it was ready: %v", p.name, p.err)
 		}
 		if time.Now().After(deadline) {

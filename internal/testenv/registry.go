@@ -32,20 +32,14 @@ func StartDockerRegistry(t testing.TB, opts RegistryOptions) string {
 type DockerRegistry struct {
 	// Addr is "127.0.0.1:PORT".
 	Addr string
-	p    *process
+	p    *Process
 }
 
 // Kill ends the registry at once with SIGKILL, as a crash or an outage would, and waits until it
 // has exited: from then on its port refuses connections.
 func (r *DockerRegistry) Kill(t testing.TB) {
 	t.Helper()
-	if r.p.exited() {
-		return
-	}
-	if err := r.p.cmd.Process.Kill(); err != nil {
-		t.Fatalf("kill docker-registry: %v", err)
-	}
-	<-r.p.done
+	r.p.Kill()
 }
 
 // RunDockerRegistry is StartDockerRegistry for tests that stop the registry themselves: it returns
@@ -61,13 +55,13 @@ func RunDockerRegistry(t testing.TB, opts RegistryOptions) *DockerRegistry {
 	for attempt := 1; ; attempt++ {
 		addr := fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 		config := writeRegistryConfig(t, dir, addr, htpasswd)
-		p := startProcess(t, "docker-registry", exec.Command(bin, "serve", config))
-		err := p.waitReady(30*time.Second, func() bool { return registryAnswers(addr) })
+		p := StartProcess(t, "docker-registry", exec.Command(bin, "serve", config))
+		err := p.WaitReady(30*time.Second, func() bool { return registryAnswers(addr) })
 		if err == nil {
 			return &DockerRegistry{Addr: addr, p: p}
 		}
-		if !p.exited() || attempt == registryStartAttempts {
-			t.Fatalf("docker-registry on %s: %v\n%s", addr, err, p.logTail())
+		if !p.Exited() || attempt == registryStartAttempts {
+			t.Fatalf("docker-registry on %s: %v\n%s", addr, err, p.LogTail())
 		}
 	}
 }
