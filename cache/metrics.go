@@ -1,6 +1,10 @@
 package cache
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pullbroker/pullbroker/config"
+)
 
 type metrics struct {
 	fillsInFlight prometheus.Gauge
@@ -44,8 +48,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"policy"}),
 	}
 	// Zero series from the start, so that dashboards show 0 and not "no data".
-	m.pins.WithLabelValues("sticky")
-	m.pins.WithLabelValues("manual")
+	m.pins.WithLabelValues(config.PolicySticky)
+	m.pins.WithLabelValues(config.PolicyManual)
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.fillsInFlight, m.fillClients, m.sizeBytes, m.objects, m.evictions, m.evictedBytes, m.pins} {
 			if err := reg.Register(c); err != nil {

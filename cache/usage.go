@@ -11,6 +11,8 @@ import (
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/pullbroker/pullbroker/config"
 )
 
 // Usage accounting: the size and number of committed blobs (layers,
@@ -294,7 +296,7 @@ func (s *Store) evictOnce(ctx context.Context) {
 // as they are.
 func pinPolicyLabel(policy string) string {
 	switch policy {
-	case "sticky", "manual", "locked", "ttl":
+	case config.PolicySticky, config.PolicyManual, config.PolicyLocked, config.PolicyTTL:
 		return policy
 	}
 	return "other"

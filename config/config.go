@@ -4,6 +4,9 @@
 package config
 
 import (
+	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -99,6 +102,10 @@ type Upstream struct {
 	// wait for response headers; neither bounds a long blob body.
 	DialTimeout     time.Duration `mapstructure:"dialTimeout"`
 	ResponseTimeout time.Duration `mapstructure:"responseTimeout"`
+	// WorkTimeout bounds the whole upstream work for a manifest, tag or
+	// tag list that concurrent clients share: it outlives the client that
+	// started it, so it needs a bound of its own.
+	WorkTimeout time.Duration `mapstructure:"workTimeout"`
 	// Credentials, when set, authenticate the proxy to the upstream.
 	Credentials *Credentials `mapstructure:"credentials"`
 	// Repositories are globs of the repositories that may be served
@@ -185,12 +192,24 @@ type PinRule struct {
 	Registry   string `mapstructure:"registry"`
 	Repository string `mapstructure:"repository"` // glob
 	Tag        string `mapstructure:"tag"`        // glob
-	// Policy is "ttl", "sticky" or "locked".
+	// Policy is PolicyTTL, PolicySticky or PolicyLocked.
 	Policy string        `mapstructure:"policy"`
 	TTL    time.Duration `mapstructure:"ttl"`
 	// LockFile lists the digests of locked tags.
 	LockFile string `mapstructure:"lockFile"`
 }
+
+// Pin rule policies, and the policy of pins set by hand.
+const (
+	// PolicyTTL revalidates matching tags after the rule's own TTL.
+	PolicyTTL = "ttl"
+	// PolicySticky pins a tag to its first resolution.
+	PolicySticky = "sticky"
+	// PolicyLocked answers tags from a lock file only.
+	PolicyLocked = "locked"
+	// PolicyManual marks pins set by an operator, sync or import.
+	PolicyManual = "manual"
+)
 
 // Modes.
 const (
@@ -223,4 +242,28 @@ func (c *Config) Upstream(name string) (Upstream, bool) {
 		}
 	}
 	return Upstream{}, false
+}
+
+// SelectUpstreams returns the upstreams that names designate, by name or
+// alias (case does not matter in a host name), each once, in the order
+// named; every upstream when names is empty.
+func SelectUpstreams(upstreams []Upstream, names []string) ([]Upstream, error) {
+	if len(names) == 0 {
+		return upstreams, nil
+	}
+	var out []Upstream
+	seen := map[string]bool{}
+	for _, n := range names {
+		i := slices.IndexFunc(upstreams, func(u Upstream) bool {
+			return strings.EqualFold(u.Name, n) || slices.ContainsFunc(u.Aliases, func(a string) bool { return strings.EqualFold(a, n) })
+		})
+		if i < 0 {
+			return nil, fmt.Errorf("registry %q is not a configured upstream", n)
+		}
+		if u := upstreams[i]; !seen[u.Name] {
+			seen[u.Name] = true
+			out = append(out, u)
+		}
+	}
+	return out, nil
 }

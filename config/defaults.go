@@ -7,6 +7,7 @@ const (
 	DefaultTagTTL          = 5 * time.Minute
 	DefaultDialTimeout     = 5 * time.Second
 	DefaultResponseTimeout = 30 * time.Second
+	DefaultWorkTimeout     = 2 * time.Minute
 )
 
 // PublicUpstreams are the registries known anonymously out of the box.

@@ -97,5 +97,8 @@ func (c *Config) applyDefaults() {
 		if u.ResponseTimeout == 0 {
 			u.ResponseTimeout = DefaultResponseTimeout
 		}
+		if u.WorkTimeout == 0 {
+			u.WorkTimeout = DefaultWorkTimeout
+		}
 	}
 }

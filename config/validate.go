@@ -85,8 +85,8 @@ func (c *Config) Validate() error {
 	for i, p := range c.Pins {
 		key := fmt.Sprintf("pins[%d]", i)
 		switch p.Policy {
-		case "ttl", "sticky":
-		case "locked":
+		case PolicyTTL, PolicySticky:
+		case PolicyLocked:
 			if p.LockFile == "" {
 				bad(key+".lockFile", "a locked rule needs a lock file")
 			}
@@ -137,6 +137,9 @@ func validateUpstream(key string, u Upstream, bad func(key, format string, args 
 	}
 	if u.ResponseTimeout < 0 {
 		bad(key+".responseTimeout", "must not be negative")
+	}
+	if u.WorkTimeout < 0 {
+		bad(key+".workTimeout", "must not be negative")
 	}
 	for i, g := range u.Repositories {
 		if _, err := glob.Compile(g); err != nil {

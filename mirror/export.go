@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,7 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 
 	"github.com/pullbroker/pullbroker/config"
-	"github.com/pullbroker/pullbroker/proxy"
+	"github.com/pullbroker/pullbroker/tags"
 )
 
 // RefNameAnnotation carries each exported image's reference, the way OCI
@@ -24,7 +25,7 @@ const RefNameAnnotation = "org.opencontainers.image.ref.name"
 // Export writes the images, read through the proxy (pins and offline
 // rules apply), to an OCI image layout at dest: a directory, or a tar
 // file when dest ends in ".tar".
-func Export(ctx context.Context, cfg *config.Config, h *proxy.Handler, images []string, dest string, progress io.Writer) error {
+func Export(ctx context.Context, cfg *config.Config, registryAPI http.Handler, images []string, dest string, progress io.Writer) error {
 	dir := dest
 	asTar := strings.HasSuffix(dest, ".tar")
 	if asTar {
@@ -35,7 +36,7 @@ func Export(ctx context.Context, cfg *config.Config, h *proxy.Handler, images []
 		defer os.RemoveAll(tmp)
 		dir = tmp
 	}
-	lp, err := startLoopback(h)
+	lp, err := startLoopback(registryAPI)
 	if err != nil {
 		return err
 	}
@@ -48,7 +49,7 @@ func Export(ctx context.Context, cfg *config.Config, h *proxy.Handler, images []
 		}
 	}
 	for _, ref := range images {
-		img, err := proxy.ParseImage(cfg, ref)
+		img, err := tags.ParseImage(cfg, ref)
 		if err != nil {
 			return err
 		}

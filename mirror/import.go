@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
@@ -17,14 +16,14 @@ import (
 
 	"github.com/pullbroker/pullbroker/cache"
 	"github.com/pullbroker/pullbroker/config"
-	"github.com/pullbroker/pullbroker/proxy"
+	"github.com/pullbroker/pullbroker/tags"
 )
 
 // Import loads every image of an OCI image layout (a directory or a tar)
 // that carries a reference annotation into the cache, verifying each blob
 // and manifest against its digest, and pins each tag. It needs no
 // upstream, so it seeds an offline proxy.
-func Import(ctx context.Context, cfg *config.Config, store *cache.Store, src string, progress io.Writer) (int, error) {
+func Import(ctx context.Context, cfg *config.Config, store *cache.Store, resolver *tags.Resolver, src string, progress io.Writer) (int, error) {
 	dir := src
 	if fi, err := os.Stat(src); err != nil {
 		return 0, err
@@ -57,7 +56,7 @@ func Import(ctx context.Context, cfg *config.Config, store *cache.Store, src str
 		if ref == "" {
 			continue
 		}
-		img, err := proxy.ParseImage(cfg, ref)
+		img, err := tags.ParseImage(cfg, ref)
 		if err != nil {
 			return imported, err
 		}
@@ -66,10 +65,9 @@ func Import(ctx context.Context, cfg *config.Config, store *cache.Store, src str
 			return imported, fmt.Errorf("%s: %w", img, err)
 		}
 		if img.Tag != "" {
-			err := store.PutPin(ctx, cache.Pin{Registry: img.Registry, Repository: img.Repository, Tag: img.Tag,
-				Digest: digest.Digest(desc.Digest.String()), MediaType: string(desc.MediaType),
-				Policy: proxy.PolicyManual, PinnedAt: time.Now().UTC()})
-			if err != nil {
+			tagged := img
+			tagged.Digest = ""
+			if _, err := resolver.SetPin(ctx, tagged, digest.Digest(desc.Digest.String())); err != nil {
 				return imported, err
 			}
 		}

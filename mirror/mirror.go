@@ -16,10 +16,10 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/pullbroker/pullbroker/proxy"
+	"github.com/pullbroker/pullbroker/tags"
 )
 
-// loopbackProxy serves a proxy.Handler on an ephemeral loopback port, so
+// loopbackProxy serves the registry API handler on an ephemeral loopback port, so
 // sync and export reuse the whole request path (verified fills, pins,
 // offline rules) through go-containerregistry's ordinary client.
 type loopbackProxy struct {
@@ -40,7 +40,7 @@ func startLoopback(h http.Handler) (*loopbackProxy, error) {
 func (l *loopbackProxy) Close() { _ = l.srv.Close() }
 
 // reference names img on the loopback proxy in the image-prefix form.
-func (l *loopbackProxy) reference(img proxy.Image) (name.Reference, error) {
+func (l *loopbackProxy) reference(img tags.Image) (name.Reference, error) {
 	base := l.host + "/" + img.Registry + "/" + img.Repository
 	if img.Digest != "" {
 		return name.NewDigest(base+"@"+img.Digest.String(), name.Insecure)
@@ -48,7 +48,7 @@ func (l *loopbackProxy) reference(img proxy.Image) (name.Reference, error) {
 	return name.NewTag(base+":"+img.Tag, name.Insecure)
 }
 
-func (l *loopbackProxy) get(ctx context.Context, img proxy.Image) (*remote.Descriptor, error) {
+func (l *loopbackProxy) get(ctx context.Context, img tags.Image) (*remote.Descriptor, error) {
 	ref, err := l.reference(img)
 	if err != nil {
 		return nil, err

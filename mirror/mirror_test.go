@@ -17,14 +17,23 @@ import (
 	"github.com/pullbroker/pullbroker/internal/fakeregistry"
 	"github.com/pullbroker/pullbroker/mirror"
 	"github.com/pullbroker/pullbroker/proxy"
+	"github.com/pullbroker/pullbroker/tags"
 	"github.com/pullbroker/pullbroker/upstream"
 )
 
 const upstreamName = "upstream.test"
 
+// testProxy is a proxy's parts as cmd/pullbroker wires them.
+type testProxy struct {
+	cfg     *config.Config
+	handler *proxy.Handler
+	tags    *tags.Resolver
+	store   *cache.Store
+}
+
 // newProxy is a proxy over its own filesystem cache in front of up; up
 // nil makes it an offline proxy.
-func newProxy(t *testing.T, up *fakeregistry.Registry) (*config.Config, *proxy.Handler, *cache.Store) {
+func newProxy(t *testing.T, up *fakeregistry.Registry) testProxy {
 	t.Helper()
 	u := config.Upstream{Name: upstreamName, Endpoint: "http://127.0.0.1:1", TagTTL: time.Minute,
 		DialTimeout: time.Second, ResponseTimeout: 5 * time.Second}
@@ -47,11 +56,16 @@ func newProxy(t *testing.T, up *fakeregistry.Registry) (*config.Config, *proxy.H
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := proxy.New(proxy.Options{Config: cfg, Store: store, Upstreams: map[string]*upstream.Client{upstreamName: client}})
+	clients := map[string]*upstream.Client{upstreamName: client}
+	resolver, err := tags.New(tags.Options{Config: cfg, Store: store, Upstreams: clients})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return cfg, h, store
+	h, err := proxy.New(proxy.Options{Config: cfg, Store: store, Tags: resolver, Upstreams: clients})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testProxy{cfg, h, resolver, store}
 }
 
 func TestSyncExportImport(t *testing.T) {
@@ -60,9 +74,9 @@ func TestSyncExportImport(t *testing.T) {
 	img := up.PushRandom("team/app", "v1")
 	want, _ := img.Digest()
 
-	cfg, h, store := newProxy(t, up)
+	p := newProxy(t, up)
 	list := mirror.ImageList{Images: []mirror.Entry{{Image: upstreamName + "/team/app:v1"}, {Image: upstreamName + "/team/multi:v1"}}}
-	results, err := mirror.Sync(t.Context(), cfg, h, list, io.Discard)
+	results, err := mirror.Sync(t.Context(), p.cfg, p.handler, p.tags, list, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,12 +85,12 @@ func TestSyncExportImport(t *testing.T) {
 			t.Fatalf("sync %s: %v", r.Image, r.Err)
 		}
 	}
-	pin, err := store.GetPin(t.Context(), upstreamName, "team/app", "v1")
+	pin, err := p.store.GetPin(t.Context(), upstreamName, "team/app", "v1")
 	if err != nil || pin.Digest.String() != want.String() {
 		t.Fatalf("pin after sync = %+v, %v; want %s", pin, err, want)
 	}
 	up.ResetCounts()
-	if _, err := mirror.Sync(t.Context(), cfg, h, list, io.Discard); err != nil {
+	if _, err := mirror.Sync(t.Context(), p.cfg, p.handler, p.tags, list, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 	if n := up.Count("GET", "/blobs/"); n != 0 {
@@ -84,23 +98,23 @@ func TestSyncExportImport(t *testing.T) {
 	}
 
 	tarball := filepath.Join(t.TempDir(), "images.tar")
-	if err := mirror.Export(t.Context(), cfg, h, []string{upstreamName + "/team/app:v1", upstreamName + "/team/multi:v1"}, tarball, io.Discard); err != nil {
+	if err := mirror.Export(t.Context(), p.cfg, p.handler, []string{upstreamName + "/team/app:v1", upstreamName + "/team/multi:v1"}, tarball, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 
-	offCfg, _, offStore := newProxy(t, nil)
-	n, err := mirror.Import(t.Context(), offCfg, offStore, tarball, io.Discard)
+	off := newProxy(t, nil)
+	n, err := mirror.Import(t.Context(), off.cfg, off.store, off.tags, tarball, io.Discard)
 	if err != nil || n != 2 {
 		t.Fatalf("Import = %d, %v", n, err)
 	}
-	pin, err = offStore.GetPin(t.Context(), upstreamName, "team/app", "v1")
+	pin, err = off.store.GetPin(t.Context(), upstreamName, "team/app", "v1")
 	if err != nil || pin.Digest.String() != want.String() {
 		t.Fatalf("imported pin = %+v, %v; want %s", pin, err, want)
 	}
 	layers, _ := img.Layers()
 	for _, l := range layers {
 		d, _ := l.Digest()
-		if _, err := offStore.StatBlob(t.Context(), digest.Digest(d.String())); err != nil {
+		if _, err := off.store.StatBlob(t.Context(), digest.Digest(d.String())); err != nil {
 			t.Fatalf("layer %s not imported: %v", d, err)
 		}
 	}
@@ -111,9 +125,9 @@ func TestSyncExportImport(t *testing.T) {
 func TestImportRejectsTamperedBlob(t *testing.T) {
 	up := fakeregistry.New(t)
 	img := up.PushRandom("team/app", "v1")
-	cfg, h, _ := newProxy(t, up)
+	p := newProxy(t, up)
 	dir := filepath.Join(t.TempDir(), "layout")
-	if err := mirror.Export(t.Context(), cfg, h, []string{upstreamName + "/team/app:v1"}, dir, io.Discard); err != nil {
+	if err := mirror.Export(t.Context(), p.cfg, p.handler, []string{upstreamName + "/team/app:v1"}, dir, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 	layers, _ := img.Layers()
@@ -128,15 +142,15 @@ func TestImportRejectsTamperedBlob(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	offCfg, _, offStore := newProxy(t, nil)
-	_, err = mirror.Import(t.Context(), offCfg, offStore, dir, io.Discard)
+	off := newProxy(t, nil)
+	_, err = mirror.Import(t.Context(), off.cfg, off.store, off.tags, dir, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "does not match its digest") {
 		t.Fatalf("Import of a tampered layout = %v, want a digest mismatch", err)
 	}
-	if _, err := offStore.StatBlob(t.Context(), digest.Digest(d.String())); err == nil {
+	if _, err := off.store.StatBlob(t.Context(), digest.Digest(d.String())); err == nil {
 		t.Fatal("the tampered blob was committed")
 	}
-	if _, err := offStore.GetPin(t.Context(), upstreamName, "team/app", "v1"); err == nil {
+	if _, err := off.store.GetPin(t.Context(), upstreamName, "team/app", "v1"); err == nil {
 		t.Fatal("the tag was pinned although its image did not import")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"time"
 
@@ -14,7 +15,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/pullbroker/pullbroker/config"
-	"github.com/pullbroker/pullbroker/proxy"
+	"github.com/pullbroker/pullbroker/tags"
 )
 
 // ImageList is the file `pullbroker sync -f` reads.
@@ -55,7 +56,7 @@ func ReadImageList(cfg *config.Config, file string) (ImageList, error) {
 		return ImageList{}, fmt.Errorf("%s: %w", file, err)
 	}
 	for i, e := range l.Images {
-		if _, err := proxy.ParseImage(cfg, e.Image); err != nil {
+		if _, err := tags.ParseImage(cfg, e.Image); err != nil {
 			return ImageList{}, fmt.Errorf("%s: images[%d]: %w", file, i, err)
 		}
 		for _, p := range append(e.Platforms, l.Platforms...) {
@@ -80,8 +81,8 @@ type SyncResult struct {
 // pins its tag to the digest it resolved to. Blobs already cached are not
 // fetched again, so an interrupted sync resumes where it stopped and a
 // repeated one changes nothing.
-func Sync(ctx context.Context, cfg *config.Config, h *proxy.Handler, list ImageList, progress io.Writer) ([]SyncResult, error) {
-	lp, err := startLoopback(h)
+func Sync(ctx context.Context, cfg *config.Config, registryAPI http.Handler, resolver *tags.Resolver, list ImageList, progress io.Writer) ([]SyncResult, error) {
+	lp, err := startLoopback(registryAPI)
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +101,7 @@ func Sync(ctx context.Context, cfg *config.Config, h *proxy.Handler, list ImageL
 				fmt.Fprintf(progress, "\r\033[K[%d/%d] %s: %d blobs, %s", i+1, len(list.Images), e.Image, r.Blobs, humanBytes(r.Bytes))
 			}
 		}
-		res := syncImage(ctx, cfg, h, lp, e.Image, platforms, onBlob)
+		res := syncImage(ctx, cfg, resolver, lp, e.Image, platforms, onBlob)
 		if live {
 			fmt.Fprint(progress, "\r\033[K")
 		}
@@ -119,9 +120,9 @@ func Sync(ctx context.Context, cfg *config.Config, h *proxy.Handler, list ImageL
 
 // syncImage pulls one image through the proxy; onBlob, when set, sees the
 // running totals after every blob.
-func syncImage(ctx context.Context, cfg *config.Config, h *proxy.Handler, lp *loopbackProxy, ref string, platforms []Platform, onBlob func(SyncResult)) SyncResult {
+func syncImage(ctx context.Context, cfg *config.Config, resolver *tags.Resolver, lp *loopbackProxy, ref string, platforms []Platform, onBlob func(SyncResult)) SyncResult {
 	res := SyncResult{Image: ref}
-	img, err := proxy.ParseImage(cfg, ref)
+	img, err := tags.ParseImage(cfg, ref)
 	if err != nil {
 		res.Err = err
 		return res
@@ -146,7 +147,7 @@ func syncImage(ctx context.Context, cfg *config.Config, h *proxy.Handler, lp *lo
 	if img.Tag != "" {
 		tagged := img
 		tagged.Digest = ""
-		if _, err := h.SetPin(ctx, tagged, digest.Digest(desc.Digest.String())); err != nil {
+		if _, err := resolver.SetPin(ctx, tagged, digest.Digest(desc.Digest.String())); err != nil {
 			res.Err = fmt.Errorf("pinning: %w", err)
 		}
 	}
@@ -155,7 +156,7 @@ func syncImage(ctx context.Context, cfg *config.Config, h *proxy.Handler, lp *lo
 
 // walkDescriptor reads every blob of an image, or of the chosen platforms
 // of an index, through the proxy; reading is what fills the cache.
-func walkDescriptor(ctx context.Context, lp *loopbackProxy, img proxy.Image, desc *remote.Descriptor, platforms []Platform, fetched func(int64)) error {
+func walkDescriptor(ctx context.Context, lp *loopbackProxy, img tags.Image, desc *remote.Descriptor, platforms []Platform, fetched func(int64)) error {
 	if desc.MediaType.IsIndex() {
 		idx, err := desc.ImageIndex()
 		if err != nil {

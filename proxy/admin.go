@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -13,16 +12,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/pullbroker/pullbroker/cache"
+	"github.com/pullbroker/pullbroker/tags"
 )
-
-// PinRefresh reports what a refresh found.
-type PinRefresh struct {
-	Image   string        `json:"image"`
-	Old     digest.Digest `json:"old,omitempty"`
-	New     digest.Digest `json:"new"`
-	Changed bool          `json:"changed"`
-}
 
 // AdminHandler serves the pin API under /api/v1/, guarded by the bearer
 // token in tokenFile. The file is read on every request, so a rotated
@@ -61,42 +52,32 @@ func checkBearer(r *http.Request, tokenFile string) error {
 }
 
 func (h *Handler) adminListPins(w http.ResponseWriter, r *http.Request) {
-	pins, err := h.store.Pins(r.Context())
+	pins, err := h.tags.Pins(r.Context())
 	if err != nil {
 		adminError(w, http.StatusInternalServerError, err)
 		return
-	}
-	if pins == nil {
-		pins = []cache.Pin{}
 	}
 	adminJSON(w, map[string]any{"pins": pins})
 }
 
 func (h *Handler) adminShowPin(w http.ResponseWriter, r *http.Request) {
-	img, err := h.tagImage(r.PathValue("image"))
-	if err != nil {
-		adminError(w, http.StatusBadRequest, err)
+	img, ok := h.adminImage(w, r)
+	if !ok {
 		return
 	}
-	pin, err := h.store.GetPin(r.Context(), img.Registry, img.Repository, img.Tag)
-	if errors.Is(err, cache.ErrNotFound) {
-		adminError(w, http.StatusNotFound, fmt.Errorf("%s is not pinned", img))
-		return
-	}
+	pin, err := h.tags.GetPin(r.Context(), img)
 	if err != nil {
-		adminError(w, http.StatusInternalServerError, err)
+		adminFailure(w, img, err)
 		return
 	}
 	adminJSON(w, pin)
 }
 
 // adminSetPin pins a tag to the digest in the body, or, with no digest,
-// to what the upstream resolves it to now. The manifest is fetched into
-// the cache first, so a pin never points at content the proxy cannot serve.
+// to what the upstream resolves it to now.
 func (h *Handler) adminSetPin(w http.ResponseWriter, r *http.Request) {
-	img, err := h.tagImage(r.PathValue("image"))
-	if err != nil {
-		adminError(w, http.StatusBadRequest, err)
+	img, ok := h.adminImage(w, r)
+	if !ok {
 		return
 	}
 	var body struct {
@@ -106,123 +87,69 @@ func (h *Handler) adminSetPin(w http.ResponseWriter, r *http.Request) {
 		adminError(w, http.StatusBadRequest, fmt.Errorf("body must be {\"digest\": \"sha256:…\"} or empty: %v", err))
 		return
 	}
-	pin, err := h.SetPin(r.Context(), img, body.Digest)
+	if body.Digest != "" {
+		if err := body.Digest.Validate(); err != nil {
+			adminError(w, http.StatusBadRequest, fmt.Errorf("digest %q: %v", body.Digest, err))
+			return
+		}
+	}
+	pin, err := h.tags.SetPin(r.Context(), img, body.Digest)
 	if err != nil {
-		adminError(w, statusOf(err), err)
+		adminFailure(w, img, err)
 		return
 	}
 	adminJSON(w, pin)
 }
 
 func (h *Handler) adminDeletePin(w http.ResponseWriter, r *http.Request) {
-	img, err := h.tagImage(r.PathValue("image"))
-	if err != nil {
-		adminError(w, http.StatusBadRequest, err)
+	img, ok := h.adminImage(w, r)
+	if !ok {
 		return
 	}
-	if err := h.store.DeletePin(r.Context(), img.Registry, img.Repository, img.Tag); err != nil {
-		adminError(w, http.StatusInternalServerError, err)
+	if err := h.tags.Unpin(r.Context(), img); err != nil {
+		adminFailure(w, img, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
 func (h *Handler) adminRefreshPin(w http.ResponseWriter, r *http.Request) {
-	img, err := h.tagImage(r.PathValue("image"))
-	if err != nil {
-		adminError(w, http.StatusBadRequest, err)
+	img, ok := h.adminImage(w, r)
+	if !ok {
 		return
 	}
-	res, err := h.RefreshPin(r.Context(), img)
+	res, err := h.tags.RefreshPin(r.Context(), img)
 	if err != nil {
-		adminError(w, statusOf(err), err)
+		adminFailure(w, img, err)
 		return
 	}
 	adminJSON(w, res)
 }
 
-func (h *Handler) tagImage(ref string) (Image, error) {
-	img, err := ParseImage(h.cfg, ref)
+// adminImage parses the {image...} of a pin path: a tag, not a digest.
+func (h *Handler) adminImage(w http.ResponseWriter, r *http.Request) (tags.Image, bool) {
+	ref := r.PathValue("image")
+	img, err := tags.ParseImage(h.cfg, ref)
+	if err == nil && img.Digest != "" {
+		err = fmt.Errorf("%q: pins bind a tag; give registry/repository:tag without a digest", ref)
+	}
 	if err != nil {
-		return Image{}, err
-	}
-	if img.Digest != "" {
-		return Image{}, fmt.Errorf("%q: pins bind a tag; give registry/repository:tag without a digest", ref)
-	}
-	return img, nil
-}
-
-// SetPin pins img's tag to dgst, or to the upstream's current resolution
-// when dgst is empty. The manifest is cached first.
-func (h *Handler) SetPin(ctx context.Context, img Image, dgst digest.Digest) (cache.Pin, error) {
-	rt, apiErr := h.routeFor(img)
-	if apiErr != nil {
-		return cache.Pin{}, apiErr
-	}
-	var m cache.Manifest
-	if dgst == "" {
-		res, err := h.resolveTag(ctx, rt, nil)
-		if err != nil {
-			return cache.Pin{}, fromUpstream(rt, err)
+		status := http.StatusBadRequest
+		if ne := new(tags.NameError); errors.As(err, &ne) && !ne.Invalid {
+			status = http.StatusNotFound
 		}
-		m = res.manifest
-	} else {
-		digestRoute := *rt
-		digestRoute.reference = dgst.String()
-		res, apiErr := h.manifestByDigest(ctx, &digestRoute, nil)
-		if apiErr != nil {
-			return cache.Pin{}, apiErr
-		}
-		m = res.manifest
+		adminError(w, status, err)
+		return tags.Image{}, false
 	}
-	pin := cache.Pin{Registry: img.Registry, Repository: img.Repository, Tag: img.Tag,
-		Digest: m.Digest, MediaType: m.MediaType, Policy: PolicyManual, PinnedAt: h.now().UTC()}
-	return pin, h.store.PutPin(ctx, pin)
+	return img, true
 }
 
-// RefreshPin resolves the tag upstream now and moves its pin (keeping the
-// pin's policy) if the digest changed.
-func (h *Handler) RefreshPin(ctx context.Context, img Image) (PinRefresh, error) {
-	rt, apiErr := h.routeFor(img)
-	if apiErr != nil {
-		return PinRefresh{}, apiErr
-	}
-	out := PinRefresh{Image: img.String()}
-	old, err := h.store.GetPin(ctx, img.Registry, img.Repository, img.Tag)
-	switch {
-	case err == nil:
-		out.Old = old.Digest
-	case errors.Is(err, cache.ErrNotFound):
-		old.Policy = PolicyManual
-	default:
-		return PinRefresh{}, err
-	}
-	res, err := h.resolveTag(ctx, rt, nil)
-	if err != nil {
-		return PinRefresh{}, fromUpstream(rt, err)
-	}
-	out.New, out.Changed = res.manifest.Digest, res.manifest.Digest != out.Old
-	if out.Changed {
-		err = h.store.PutPin(ctx, cache.Pin{Registry: img.Registry, Repository: img.Repository, Tag: img.Tag,
-			Digest: res.manifest.Digest, MediaType: res.manifest.MediaType, Policy: old.Policy, PinnedAt: h.now().UTC()})
-	}
-	return out, err
-}
-
-func (h *Handler) routeFor(img Image) (*route, *apiError) {
-	u, ok := h.cfg.Upstream(img.Registry)
-	if !ok {
-		return nil, newAPIError(http.StatusNotFound, notFoundCode(""), "registry %q is not a configured upstream", img.Registry)
-	}
-	return &route{kind: kindManifest, registry: u.Name, repository: img.Repository, reference: img.Tag, upstream: u}, nil
-}
-
-func statusOf(err error) int {
-	var apiErr *apiError
-	if errors.As(err, &apiErr) {
-		return apiErr.status
-	}
-	return http.StatusInternalServerError
+// adminFailure answers with the status and message the registry API would
+// give for the same failure.
+func adminFailure(w http.ResponseWriter, img tags.Image, err error) {
+	rt := &route{kind: kindManifest, registry: img.Registry, repository: img.Repository, reference: img.Tag}
+	apiErr := fromUpstream(rt, err)
+	adminError(w, apiErr.status, errors.New(apiErr.err.Message))
 }
 
 func adminJSON(w http.ResponseWriter, v any) {

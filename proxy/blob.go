@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"io"
@@ -10,6 +11,8 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/pullbroker/pullbroker/cache"
+	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/tags"
 	"github.com/pullbroker/pullbroker/upstream"
 )
 
@@ -23,7 +26,7 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, rt *route, i
 
 	blob, err := h.store.OpenBlob(ctx, dgst)
 	if err == nil {
-		h.cacheResult(info, "blob", rt.registry, outcomeHit)
+		h.cacheResult(info, "blob", rt.registry, tags.Hit)
 		defer blob.Content.Close()
 		h.serveCachedBlob(w, r, dgst, blob)
 		return
@@ -40,7 +43,7 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, rt *route, i
 		writeError(w, r, fromUpstream(rt, upstream.ErrOffline))
 		return
 	}
-	h.cacheResult(info, "blob", rt.registry, outcomeMiss)
+	h.cacheResult(info, "blob", rt.registry, tags.Miss)
 
 	if r.Method == http.MethodHead {
 		size, err := h.client(rt).HeadBlob(ctx, rt.repository, dgst)
@@ -71,23 +74,16 @@ func (h *Handler) confirmBlobInRepository(ctx context.Context, rt *route, dgst d
 	}
 	// Concurrent requests for the same unlinked blob share one HEAD.
 	key := rt.registry + "\x00" + rt.repository + "\x00" + dgst.String()
-	ch := h.blobConfirmFlight.DoChan(key, func() (any, error) {
-		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), upstreamWorkTimeout)
-		defer cancel()
-		if _, err := h.client(rt).HeadBlob(wctx, rt.repository, dgst); err != nil {
-			return nil, err
+	_, err = h.blobConfirmFlight.Do(ctx, key, cmp.Or(rt.upstream.WorkTimeout, config.DefaultWorkTimeout), func(ctx context.Context) (struct{}, error) {
+		if _, err := h.client(rt).HeadBlob(ctx, rt.repository, dgst); err != nil {
+			return struct{}{}, err
 		}
-		return nil, h.store.LinkBlob(wctx, rt.registry, rt.repository, dgst)
+		return struct{}{}, h.store.LinkBlob(ctx, rt.registry, rt.repository, dgst)
 	})
-	select {
-	case res := <-ch:
-		if res.Err != nil {
-			return fromUpstream(rt, res.Err)
-		}
-		return nil
-	case <-ctx.Done():
-		return fromUpstream(rt, ctx.Err())
+	if err != nil {
+		return fromUpstream(rt, err)
 	}
+	return nil
 }
 
 func (h *Handler) serveCachedBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest, blob *cache.Blob) {

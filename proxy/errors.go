@@ -10,6 +10,7 @@ import (
 	v2 "github.com/distribution/distribution/v3/registry/api/v2"
 
 	"github.com/pullbroker/pullbroker/cache"
+	"github.com/pullbroker/pullbroker/tags"
 	"github.com/pullbroker/pullbroker/upstream"
 )
 
@@ -48,12 +49,31 @@ func notFoundCode(kind string) errcode.ErrorCode {
 	return v2.ErrorCodeNameUnknown
 }
 
-// fromUpstream turns an upstream failure into the answer a client can act
-// on. Upstream errors never carry credentials (the upstream package
-// redacts them), so their text may be passed on as detail.
+// nameError answers a name that does not resolve to a configured
+// upstream's repository.
+func nameError(err error) *apiError {
+	var ne *tags.NameError
+	if errors.As(err, &ne) && ne.Invalid {
+		return newAPIError(http.StatusBadRequest, v2.ErrorCodeNameInvalid, "%s", ne.Reason)
+	}
+	return newAPIError(http.StatusNotFound, v2.ErrorCodeNameUnknown, "%v", err)
+}
+
+// fromUpstream turns a failure to answer from the cache or the upstream
+// into the answer a client can act on. Upstream errors never carry
+// credentials (the upstream package redacts them), so their text may be
+// passed on as detail.
 func fromUpstream(rt *route, err error) *apiError {
 	var status *upstream.StatusError
 	switch {
+	case errors.As(err, new(*tags.NameError)):
+		return nameError(err)
+	case errors.Is(err, tags.ErrNotInLockFile):
+		return newAPIError(http.StatusNotFound, v2.ErrorCodeManifestUnknown, "%v", err)
+	case errors.Is(err, tags.ErrNotPinned):
+		return newAPIError(http.StatusNotFound, v2.ErrorCodeManifestUnknown, "%v", err)
+	case errors.Is(err, tags.ErrStorage):
+		return internalError(err)
 	case errors.Is(err, upstream.ErrOffline):
 		return newAPIError(http.StatusNotFound, notFoundCode(rt.kind),
 			"upstream %s is offline and %s is not cached", rt.registry, rt.describe())

@@ -14,6 +14,7 @@ import (
 	v2 "github.com/distribution/distribution/v3/registry/api/v2"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/pullbroker/pullbroker/tags"
 	"github.com/pullbroker/pullbroker/upstream"
 )
 
@@ -85,12 +86,7 @@ func (h *Handler) serveTags(w http.ResponseWriter, r *http.Request, rt *route, i
 					w.Header().Set("Link", rewritten)
 				}
 			}
-			w.Header().Set("Content-Type", "application/json")
-			w.Header().Set("Content-Length", strconv.Itoa(len(page)))
-			w.WriteHeader(http.StatusOK)
-			if r.Method == http.MethodGet {
-				_, _ = w.Write(page)
-			}
+			writeBody(w, r, "application/json", page)
 			return
 		}
 		if !upstream.IsUnavailable(err) {
@@ -99,17 +95,17 @@ func (h *Handler) serveTags(w http.ResponseWriter, r *http.Request, rt *route, i
 		}
 		h.log.Warn("listing cached tags: upstream unavailable", "registry", rt.registry, "repository", rt.repository, "error", err)
 	}
-	tags, err := h.store.Tags(ctx, rt.registry, rt.repository)
+	cached, err := h.store.Tags(ctx, rt.registry, rt.repository)
 	if err != nil {
 		writeError(w, r, internalError(err))
 		return
 	}
-	if len(tags) == 0 {
+	if len(cached) == 0 {
 		writeError(w, r, fromUpstream(rt, upstream.ErrOffline))
 		return
 	}
-	info.outcome = outcomeStale
-	page, next, apiErr := paginate(tags, r.URL.Query())
+	info.outcome = string(tags.Stale)
+	page, next, apiErr := paginate(cached, r.URL.Query())
 	if apiErr != nil {
 		writeError(w, r, apiErr)
 		return
@@ -204,12 +200,7 @@ func (h *Handler) serveReferrers(w http.ResponseWriter, r *http.Request, rt *rou
 			return
 		}
 	}
-	w.Header().Set("Content-Type", contentType)
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(http.StatusOK)
-	if r.Method == http.MethodGet {
-		_, _ = w.Write(body)
-	}
+	writeBody(w, r, contentType, body)
 }
 
 func writeJSON(w http.ResponseWriter, r *http.Request, contentType string, v any) {
@@ -218,10 +209,16 @@ func writeJSON(w http.ResponseWriter, r *http.Request, contentType string, v any
 		writeError(w, r, newAPIError(http.StatusInternalServerError, errcode.ErrorCodeUnknown, "encoding response: %v", err))
 		return
 	}
+	writeBody(w, r, contentType, b)
+}
+
+// writeBody answers 200 with body, which a HEAD request gets only the
+// length of.
+func writeBody(w http.ResponseWriter, r *http.Request, contentType string, body []byte) {
 	w.Header().Set("Content-Type", contentType)
-	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodGet {
-		_, _ = w.Write(b)
+		_, _ = w.Write(body)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pullbroker/pullbroker/tags"
 )
 
 type metrics struct {
@@ -53,7 +55,7 @@ func (m *metrics) observeRequest(route, method string, code int, d time.Duration
 }
 
 // cacheResult counts one lookup and records it for the request log.
-func (h *Handler) cacheResult(info *requestInfo, kind, upstream, result string) {
-	info.outcome = result
-	h.metrics.cacheRequests.WithLabelValues(kind, upstream, result).Inc()
+func (h *Handler) cacheResult(info *requestInfo, kind, upstream string, result tags.Outcome) {
+	info.outcome = string(result)
+	h.metrics.cacheRequests.WithLabelValues(kind, upstream, string(result)).Inc()
 }

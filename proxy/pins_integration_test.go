@@ -12,7 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/pullbroker/pullbroker/config"
-	"github.com/pullbroker/pullbroker/proxy"
+	"github.com/pullbroker/pullbroker/tags"
 )
 
 const appTag = "/v2/" + upstreamName + "/team/app/manifests/v1"
@@ -37,15 +37,15 @@ func (e *env) headDigest(path string) digest.Digest {
 	return digest.Digest(r.Header.Get("Docker-Content-Digest"))
 }
 
-var appImage = proxy.Image{Registry: upstreamName, Repository: "team/app", Tag: "v1"}
+var appImage = tags.Image{Registry: upstreamName, Repository: "team/app", Tag: "v1"}
 
 // TestPinnedTagAlwaysPull is imagePullPolicy: Always against a pinned tag:
 // no upstream request at all, the same digest until the pin is refreshed.
 func TestPinnedTagAlwaysPull(t *testing.T) {
 	e := newEnv(t, "filesystem")
 	first := e.pushVersion()
-	pin, err := e.handler.SetPin(t.Context(), appImage, "")
-	if err != nil || pin.Digest != first || pin.Policy != proxy.PolicyManual {
+	pin, err := e.tags.SetPin(t.Context(), appImage, "")
+	if err != nil || pin.Digest != first || pin.Policy != config.PolicyManual {
 		t.Fatalf("SetPin = %+v, %v; want %s", pin, err, first)
 	}
 	e.up.ResetCounts()
@@ -70,7 +70,7 @@ func TestPinnedTagAlwaysPull(t *testing.T) {
 		t.Fatalf("%d upstream requests after the tag moved, want 0", n)
 	}
 
-	res, err := e.handler.RefreshPin(t.Context(), appImage)
+	res, err := e.tags.RefreshPin(t.Context(), appImage)
 	if err != nil || !res.Changed || res.Old != first || res.New != moved {
 		t.Fatalf("RefreshPin = %+v, %v; want %s -> %s", res, err, first, moved)
 	}
@@ -84,7 +84,7 @@ func TestPinnedTagAlwaysPull(t *testing.T) {
 
 func TestStickyRuleKeepsFirstResolution(t *testing.T) {
 	e := newEnvWithConfig(t, "inmemory", func(c *config.Config) {
-		c.Pins = []config.PinRule{{Registry: upstreamName, Repository: "team/**", Tag: "v*", Policy: proxy.PolicySticky}}
+		c.Pins = []config.PinRule{{Registry: upstreamName, Repository: "team/**", Tag: "v*", Policy: config.PolicySticky}}
 	})
 	first := e.pushVersion()
 	if got := e.headDigest(appTag); got != first {
@@ -100,7 +100,7 @@ func TestStickyRuleKeepsFirstResolution(t *testing.T) {
 		t.Fatalf("sticky tag made %d upstream requests, want 0", n)
 	}
 	pin, err := e.store.GetPin(t.Context(), upstreamName, "team/app", "v1")
-	if err != nil || pin.Policy != proxy.PolicySticky {
+	if err != nil || pin.Policy != config.PolicySticky {
 		t.Fatalf("pin = %+v, %v", pin, err)
 	}
 }
@@ -117,7 +117,7 @@ func TestLockedRuleNeverAsksForTheTag(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := newEnvWithConfig(t, "inmemory", func(c *config.Config) {
-		c.Pins = []config.PinRule{{Registry: upstreamName, Repository: "team/*", Policy: proxy.PolicyLocked, LockFile: lockFile}}
+		c.Pins = []config.PinRule{{Registry: upstreamName, Repository: "team/*", Policy: config.PolicyLocked, LockFile: lockFile}}
 	})
 	e.up.Push("team/app", "v1", lockedImg)
 	e.pushVersion() // the upstream tag moves on; the lock file does not
@@ -137,7 +137,7 @@ func TestLockedRuleNeverAsksForTheTag(t *testing.T) {
 
 func TestTTLRuleHasItsOwnTTL(t *testing.T) {
 	e := newEnvWithConfig(t, "inmemory", func(c *config.Config) {
-		c.Pins = []config.PinRule{{Repository: "team/app", Policy: proxy.PolicyTTL, TTL: time.Minute}}
+		c.Pins = []config.PinRule{{Repository: "team/app", Policy: config.PolicyTTL, TTL: time.Minute}}
 	})
 	e.pushVersion()
 	e.headDigest(appTag)
@@ -165,7 +165,7 @@ func TestOfflineModeOpensNoConnection(t *testing.T) {
 	}
 	eventually(t, "the blob is committed", func() bool { _, err := e.store.StatBlob(t.Context(), d); return err == nil })
 
-	cfg.Mode = config.ModeOffline
+	e = e.restarted(cfg, func(c *config.Config) { c.Mode = config.ModeOffline })
 	conns := e.up.Connections()
 	e.clock.Advance(10 * tagTTL)
 	if r := e.do(http.MethodGet, appTag); r.StatusCode != http.StatusOK {

@@ -30,6 +30,7 @@ import (
 	"github.com/pullbroker/pullbroker/config"
 	"github.com/pullbroker/pullbroker/internal/fakeregistry"
 	"github.com/pullbroker/pullbroker/proxy"
+	"github.com/pullbroker/pullbroker/tags"
 	"github.com/pullbroker/pullbroker/upstream"
 )
 
@@ -62,7 +63,7 @@ func forEachSetup(t *testing.T, fn func(t *testing.T, e *env, viaCDN bool)) {
 	})
 }
 
-// fakeClock is proxy.Options.Now.
+// fakeClock is tags.Options.Now and proxy.Options.Now.
 type fakeClock struct {
 	mu  sync.Mutex
 	now time.Time
@@ -86,6 +87,7 @@ type env struct {
 	up      *fakeregistry.Registry
 	srv     *httptest.Server
 	handler *proxy.Handler
+	tags    *tags.Resolver
 	store   *cache.Store
 	clock   *fakeClock
 	metrics *prometheus.Registry
@@ -129,10 +131,6 @@ func newEnvWithConfig(t *testing.T, driver string, configure func(*config.Config
 		DialTimeout:     time.Second,
 		ResponseTimeout: 5 * time.Second,
 	}
-	client, err := upstream.New(u, upstream.Options{Authenticator: e.up.Authenticator(), Registerer: e.metrics})
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := &config.Config{
 		Mode:            config.ModeOnline,
 		DefaultUpstream: upstreamName,
@@ -142,10 +140,32 @@ func newEnvWithConfig(t *testing.T, driver string, configure func(*config.Config
 	if configure != nil {
 		configure(cfg)
 	}
+	e.serve(cfg)
+	return e
+}
+
+// serve builds the upstream client, the tag resolver and the handler from
+// cfg, as cmd/pullbroker's build() wires them, and serves the handler.
+func (e *env) serve(cfg *config.Config) {
+	t := e.t
+	u := cfg.Upstreams[0]
+	client, err := upstream.New(u, upstream.Options{
+		Authenticator: e.up.Authenticator(), Registerer: e.metrics,
+		Offline: cfg.EffectiveMode(u) == config.ModeOffline,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clients := map[string]*upstream.Client{upstreamName: client}
+	e.tags, err = tags.New(tags.Options{Config: cfg, Store: e.store, Upstreams: clients, Now: e.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
 	e.handler, err = proxy.New(proxy.Options{
 		Config:     cfg,
 		Store:      e.store,
-		Upstreams:  map[string]*upstream.Client{upstreamName: client},
+		Tags:       e.tags,
+		Upstreams:  clients,
 		Registerer: e.metrics,
 		Now:        e.clock.Now,
 	})
@@ -158,7 +178,16 @@ func newEnvWithConfig(t *testing.T, driver string, configure func(*config.Config
 		e.handler.ServeHTTP(w, r)
 	}))
 	t.Cleanup(e.srv.Close)
-	return e
+}
+
+// restarted is a second proxy over the same cache and upstream, built from
+// a changed copy of cfg, as a restart with a new config would give.
+func (e *env) restarted(cfg *config.Config, change func(*config.Config)) *env {
+	changed := *cfg
+	change(&changed)
+	r := &env{t: e.t, up: e.up, store: e.store, clock: e.clock, metrics: prometheus.NewRegistry()}
+	r.serve(&changed)
+	return r
 }
 
 // host is the proxy's "127.0.0.1:PORT", as image references name it.

@@ -12,7 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/pullbroker/pullbroker/config"
-	"github.com/pullbroker/pullbroker/internal/registryname"
+	"github.com/pullbroker/pullbroker/tags"
 )
 
 // Route kinds.
@@ -57,6 +57,12 @@ func (rt *route) isDigest() bool { return strings.Contains(rt.reference, ":") }
 // parseRoute splits a request into a route. It never lets a client name a
 // host that is not a configured upstream.
 func parseRoute(cfg *config.Config, r *http.Request) (*route, *apiError) {
+	// An encoded slash would be decoded into a path separator the client
+	// did not write; the spec's name grammar has no room for one.
+	if strings.Contains(strings.ToLower(r.URL.EscapedPath()), "%2f") {
+		return nil, newAPIError(http.StatusBadRequest, v2.ErrorCodeNameInvalid,
+			"%s: an encoded slash (%%2F) is not allowed in a repository name", r.URL.EscapedPath())
+	}
 	p := strings.TrimPrefix(r.URL.Path, "/v2/")
 	if r.URL.Path == "/v2" || r.URL.Path == "/v2/" {
 		return &route{kind: kindBase}, nil
@@ -114,40 +120,14 @@ func splitResource(p string) (name, kind, ref string, ok bool) {
 	return name, kind, ref, true
 }
 
-// resolveName picks the upstream: containerd's ?ns=, else a first path
-// component that names a registry, else the default upstream.
+// resolveName picks the upstream and repository under the proxy's naming
+// rules (tags.ResolveName).
 func (rt *route) resolveName(cfg *config.Config, name string, q url.Values) *apiError {
-	var registry, repo string
-	first, rest, hasRest := strings.Cut(name, "/")
-	switch {
-	case q.Get("ns") != "":
-		registry, repo, rt.mirrorForm = q.Get("ns"), name, true
-	case hasRest && configuredRegistry(cfg, first) != "":
-		registry, repo = configuredRegistry(cfg, first), rest
-	case hasRest && looksLikeRegistry(first):
-		registry, repo = first, rest
-	case cfg.DefaultUpstream != "":
-		registry, repo = cfg.DefaultUpstream, name
-	default:
-		return newAPIError(http.StatusNotFound, v2.ErrorCodeNameUnknown,
-			"%q names no registry and no default upstream is configured: use /v2/<registry>/<repository>/...", name)
+	u, repo, err := tags.ResolveName(cfg, name, q.Get("ns"))
+	if err != nil {
+		return nameError(err)
 	}
-	u, ok := cfg.Upstream(registry)
-	if !ok {
-		return newAPIError(http.StatusNotFound, v2.ErrorCodeNameUnknown,
-			"registry %q is not a configured upstream of this proxy", registry)
-	}
-	if isDockerHub(u) && !strings.Contains(repo, "/") {
-		repo = "library/" + repo
-	}
-	// WithName applies the reference grammar and length limit; it would
-	// take an upper-case first component for a host, which a repository
-	// path must not have.
-	if _, err := reference.WithName(repo); err != nil || strings.ToLower(repo) != repo {
-		return newAPIError(http.StatusBadRequest, v2.ErrorCodeNameInvalid,
-			"%q is not a valid repository name (lowercase letters, digits and separators . _ __ - /)", repo)
-	}
-	rt.registry, rt.repository, rt.upstream = u.Name, repo, u
+	rt.registry, rt.repository, rt.upstream, rt.mirrorForm = u.Name, repo, u, q.Get("ns") != ""
 	return nil
 }
 
@@ -171,26 +151,4 @@ func (rt *route) validateReference() *apiError {
 
 func validTag(tag string) bool {
 	return len(tag) <= 128 && reference.TagRegexp.FindString(tag) == tag
-}
-
-// configuredRegistry returns the upstream a first path component names,
-// either as is or in the "host_5000" form that image references need for
-// a registry with a port; "" when it names none.
-func configuredRegistry(cfg *config.Config, component string) string {
-	for _, name := range []string{component, registryname.FromPathComponent(component)} {
-		if u, ok := cfg.Upstream(name); ok {
-			return u.Name
-		}
-	}
-	return ""
-}
-
-// looksLikeRegistry applies the rule image references use: a first
-// component with a '.' or ':' or equal to "localhost" is a registry host.
-func looksLikeRegistry(component string) bool {
-	return strings.ContainsAny(component, ".:") || component == "localhost"
-}
-
-func isDockerHub(u config.Upstream) bool {
-	return u.Name == "docker.io"
 }

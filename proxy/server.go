@@ -6,6 +6,7 @@ package proxy
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,10 +15,11 @@ import (
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/pullbroker/pullbroker/cache"
 	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/internal/flight"
+	"github.com/pullbroker/pullbroker/tags"
 	"github.com/pullbroker/pullbroker/upstream"
 )
 
@@ -25,11 +27,13 @@ import (
 type Options struct {
 	Config *config.Config
 	Store  *cache.Store
+	// Tags answers manifests under the pull policy.
+	Tags *tags.Resolver
 	// Upstreams holds one client per configured upstream, by Name.
 	Upstreams  map[string]*upstream.Client
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
-	// Now is the clock; tests move it.
+	// Now is the clock of request durations.
 	Now func() time.Time
 }
 
@@ -41,15 +45,12 @@ type Handler struct {
 	log       *slog.Logger
 	metrics   *metrics
 	now       func() time.Time
-	pins      *pinRules
+	tags      *tags.Resolver
 	access    *access
 
-	// Concurrent requests for the same tag or manifest share one upstream
-	// round trip.
-	manifestFlight singleflight.Group
-	// and concurrent requests for a blob not yet linked to its repository
+	// Concurrent requests for a blob not yet linked to its repository
 	// share one confirming HEAD.
-	blobConfirmFlight singleflight.Group
+	blobConfirmFlight flight.Group[struct{}]
 }
 
 // New returns a Handler.
@@ -65,9 +66,8 @@ func New(opts Options) (*Handler, error) {
 			return nil, fmt.Errorf("proxy: no upstream client for configured upstream %q", u.Name)
 		}
 	}
-	pins, err := loadPinRules(opts.Config)
-	if err != nil {
-		return nil, err
+	if opts.Tags == nil {
+		return nil, errors.New("proxy: no tag resolver")
 	}
 	acc, err := newAccess(opts.Config)
 	if err != nil {
@@ -78,7 +78,7 @@ func New(opts Options) (*Handler, error) {
 		return nil, err
 	}
 	return &Handler{
-		pins:      pins,
+		tags:      opts.Tags,
 		access:    acc,
 		cfg:       opts.Config,
 		store:     opts.Store,
@@ -166,16 +166,14 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, info *requestInf
 
 func (h *Handler) client(rt *route) *upstream.Client { return h.upstreams[rt.registry] }
 
-func (h *Handler) offline(rt *route) bool {
-	return h.cfg.EffectiveMode(rt.upstream) == config.ModeOffline || h.client(rt).Offline()
-}
+func (h *Handler) offline(rt *route) bool { return h.tags.Offline(rt.registry) }
 
 // requestInfo collects what the request log line and metrics report.
 type requestInfo struct {
 	id       string
 	kind     string
 	upstream string
-	outcome  string // hit, miss, stale, pinned, or empty
+	outcome  string // a tags.Outcome, or empty
 }
 
 // requestID keeps a caller's ID (a sane one) so logs join across hops.

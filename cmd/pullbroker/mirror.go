@@ -32,7 +32,7 @@ func newSyncCmd() *cobra.Command {
 				return err
 			}
 			defer a.Close()
-			results, err := mirror.Sync(cmd.Context(), cfg, a.handler, list, cmd.OutOrStdout())
+			results, err := mirror.Sync(cmd.Context(), cfg, a.handler, a.tags, list, cmd.OutOrStdout())
 			failed := 0
 			var bytes int64
 			for _, r := range results {
@@ -79,12 +79,12 @@ func newExportCmd() *cobra.Command {
 			}
 			defer a.Close()
 			if pinned {
-				pins, err := a.store.Pins(cmd.Context())
+				pins, err := a.tags.Pins(cmd.Context())
 				if err != nil {
 					return err
 				}
 				for _, p := range pins {
-					images = append(images, p.Image())
+					images = append(images, p.Image().String())
 				}
 			}
 			if len(images) == 0 {
@@ -115,7 +115,7 @@ func newImportCmd() *cobra.Command {
 				return err
 			}
 			defer a.Close()
-			n, err := mirror.Import(cmd.Context(), cfg, a.store, args[0], cmd.OutOrStdout())
+			n, err := mirror.Import(cmd.Context(), cfg, a.store, a.tags, args[0], cmd.OutOrStdout())
 			fmt.Fprintf(cmd.OutOrStdout(), "imported %d images\n", n)
 			return err
 		},

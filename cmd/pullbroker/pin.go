@@ -17,8 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
-	"github.com/pullbroker/pullbroker/cache"
-	"github.com/pullbroker/pullbroker/proxy"
+	"github.com/pullbroker/pullbroker/tags"
 )
 
 // adminClient talks to a running proxy's admin API.
@@ -86,7 +85,7 @@ func newPinCmd() *cobra.Command {
 					return fmt.Errorf("digest %q: %w", args[1], err)
 				}
 			}
-			var pin cache.Pin
+			var pin tags.Pin
 			if err := c.do(http.MethodPut, "/api/v1/pins/"+args[0], map[string]digest.Digest{"digest": d}, &pin); err != nil {
 				return err
 			}
@@ -103,7 +102,7 @@ func newPinCmd() *cobra.Command {
 	cmd.AddCommand(&cobra.Command{
 		Use: "refresh IMAGE[:TAG]", Short: "Resolve a tag upstream now and move its pin; reports old and new digest", Args: cobra.ExactArgs(1),
 		RunE: withClient(func(c *adminClient, cmd *cobra.Command, args []string) error {
-			var res proxy.PinRefresh
+			var res tags.Refresh
 			if err := c.do(http.MethodPost, "/api/v1/refresh/"+args[0], nil, &res); err != nil {
 				return err
 			}
@@ -123,9 +122,9 @@ func newPinCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			lf := proxy.LockFile{Pins: map[string]digest.Digest{}}
+			lf := tags.LockFile{Pins: map[string]digest.Digest{}}
 			for _, p := range pins {
-				lf.Pins[p.Image()] = p.Digest
+				lf.Pins[p.Image().String()] = p.Digest
 			}
 			b, err := yaml.Marshal(lf)
 			if err != nil {
@@ -148,8 +147,8 @@ func newPinCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var lf proxy.LockFile
-			if err := yaml.UnmarshalStrict(b, &lf); err != nil {
+			lf, err := tags.DecodeLockFile(b)
+			if err != nil {
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
 			images := make([]string, 0, len(lf.Pins))
@@ -176,9 +175,9 @@ func orNone(d digest.Digest) string {
 	return d.String()
 }
 
-func (c *adminClient) list() ([]cache.Pin, error) {
+func (c *adminClient) list() ([]tags.Pin, error) {
 	var out struct {
-		Pins []cache.Pin `json:"pins"`
+		Pins []tags.Pin `json:"pins"`
 	}
 	err := c.do(http.MethodGet, "/api/v1/pins", nil, &out)
 	return out.Pins, err

@@ -23,6 +23,7 @@ import (
 	"github.com/pullbroker/pullbroker/cache"
 	"github.com/pullbroker/pullbroker/config"
 	"github.com/pullbroker/pullbroker/proxy"
+	"github.com/pullbroker/pullbroker/tags"
 	"github.com/pullbroker/pullbroker/tlsreload"
 	"github.com/pullbroker/pullbroker/upstream"
 )
@@ -67,6 +68,7 @@ func newLogger(c config.Log, w io.Writer) *slog.Logger {
 type app struct {
 	registry *prometheus.Registry
 	store    *cache.Store
+	tags     *tags.Resolver
 	handler  *proxy.Handler
 	sources  []auth.Source
 	// draining turns /readyz to 503 once shutdown began.
@@ -122,8 +124,16 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 		clients[u.Name] = c
 	}
 
-	a.handler, err = proxy.New(proxy.Options{
+	a.tags, err = tags.New(tags.Options{
 		Config: cfg, Store: a.store, Upstreams: clients,
+		Logger: log.With("component", "tags"),
+	})
+	if err != nil {
+		a.Close()
+		return nil, err
+	}
+	a.handler, err = proxy.New(proxy.Options{
+		Config: cfg, Store: a.store, Tags: a.tags, Upstreams: clients,
 		Logger: log.With("component", "proxy"), Registerer: a.registry,
 	})
 	if err != nil {

@@ -1,4 +1,4 @@
-package proxy
+package tags
 
 import (
 	"testing"
@@ -8,8 +8,8 @@ import (
 
 func TestPinRuleMatching(t *testing.T) {
 	pr, err := loadPinRules(&config.Config{Pins: []config.PinRule{
-		{Registry: "docker.io", Repository: "library/*", Tag: "1.*", Policy: PolicySticky},
-		{Registry: "ghcr.io", Policy: PolicyTTL},
+		{Registry: "docker.io", Repository: "library/*", Tag: "1.*", Policy: config.PolicySticky},
+		{Registry: "ghcr.io", Policy: config.PolicyTTL},
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -24,7 +24,7 @@ func TestPinRuleMatching(t *testing.T) {
 		{"ghcr.io", "org/team/app", "v1", 1}, // an empty repository glob matches any depth
 		{"quay.io", "org/app", "v1", -1},
 	} {
-		if _, i := pr.match(tt.registry, tt.repo, tt.tag); i != tt.want {
+		if _, i := pr.match(Image{Registry: tt.registry, Repository: tt.repo, Tag: tt.tag}); i != tt.want {
 			t.Errorf("%s/%s:%s matched rule %d, want %d", tt.registry, tt.repo, tt.tag, i, tt.want)
 		}
 	}
