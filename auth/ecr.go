@@ -26,7 +26,7 @@ import (
 // 2.4 h before it expires, so an outage of the ECR API or of the AWS
 // credential chain that long goes unnoticed by pulls. ecrCallTimeout bounds
 // one refresh, the SDK's retries included.
-var (
+const (
 	ecrRefreshMargin = 3 * time.Hour
 	ecrCallTimeout   = 30 * time.Second
 )

@@ -41,7 +41,7 @@ const DefaultGCPSecretKey = "key.json"
 
 // gcpRefreshMargin: an access token is replaced when less than
 // min(gcpRefreshMargin, a fifth of its lifetime) is left.
-var gcpRefreshMargin = 5 * time.Minute
+const gcpRefreshMargin = 5 * time.Minute
 
 func (s *source) startGCP(ctx context.Context, g *config.GCPServiceAccount) error {
 	mode := g.Exchange

@@ -12,7 +12,7 @@ import (
 // Token refresh tuning shared by the exchanging sources: after a failed
 // exchange the next one waits tokenRetryBackoff; a token whose lifetime is
 // not known is used for its source's refresh margin, then exchanged again.
-var tokenRetryBackoff = 2 * time.Second
+const tokenRetryBackoff = 2 * time.Second
 
 // exchangedToken is one short-lived credential obtained from an exchange.
 type exchangedToken struct {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 
 	"github.com/distribution/reference"
@@ -86,11 +85,12 @@ func New(opts Options) (*Rewriter, error) {
 			return nil, fmt.Errorf("proxy host %q: must be host[:port] that a runtime reads as a registry (with a '.' or ':' or localhost)", opts.ProxyHost)
 		}
 		r.proxyHosts[strings.ToLower(opts.ProxyHost)] = true
-		selected, err := r.selectUpstreams(opts.Upstreams, opts.Registries)
+		selected, err := config.SelectUpstreams(opts.Upstreams, opts.Registries)
 		if err != nil {
 			return nil, err
 		}
-		for _, name := range selected {
+		for _, u := range selected {
+			name := u.Name
 			component, err := registryname.ToPathComponent(name)
 			if err != nil {
 				return nil, fmt.Errorf("upstream %q: %w; give it an explicit rule or leave it out", name, err)
@@ -125,27 +125,6 @@ func New(opts Options) (*Rewriter, error) {
 		r.exclude = append(r.exclude, g)
 	}
 	return r, nil
-}
-
-// selectUpstreams returns the canonical names of the upstreams that get a
-// default rule.
-func (r *Rewriter) selectUpstreams(upstreams []config.Upstream, only []string) ([]string, error) {
-	if len(only) == 0 {
-		names := make([]string, 0, len(upstreams))
-		for _, u := range upstreams {
-			names = append(names, u.Name)
-		}
-		return names, nil
-	}
-	names := make([]string, 0, len(only))
-	for _, name := range only {
-		canonical, ok := r.upstreamNames[strings.ToLower(name)]
-		if !ok {
-			return nil, fmt.Errorf("registry %q is not a configured upstream", name)
-		}
-		names = append(names, canonical)
-	}
-	return names, nil
 }
 
 // canonicalRegistry maps a registry as written in a rule to the name images
@@ -301,15 +280,4 @@ func (r *Rewriter) excluded(named reference.Named) bool {
 		}
 	}
 	return false
-}
-
-// Prefixes returns the rules in effect, sorted by registry, for logs and
-// for generating node configuration.
-func (r *Rewriter) Prefixes() []Rule {
-	rules := make([]Rule, 0, len(r.prefixes))
-	for registry, prefix := range r.prefixes {
-		rules = append(rules, Rule{Registry: registry, Prefix: prefix})
-	}
-	sort.Slice(rules, func(i, j int) bool { return rules[i].Registry < rules[j].Registry })
-	return rules
 }

@@ -165,14 +165,6 @@ func TestRewriteRules(t *testing.T) {
 			t.Errorf("Rewrite(%q) = %+v, want %q", tc.in, got, tc.want)
 		}
 	}
-	want := []Rule{
-		{Registry: "docker.io", Prefix: testProxy + "/docker.io"},
-		{Registry: "example.com", Prefix: "mirror.internal:8443/ex"},
-		{Registry: "ghcr.io", Prefix: "mirror.internal/ghcr"},
-	}
-	if got := r.Prefixes(); len(got) != len(want) || got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
-		t.Errorf("Prefixes() = %v, want %v", got, want)
-	}
 }
 
 // TestRuleWithoutUpstreams: rules work for registries the proxy host does

@@ -39,8 +39,8 @@ func newHostsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if opts.Upstreams, err = selectUpstreams(cfg, registries); err != nil {
-				return err
+			if opts.Upstreams, err = config.SelectUpstreams(cfg.Upstreams, registries); err != nil {
+				return fmt.Errorf("--registry: %w", err)
 			}
 			switch format {
 			case "crio":
@@ -78,25 +78,4 @@ func newHostsCmd() *cobra.Command {
 	f.StringSliceVar(&registries, "registry", nil, "configure only these upstreams (names or aliases); default all")
 	_ = cmd.MarkFlagRequired("proxy")
 	return cmd
-}
-
-// selectUpstreams returns the configured upstreams named (by name or
-// alias), or all of them.
-func selectUpstreams(cfg *config.Config, names []string) ([]config.Upstream, error) {
-	if len(names) == 0 {
-		return cfg.Upstreams, nil
-	}
-	var out []config.Upstream
-	seen := map[string]bool{}
-	for _, n := range names {
-		u, ok := cfg.Upstream(n)
-		if !ok {
-			return nil, fmt.Errorf("--registry %q is not a configured upstream", n)
-		}
-		if !seen[u.Name] {
-			seen[u.Name] = true
-			out = append(out, u)
-		}
-	}
-	return out, nil
 }

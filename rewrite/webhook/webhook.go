@@ -162,12 +162,6 @@ const (
 
 var podsResource = metav1.GroupVersionResource{Version: "v1", Resource: "pods"}
 
-// Admit answers one admission request. The answer always allows it.
-func (h *Handler) Admit(ctx context.Context, req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
-	resp, _ := h.admit(ctx, req)
-	return resp
-}
-
 func (h *Handler) admit(ctx context.Context, req *admissionv1.AdmissionRequest) (*admissionv1.AdmissionResponse, string) {
 	allow := &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
 	log := h.log.With("uid", req.UID, "namespace", req.Namespace, "name", req.Name, "operation", req.Operation, "subResource", req.SubResource)
