@@ -213,6 +213,19 @@ func TestAdminAPIRequiresItsToken(t *testing.T) {
 	if r.StatusCode != http.StatusOK || !strings.Contains(string(r.body), "team/app") {
 		t.Fatalf("list pins: status %d body %s", r.StatusCode, r.body)
 	}
+	pin := admin.URL + "/api/v1/pins/" + upstreamName + "/team/app:v1"
+	if r = doRequest(t, t.Context(), http.MethodDelete, pin, "Authorization", "Bearer admin-secret"); r.StatusCode != http.StatusNoContent {
+		t.Fatalf("delete pin: status %d body %s", r.StatusCode, r.body)
+	}
+	// A second delete finds nothing to remove, and says so.
+	r = doRequest(t, t.Context(), http.MethodDelete, pin, "Authorization", "Bearer admin-secret")
+	if r.StatusCode != http.StatusNotFound || !strings.Contains(string(r.body), "is not pinned") {
+		t.Fatalf("delete of a missing pin: status %d body %s", r.StatusCode, r.body)
+	}
+	r = doRequest(t, t.Context(), http.MethodPut, admin.URL+"/api/v1/pins/elsewhere.example/app:v1", "Authorization", "Bearer admin-secret")
+	if r.StatusCode != http.StatusNotFound || !strings.Contains(string(r.body), "not a configured upstream") {
+		t.Fatalf("pin of an unknown registry: status %d body %s", r.StatusCode, r.body)
+	}
 }
 
 // TestOfflineFollowsARunningFill: a blob whose fill began before the
@@ -229,9 +242,9 @@ func TestOfflineFollowsARunningFill(t *testing.T) {
 	results := make(chan response, 2)
 	go func() { results <- doRequest(t, t.Context(), http.MethodGet, e.srv.URL+blobPath("team/app", d)) }()
 	eventually(t, "the fill is running", func() bool { return e.store.RunningFill(d) != nil })
-	cfg.Mode = config.ModeOffline
-	go func() { results <- doRequest(t, t.Context(), http.MethodGet, e.srv.URL+blobPath("team/app", d)) }()
-	eventually(t, "both clients are waiting", func() bool { return e.inflight.Load() == 2 })
+	off := e.restarted(cfg, func(c *config.Config) { c.Mode = config.ModeOffline })
+	go func() { results <- doRequest(t, t.Context(), http.MethodGet, off.srv.URL+blobPath("team/app", d)) }()
+	eventually(t, "both clients are waiting", func() bool { return e.inflight.Load() == 1 && off.inflight.Load() == 1 })
 	close(release)
 	for range 2 {
 		r := <-results

@@ -45,6 +45,12 @@ func TestParseRoute(t *testing.T) {
 		{url: "/v2/evil.example.com/x/manifests/latest", wantStatus: 404, wantCode: "NAME_UNKNOWN"},
 		{url: "/v2/x/manifests/latest?ns=169.254.169.254", wantStatus: 404, wantCode: "NAME_UNKNOWN"},
 		{url: "/v2/docker.io/Library/Nginx/manifests/latest", wantStatus: 400, wantCode: "NAME_INVALID"},
+		// A host with a port under a configured prefix is not a repository path.
+		{url: "/v2/docker.io/127.0.0.1:6098/library/alpine/manifests/3.20", wantStatus: 400, wantCode: "NAME_INVALID"},
+		{url: "/v2/docker.io/[::1]:6098/alpine/manifests/3.20", wantStatus: 400, wantCode: "NAME_INVALID"},
+		// An encoded slash is not decoded into a path separator.
+		{url: "/v2/docker.io/library%2falpine/manifests/3.20", wantStatus: 400, wantCode: "NAME_INVALID"},
+		{url: "/v2/docker.io/library%2Falpine/blobs/" + dgst, wantStatus: 400, wantCode: "NAME_INVALID"},
 		{url: "/v2/docker.io/library/nginx/manifests/bad%20tag", wantStatus: 400, wantCode: "TAG_INVALID"},
 		{url: "/v2/docker.io/library/nginx/blobs/sha256:abc", wantStatus: 400, wantCode: "DIGEST_INVALID"},
 		{url: "/v2/docker.io/library/nginx/manifests/sha256:zz", wantStatus: 400, wantCode: "DIGEST_INVALID"},
