@@ -54,7 +54,8 @@ func checkBearer(r *http.Request, tokenFile string) error {
 func (h *Handler) adminListPins(w http.ResponseWriter, r *http.Request) {
 	pins, err := h.tags.Pins(r.Context())
 	if err != nil {
-		adminError(w, http.StatusInternalServerError, err)
+		h.log.Error("listing pins failed", "error", err)
+		adminError(w, http.StatusInternalServerError, errors.New("listing pins failed; the proxy's log has the cause"))
 		return
 	}
 	adminJSON(w, map[string]any{"pins": pins})
@@ -67,7 +68,7 @@ func (h *Handler) adminShowPin(w http.ResponseWriter, r *http.Request) {
 	}
 	pin, err := h.tags.GetPin(r.Context(), img)
 	if err != nil {
-		adminFailure(w, img, err)
+		h.adminFailure(w, img, err)
 		return
 	}
 	adminJSON(w, pin)
@@ -95,7 +96,7 @@ func (h *Handler) adminSetPin(w http.ResponseWriter, r *http.Request) {
 	}
 	pin, err := h.tags.SetPin(r.Context(), img, body.Digest)
 	if err != nil {
-		adminFailure(w, img, err)
+		h.adminFailure(w, img, err)
 		return
 	}
 	adminJSON(w, pin)
@@ -107,7 +108,7 @@ func (h *Handler) adminDeletePin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := h.tags.Unpin(r.Context(), img); err != nil {
-		adminFailure(w, img, err)
+		h.adminFailure(w, img, err)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -120,7 +121,7 @@ func (h *Handler) adminRefreshPin(w http.ResponseWriter, r *http.Request) {
 	}
 	res, err := h.tags.RefreshPin(r.Context(), img)
 	if err != nil {
-		adminFailure(w, img, err)
+		h.adminFailure(w, img, err)
 		return
 	}
 	adminJSON(w, res)
@@ -145,10 +146,11 @@ func (h *Handler) adminImage(w http.ResponseWriter, r *http.Request) (tags.Image
 }
 
 // adminFailure answers with the status and message the registry API would
-// give for the same failure.
-func adminFailure(w http.ResponseWriter, img tags.Image, err error) {
+// give for the same failure, and logs its cause.
+func (h *Handler) adminFailure(w http.ResponseWriter, img tags.Image, err error) {
 	rt := &route{kind: kindManifest, registry: img.Registry, repository: img.Repository, reference: img.Tag}
 	apiErr := fromUpstream(rt, err)
+	h.log.Warn("admin request failed", "image", img, "status", apiErr.status, "error", err)
 	adminError(w, apiErr.status, errors.New(apiErr.err.Message))
 }
 

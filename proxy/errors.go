@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,7 +19,20 @@ import (
 type apiError struct {
 	status int
 	err    errcode.Error
+	// cause is the detail behind a generic message: logged, never sent,
+	// since it can hold internal addresses and storage paths.
+	cause error
 }
+
+// withCause keeps err as the logged detail of e.
+func (e *apiError) withCause(err error) *apiError {
+	e.cause = err
+	return e
+}
+
+// causeRecorder is the response writer that logs the request: it takes the
+// cause of an error answer for the request's log line.
+type causeRecorder interface{ recordCause(error) }
 
 func (e *apiError) Error() string { return e.err.Error() }
 
@@ -29,6 +43,9 @@ func newAPIError(status int, code errcode.ErrorCode, format string, args ...any)
 // writeError answers with an OCI error body, {"errors":[{code,message,detail}]}.
 // HEAD responses carry the status alone.
 func writeError(w http.ResponseWriter, r *http.Request, e *apiError) {
+	if rec, ok := w.(causeRecorder); ok && e.cause != nil {
+		rec.recordCause(e.cause)
+	}
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	w.WriteHeader(e.status)
@@ -59,11 +76,18 @@ func nameError(err error) *apiError {
 	return newAPIError(http.StatusNotFound, v2.ErrorCodeNameUnknown, "%v", err)
 }
 
+// seeLog points a client at the detail it is not sent.
+const seeLog = "the proxy's log has the cause under this response's X-Request-Id"
+
 // fromUpstream turns a failure to answer from the cache or the upstream
-// into the answer a client can act on. Upstream errors never carry
-// credentials (the upstream package redacts them), so their text may be
-// passed on as detail.
+// into the answer a client can act on. The answer names the upstream and a
+// generic cause; the error itself, which may carry internal addresses and
+// dial errors, is only logged.
 func fromUpstream(rt *route, err error) *apiError {
+	return answerFor(rt, err).withCause(err)
+}
+
+func answerFor(rt *route, err error) *apiError {
 	var status *upstream.StatusError
 	switch {
 	case errors.As(err, new(*tags.NameError)):
@@ -89,15 +113,33 @@ func fromUpstream(rt *route, err error) *apiError {
 			rt.registry, rt.repository, status.StatusCode)
 	case upstream.IsUnavailable(err):
 		return newAPIError(http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable,
-			"upstream %s is unavailable and %s is not cached: %v", rt.registry, rt.describe(), err)
+			"upstream %s is unavailable (%s) and %s is not cached", rt.registry, unavailableCause(err), rt.describe())
 	case errors.Is(err, cache.ErrDigestMismatch):
 		return newAPIError(http.StatusBadGateway, errcode.ErrorCodeUnknown,
 			"upstream %s sent content for %s that does not match its digest; nothing was cached", rt.registry, rt.describe())
 	}
 	return newAPIError(http.StatusBadGateway, errcode.ErrorCodeUnknown,
-		"fetching %s from upstream %s failed: %v", rt.describe(), rt.registry, err)
+		"fetching %s from upstream %s failed; %s", rt.describe(), rt.registry, seeLog)
 }
 
+// unavailableCause says why an upstream is unavailable without saying
+// where it is.
+func unavailableCause(err error) string {
+	var status *upstream.StatusError
+	var timeout interface{ Timeout() bool }
+	switch {
+	case errors.Is(err, upstream.ErrCircuitOpen):
+		return "its recent requests failed; it is retried shortly"
+	case errors.As(err, &status):
+		return fmt.Sprintf("it answered HTTP %d", status.StatusCode)
+	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &timeout) && timeout.Timeout()):
+		return "it did not answer in time"
+	}
+	return "it could not be reached"
+}
+
+// internalError answers a failure of the proxy itself (its storage, most
+// often), whose detail is logged, not sent.
 func internalError(err error) *apiError {
-	return newAPIError(http.StatusInternalServerError, errcode.ErrorCodeUnknown, "internal error: %v", err)
+	return newAPIError(http.StatusInternalServerError, errcode.ErrorCodeUnknown, "internal error; %s", seeLog).withCause(err)
 }

@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/rand"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -29,6 +30,7 @@ import (
 	"github.com/pullbroker/pullbroker/cache"
 	"github.com/pullbroker/pullbroker/config"
 	"github.com/pullbroker/pullbroker/internal/fakeregistry"
+	"github.com/pullbroker/pullbroker/internal/testenv"
 	"github.com/pullbroker/pullbroker/proxy"
 	"github.com/pullbroker/pullbroker/tags"
 	"github.com/pullbroker/pullbroker/upstream"
@@ -91,6 +93,8 @@ type env struct {
 	store   *cache.Store
 	clock   *fakeClock
 	metrics *prometheus.Registry
+	// logs holds the handler's log lines, as JSON.
+	logs *testenv.SyncBuffer
 	// inflight counts client requests the handler is answering.
 	inflight atomic.Int64
 }
@@ -111,6 +115,7 @@ func newEnvWithConfig(t *testing.T, driver string, configure func(*config.Config
 		up:      fakeregistry.New(t, upOpts...),
 		clock:   &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)},
 		metrics: prometheus.NewRegistry(),
+		logs:    &testenv.SyncBuffer{},
 	}
 	storage := config.Storage{Driver: driver, SpoolDir: t.TempDir()}
 	if driver == "filesystem" {
@@ -166,6 +171,7 @@ func (e *env) serve(cfg *config.Config) {
 		Store:      e.store,
 		Tags:       e.tags,
 		Upstreams:  clients,
+		Logger:     slog.New(slog.NewJSONHandler(e.logs, nil)),
 		Registerer: e.metrics,
 		Now:        e.clock.Now,
 	})
@@ -185,7 +191,7 @@ func (e *env) serve(cfg *config.Config) {
 func (e *env) restarted(cfg *config.Config, change func(*config.Config)) *env {
 	changed := *cfg
 	change(&changed)
-	r := &env{t: e.t, up: e.up, store: e.store, clock: e.clock, metrics: prometheus.NewRegistry()}
+	r := &env{t: e.t, up: e.up, store: e.store, clock: e.clock, metrics: prometheus.NewRegistry(), logs: &testenv.SyncBuffer{}}
 	r.serve(&changed)
 	return r
 }

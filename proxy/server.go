@@ -101,7 +101,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	elapsed := h.now().Sub(start)
 	h.metrics.observeRequest(info.kind, r.Method, rec.status, elapsed)
-	h.log.LogAttrs(r.Context(), slog.LevelInfo, "request",
+	attrs := []slog.Attr{
 		slog.String("id", info.id),
 		slog.String("method", r.Method),
 		slog.String("path", r.URL.Path),
@@ -111,7 +111,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		slog.String("cache", info.outcome),
 		slog.Duration("duration", elapsed),
 		slog.String("remote", r.RemoteAddr),
-	)
+	}
+	if rec.cause != nil {
+		attrs = append(attrs, slog.Any("error", rec.cause))
+	}
+	h.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 }
 
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request, info *requestInfo) {
@@ -200,7 +204,10 @@ type statusRecorder struct {
 	status      int
 	bytes       int64
 	wroteHeader bool
+	cause       error
 }
+
+func (s *statusRecorder) recordCause(err error) { s.cause = err }
 
 func (s *statusRecorder) WriteHeader(code int) {
 	if !s.wroteHeader {

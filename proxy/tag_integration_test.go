@@ -122,7 +122,18 @@ func TestUpstreamDown(t *testing.T) {
 		sameBytes(t, "cached blob", r.body, a)
 
 		wantError(t, "uncached blob", e.do(http.MethodGet, blobPath("team/app", layers[1])), http.StatusServiceUnavailable, "UNAVAILABLE")
-		wantError(t, "uncached tag", e.do(http.MethodGet, tagPath("team/other", "v1")), http.StatusServiceUnavailable, "UNAVAILABLE")
+		uncached := e.do(http.MethodGet, tagPath("team/other", "v1"))
+		wantError(t, "uncached tag", uncached, http.StatusServiceUnavailable, "UNAVAILABLE")
+		// The answer names the upstream and a generic cause; where it is
+		// and how dialling it failed go to the log only.
+		upstreamHost := strings.TrimPrefix(e.up.URL(), "http://")
+		if body := string(uncached.body); strings.Contains(body, upstreamHost) || strings.Contains(body, "dial") ||
+			!strings.Contains(body, upstreamName) || !strings.Contains(body, "could not be reached") {
+			t.Errorf("uncached tag answer: %s, want the upstream's name and a generic cause, no address", body)
+		}
+		if logs := e.logs.String(); !strings.Contains(logs, uncached.Header.Get("X-Request-Id")) || !strings.Contains(logs, upstreamHost) {
+			t.Errorf("the log has no detail for request %s", uncached.Header.Get("X-Request-Id"))
+		}
 		wantError(t, "uncached repository's blob", e.do(http.MethodGet, blobPath("team/other", layers[0])), http.StatusServiceUnavailable, "UNAVAILABLE")
 
 		// The tag list falls back to the tags the cache knows.
