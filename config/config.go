@@ -36,6 +36,19 @@ type Config struct {
 	Access Access `mapstructure:"access"`
 	// Pins are the tag pinning rules, first match wins.
 	Pins []PinRule `mapstructure:"pins"`
+	// Catalog governs /v2/_catalog.
+	Catalog Catalog `mapstructure:"catalog"`
+}
+
+// Catalog governs /v2/_catalog, which lists the cached repositories a
+// client may pull.
+type Catalog struct {
+	// Disabled answers /v2/_catalog with 404, for operators who would
+	// rather not show what the cache holds.
+	Disabled bool `mapstructure:"disabled"`
+	// CacheTTL is how long one listing of the storage is reused: listing
+	// walks every repository, which costs on object storage.
+	CacheTTL time.Duration `mapstructure:"cacheTTL"`
 }
 
 // Listener is an HTTP(S) listener.

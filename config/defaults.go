@@ -8,6 +8,8 @@ const (
 	DefaultDialTimeout     = 5 * time.Second
 	DefaultResponseTimeout = 30 * time.Second
 	DefaultWorkTimeout     = 2 * time.Minute
+	// DefaultCatalogCacheTTL is catalog.cacheTTL when unset.
+	DefaultCatalogCacheTTL = 30 * time.Second
 )
 
 // PublicUpstreams are the registries known anonymously out of the box.

@@ -51,6 +51,9 @@ func (c *Config) Validate() error {
 	default:
 		bad("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
 	}
+	if c.Catalog.CacheTTL < 0 {
+		bad("catalog.cacheTTL", "must not be negative")
+	}
 	if !validMode(c.Mode) {
 		bad("mode", "%q is not one of online, offline", c.Mode)
 	}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -114,17 +115,17 @@ func (a *access) validCredentials(r *http.Request) bool {
 
 // allowRepository applies the upstream's repository globs.
 func (a *access) allowRepository(rt *route) *apiError {
-	globs, limited := a.repositories[rt.registry]
-	if !limited {
+	if a.allows(rt.registry, rt.repository) {
 		return nil
-	}
-	for _, g := range globs {
-		if g.Match(rt.repository) {
-			return nil
-		}
 	}
 	return newAPIError(http.StatusForbidden, errcode.ErrorCodeDenied,
 		"repository %s of upstream %s is not allowed by upstreams[%s].repositories", rt.repository, rt.registry, rt.registry)
+}
+
+// allows reports whether the upstream's repository globs admit repo.
+func (a *access) allows(registry, repo string) bool {
+	globs, limited := a.repositories[registry]
+	return !limited || slices.ContainsFunc(globs, func(g glob.Pattern) bool { return g.Match(repo) })
 }
 
 func hostOf(addr string) string {

@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/pullbroker/pullbroker/config"
 	"github.com/pullbroker/pullbroker/internal/fakeregistry"
 )
 
@@ -197,6 +198,50 @@ func TestCatalog(t *testing.T) {
 	if json.Unmarshal(r.body, &catalog) != nil || !slices.Equal(catalog.Repositories, want[1:]) || r.Header.Get("Link") != "" {
 		t.Errorf("catalog page 2: %s, Link %q", r.body, r.Header.Get("Link"))
 	}
+}
+
+// TestCatalogListsOnlyWhatClientsMayPull: a repository cached before the
+// upstream's globs were narrowed is no longer listed; the listing is
+// reused for catalog.cacheTTL; catalog.disabled turns it off.
+func TestCatalogListsOnlyWhatClientsMayPull(t *testing.T) {
+	var cfg *config.Config
+	e := newEnvWithConfig(t, "filesystem", func(c *config.Config) { cfg = c })
+	for _, repo := range []string{"team/app", "secret/app", "team/late"} {
+		e.up.PushRandom(repo, "v1")
+	}
+	e.fetchManifest("team/app")
+	e.fetchManifest("secret/app")
+
+	narrowed := e.restarted(cfg, func(c *config.Config) {
+		c.Upstreams = []config.Upstream{c.Upstreams[0]}
+		c.Upstreams[0].Repositories = []string{"team/*"}
+	})
+	listed := func(e *env) []string {
+		t.Helper()
+		var catalog struct {
+			Repositories []string `json:"repositories"`
+		}
+		r := e.do(http.MethodGet, "/v2/_catalog")
+		if r.StatusCode != http.StatusOK || json.Unmarshal(r.body, &catalog) != nil {
+			t.Fatalf("catalog: status %d, %s", r.StatusCode, r.body)
+		}
+		return catalog.Repositories
+	}
+	if got, want := listed(narrowed), []string{upstreamName + "/team/app"}; !slices.Equal(got, want) {
+		t.Fatalf("catalog = %q, want %q: a repository outside the globs was listed", got, want)
+	}
+
+	narrowed.fetchManifest("team/late")
+	if got := listed(narrowed); slices.Contains(got, upstreamName+"/team/late") {
+		t.Fatalf("catalog = %q: listed again within catalog.cacheTTL", got)
+	}
+	e.clock.Advance(config.DefaultCatalogCacheTTL)
+	if got := listed(narrowed); !slices.Contains(got, upstreamName+"/team/late") {
+		t.Fatalf("catalog = %q: not listed again after catalog.cacheTTL", got)
+	}
+
+	off := e.restarted(cfg, func(c *config.Config) { c.Catalog.Disabled = true })
+	wantError(t, "disabled catalog", off.do(http.MethodGet, "/v2/_catalog"), http.StatusNotFound, "UNSUPPORTED")
 }
 
 // descriptorOf describes img, as a referrer's subject.

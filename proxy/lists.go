@@ -20,25 +20,6 @@ import (
 
 const maxListPage = 10000
 
-// serveCatalog lists the repositories the cache holds, as
-// "<registry>/<repository>", the name a client pulls them by.
-func (h *Handler) serveCatalog(w http.ResponseWriter, r *http.Request) {
-	repos, err := h.store.Repositories(r.Context())
-	if err != nil {
-		writeError(w, r, internalError(err))
-		return
-	}
-	page, next, apiErr := paginate(repos, r.URL.Query())
-	if apiErr != nil {
-		writeError(w, r, apiErr)
-		return
-	}
-	if next != "" {
-		w.Header().Set("Link", ownNextLink(r, next))
-	}
-	writeJSON(w, r, "application/json", map[string][]string{"repositories": page})
-}
-
 // paginate applies n and last to a sorted list; next is the last item
 // returned when more follow.
 func paginate(items []string, q url.Values) (page []string, next string, apiErr *apiError) {

@@ -51,6 +51,7 @@ type Handler struct {
 	// Concurrent requests for a blob not yet linked to its repository
 	// share one confirming HEAD.
 	blobConfirmFlight flight.Group[struct{}]
+	catalog           catalogListing
 }
 
 // New returns a Handler.
