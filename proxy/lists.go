@@ -54,7 +54,7 @@ func (h *Handler) serveTags(w http.ResponseWriter, r *http.Request, rt *route, i
 	if !h.offline(rt) {
 		body, link, err := h.client(rt).Tags(ctx, rt.repository, r.URL.Query())
 		if err == nil {
-			page, next, apiErr := pageUpstreamTags(body, r.URL.Query())
+			page, next, apiErr := pageUpstreamTags(rt, body, r.URL.Query())
 			if apiErr != nil {
 				writeError(w, r, apiErr)
 				return
@@ -94,37 +94,39 @@ func (h *Handler) serveTags(w http.ResponseWriter, r *http.Request, rt *route, i
 	if next != "" {
 		w.Header().Set("Link", ownNextLink(r, next))
 	}
-	writeJSON(w, r, "application/json", map[string]any{"name": rt.repository, "tags": page})
+	writeJSON(w, r, "application/json", tagList{Name: rt.name, Tags: page})
 }
 
 // pageUpstreamTags applies n and last to an upstream's tag list, in the
-// lexical order the distribution spec requires. Some upstreams ignore both
-// and list tags in storage order (distribution 2.8, the registry Debian
-// ships); on a list the upstream already paged this changes nothing, and a
-// sorted list asked for without n or last is passed on byte for byte. next
-// is the last tag of a page this cut short. A body that is not a tag list
-// is passed on as it came.
-func pageUpstreamTags(body []byte, q url.Values) (out []byte, next string, apiErr *apiError) {
+// lexical order the distribution spec requires (some upstreams ignore both
+// and list tags in storage order: distribution 2.8, the registry Debian
+// ships), and names the repository as the client asked for it, as the spec
+// also requires. next is the last tag of a page this cut short. A body
+// that is not a tag list is refused, never passed on.
+func pageUpstreamTags(rt *route, body []byte, q url.Values) (out []byte, next string, apiErr *apiError) {
 	var list struct {
-		Name string   `json:"name"`
 		Tags []string `json:"tags"`
 	}
 	if err := json.Unmarshal(body, &list); err != nil {
-		return body, "", nil
-	}
-	if q.Get("n") == "" && q.Get("last") == "" && sort.StringsAreSorted(list.Tags) {
-		return body, "", nil
+		return nil, "", newAPIError(http.StatusBadGateway, errcode.ErrorCodeUnknown,
+			"upstream %s answered the tag list of %s with something that is not a tag list", rt.registry, rt.repository).withCause(err)
 	}
 	sort.Strings(list.Tags)
 	page, next, apiErr := paginate(list.Tags, q)
 	if apiErr != nil {
 		return nil, "", apiErr
 	}
-	out, err := json.Marshal(map[string]any{"name": list.Name, "tags": page})
+	out, err := json.Marshal(tagList{Name: rt.name, Tags: page})
 	if err != nil {
 		return nil, "", internalError(err)
 	}
 	return out, next, nil
+}
+
+// tagList is the body of a tags/list answer.
+type tagList struct {
+	Name string   `json:"name"`
+	Tags []string `json:"tags"`
 }
 
 // ownNextLink is the Link to the page after last on this proxy's own path,

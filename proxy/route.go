@@ -33,6 +33,7 @@ type route struct {
 	registry   string // the upstream's canonical Name
 	repository string // as the upstream names it ("library/nginx")
 	reference  string // tag or digest, for manifests, blobs and referrers
+	name       string // the repository as the client named it in the path
 	upstream   config.Upstream
 	// mirrorForm is true for containerd's /v2/<repo>/...?ns=<registry>.
 	mirrorForm bool
@@ -128,6 +129,7 @@ func (rt *route) resolveName(cfg *config.Config, name string, q url.Values) *api
 		return nameError(err)
 	}
 	rt.registry, rt.repository, rt.upstream, rt.mirrorForm = u.Name, repo, u, q.Get("ns") != ""
+	rt.name = name
 	return nil
 }
 
