@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -165,9 +166,34 @@ func TestReferrers(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.up.PutManifest("team/app", "sig", mt, sigRaw)
-		r := e.do(http.MethodGet, "/v2/"+upstreamName+"/team/app/referrers/"+d.String())
+		referrers := "/v2/" + upstreamName + "/team/app/referrers/" + d.String()
+		r := e.do(http.MethodGet, referrers)
 		if r.StatusCode != http.StatusOK || r.Header.Get("Content-Type") != string(types.OCIImageIndex) || !strings.Contains(string(r.body), digest.FromBytes(sigRaw).String()) {
 			t.Errorf("status %d, Content-Type %q, body %s; want an index naming %s", r.StatusCode, r.Header.Get("Content-Type"), r.body, digest.FromBytes(sigRaw))
+		}
+
+		// Asked on every admission: within the tag TTL the list costs no
+		// upstream request.
+		e.up.ResetCounts()
+		for range 50 {
+			if again := e.do(http.MethodGet, referrers); again.StatusCode != http.StatusOK || !bytes.Equal(again.body, r.body) {
+				t.Fatalf("cached referrers: status %d, body %s", again.StatusCode, again.body)
+			}
+		}
+		if n := e.up.Count(http.MethodGet, "/referrers/"); n != 0 {
+			t.Errorf("50 referrers requests within the TTL sent %d upstream", n)
+		}
+		// After the TTL it is asked again; with the upstream down it is
+		// served stale.
+		e.clock.Advance(tagTTL + time.Second)
+		if again := e.do(http.MethodGet, referrers); again.StatusCode != http.StatusOK || e.up.Count(http.MethodGet, "/referrers/") != 1 {
+			t.Errorf("referrers after the TTL: status %d, %d upstream requests, want 1", again.StatusCode, e.up.Count(http.MethodGet, "/referrers/"))
+		}
+		e.up.Close()
+		e.clock.Advance(tagTTL + time.Second)
+		stale := e.do(http.MethodGet, referrers)
+		if stale.StatusCode != http.StatusOK || !bytes.Equal(stale.body, r.body) || !strings.HasPrefix(stale.Header.Get("Warning"), "110 ") {
+			t.Errorf("referrers with the upstream down: status %d, Warning %q, body %s; want the cached list, stale", stale.StatusCode, stale.Header.Get("Warning"), stale.body)
 		}
 	})
 }

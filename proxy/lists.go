@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -167,23 +166,20 @@ func rewriteNextLink(link string, r *http.Request) (string, bool) {
 	return fmt.Sprintf("<%s?%s>%s", r.URL.Path, q.Encode(), m[2]), true
 }
 
-// emptyReferrers is the answer for an upstream without the referrers API.
-var emptyReferrers = []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`)
-
+// serveReferrers answers the referrers index of a manifest under the tag
+// policy (tags.Resolver.Referrers).
 func (h *Handler) serveReferrers(w http.ResponseWriter, r *http.Request, rt *route, info *requestInfo) {
-	body, contentType := emptyReferrers, "application/vnd.oci.image.index.v1+json"
-	if !h.offline(rt) {
-		b, ct, err := h.client(rt).Referrers(r.Context(), rt.repository, digest.Digest(rt.reference), r.URL.Query())
-		switch {
-		case err == nil:
-			body, contentType = b, ct
-		case errors.Is(err, upstream.ErrNotFound):
-		default:
-			writeError(w, r, fromUpstream(rt, err))
-			return
-		}
+	ans, err := h.tags.Referrers(r.Context(), tags.Image{Registry: rt.registry, Repository: rt.repository},
+		digest.Digest(rt.reference), r.URL.Query().Get("artifactType"))
+	if err != nil {
+		writeError(w, r, fromUpstream(rt, err))
+		return
 	}
-	writeBody(w, r, contentType, body)
+	h.cacheResult(info, "referrers", rt.registry, ans.Outcome)
+	if ans.Outcome == tags.Stale {
+		w.Header().Set("Warning", `110 pullbroker "Response is Stale: upstream `+rt.registry+` is unavailable"`)
+	}
+	writeBody(w, r, ans.ContentType, ans.Body)
 }
 
 func writeJSON(w http.ResponseWriter, r *http.Request, contentType string, v any) {

@@ -29,7 +29,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"route", "method"}),
 		cacheRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pullbroker_cache_requests_total",
-			Help: "Cache lookups by kind (manifest, blob, tag), upstream and result (hit, miss, revalidated, stale, pinned).",
+			Help: "Cache lookups by kind (manifest, blob, tag, referrers), upstream and result (hit, miss, revalidated, stale, pinned).",
 		}, []string{"kind", "upstream", "result"}),
 		servedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pullbroker_served_bytes_total",

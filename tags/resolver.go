@@ -67,9 +67,10 @@ type Resolver struct {
 	log       *slog.Logger
 	now       func() time.Time
 	rules     *pinRules
-	// Concurrent requests for one tag or manifest share one upstream
-	// round trip.
-	flight flight.Group[Answer]
+	// Concurrent requests for one tag, manifest or referrers list share
+	// one upstream round trip.
+	flight          flight.Group[Answer]
+	referrersFlight flight.Group[cache.Referrers]
 }
 
 // New loads the pin rules and their lock files.
