@@ -38,6 +38,17 @@ type Config struct {
 	Pins []PinRule `mapstructure:"pins"`
 	// Catalog governs /v2/_catalog.
 	Catalog Catalog `mapstructure:"catalog"`
+	// Sync re-runs a sync list inside serve.
+	Sync Sync `mapstructure:"sync"`
+}
+
+// Sync re-runs an image list, as `pullbroker sync -f` takes it, inside a
+// running proxy, moving the listed tags' pins to what the upstream has now.
+type Sync struct {
+	// ImagesFile is the list; empty turns scheduled sync off.
+	ImagesFile string `mapstructure:"imagesFile"`
+	// Interval is the time between runs; the first runs at start.
+	Interval time.Duration `mapstructure:"interval"`
 }
 
 // Catalog governs /v2/_catalog, which lists the cached repositories a

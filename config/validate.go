@@ -51,6 +51,9 @@ func (c *Config) Validate() error {
 	default:
 		bad("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
 	}
+	if c.Sync.ImagesFile != "" && c.Sync.Interval <= 0 {
+		bad("sync.interval", "must be positive when sync.imagesFile is set")
+	}
 	if c.Catalog.CacheTTL < 0 {
 		bad("catalog.cacheTTL", "must not be negative")
 	}

@@ -6,6 +6,9 @@ package mirror
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -21,20 +24,44 @@ import (
 
 // loopbackProxy serves the registry API handler on an ephemeral loopback port, so
 // sync and export reuse the whole request path (verified fills, pins,
-// offline rules) through go-containerregistry's ordinary client.
+// offline rules) through go-containerregistry's ordinary client. The
+// handler given is the proxy's in-process one, which skips client access
+// rules; a random token keeps other local processes off that port.
 type loopbackProxy struct {
-	srv  *http.Server
-	host string
+	srv       *http.Server
+	host      string
+	transport http.RoundTripper
 }
 
 func startLoopback(h http.Handler) (*loopbackProxy, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, err
+	}
+	auth := "Bearer " + hex.EncodeToString(b[:])
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("starting the in-process proxy: %w", err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second}
+	guarded := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte(auth)) != 1 {
+			http.Error(w, "not this process's client", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+	srv := &http.Server{Handler: guarded, ReadHeaderTimeout: 30 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
-	return &loopbackProxy{srv: srv, host: ln.Addr().String()}, nil
+	return &loopbackProxy{srv: srv, host: ln.Addr().String(), transport: withHeader{"Authorization", auth}}, nil
+}
+
+// withHeader sets a header on every request it sends.
+type withHeader struct{ name, value string }
+
+func (t withHeader) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set(t.name, t.value)
+	return http.DefaultTransport.RoundTrip(r)
 }
 
 func (l *loopbackProxy) Close() { _ = l.srv.Close() }
@@ -53,7 +80,7 @@ func (l *loopbackProxy) get(ctx context.Context, img tags.Image) (*remote.Descri
 	if err != nil {
 		return nil, err
 	}
-	return remote.Get(ref, remote.WithContext(ctx))
+	return remote.Get(ref, remote.WithContext(ctx), remote.WithTransport(l.transport))
 }
 
 // Platform is "os/arch[/variant]".

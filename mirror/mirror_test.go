@@ -1,7 +1,9 @@
 package mirror_test
 
 import (
+	"context"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pullbroker/pullbroker/cache"
 	"github.com/pullbroker/pullbroker/config"
@@ -37,7 +40,10 @@ func newProxy(t *testing.T, up *fakeregistry.Registry) testProxy {
 	t.Helper()
 	u := config.Upstream{Name: upstreamName, Endpoint: "http://127.0.0.1:1", TagTTL: time.Minute,
 		DialTimeout: time.Second, ResponseTimeout: 5 * time.Second}
-	cfg := &config.Config{Mode: config.ModeOnline, Upstreams: []config.Upstream{u}}
+	// Clients from anywhere but 10/8 are refused: sync, export and import
+	// are the proxy's own clients and must not be.
+	cfg := &config.Config{Mode: config.ModeOnline, Upstreams: []config.Upstream{u},
+		Access: config.Access{AllowedNetworks: []string{"10.0.0.0/8"}}}
 	if up == nil {
 		cfg.Mode = config.ModeOffline
 	} else {
@@ -76,7 +82,7 @@ func TestSyncExportImport(t *testing.T) {
 
 	p := newProxy(t, up)
 	list := mirror.ImageList{Images: []mirror.Entry{{Image: upstreamName + "/team/app:v1"}, {Image: upstreamName + "/team/multi:v1"}}}
-	results, err := mirror.Sync(t.Context(), p.cfg, p.handler, p.tags, list, io.Discard)
+	results, err := mirror.Sync(t.Context(), p.cfg, p.handler.InProcess(), p.tags, list, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +96,7 @@ func TestSyncExportImport(t *testing.T) {
 		t.Fatalf("pin after sync = %+v, %v; want %s", pin, err, want)
 	}
 	up.ResetCounts()
-	if _, err := mirror.Sync(t.Context(), p.cfg, p.handler, p.tags, list, io.Discard); err != nil {
+	if _, err := mirror.Sync(t.Context(), p.cfg, p.handler.InProcess(), p.tags, list, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 	if n := up.Count("GET", "/blobs/"); n != 0 {
@@ -98,7 +104,7 @@ func TestSyncExportImport(t *testing.T) {
 	}
 
 	tarball := filepath.Join(t.TempDir(), "images.tar")
-	if err := mirror.Export(t.Context(), p.cfg, p.handler, []string{upstreamName + "/team/app:v1", upstreamName + "/team/multi:v1"}, tarball, io.Discard); err != nil {
+	if err := mirror.Export(t.Context(), p.cfg, p.handler.InProcess(), []string{upstreamName + "/team/app:v1", upstreamName + "/team/multi:v1"}, tarball, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 
@@ -127,7 +133,7 @@ func TestImportRejectsTamperedBlob(t *testing.T) {
 	img := up.PushRandom("team/app", "v1")
 	p := newProxy(t, up)
 	dir := filepath.Join(t.TempDir(), "layout")
-	if err := mirror.Export(t.Context(), p.cfg, p.handler, []string{upstreamName + "/team/app:v1"}, dir, io.Discard); err != nil {
+	if err := mirror.Export(t.Context(), p.cfg, p.handler.InProcess(), []string{upstreamName + "/team/app:v1"}, dir, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 	layers, _ := img.Layers()
@@ -153,4 +159,69 @@ func TestImportRejectsTamperedBlob(t *testing.T) {
 	if _, err := off.store.GetPin(t.Context(), upstreamName, "team/app", "v1"); err == nil {
 		t.Fatal("the tag was pinned although its image did not import")
 	}
+}
+
+// TestScheduledSyncFollowsTheUpstream: a scheduled run moves the pin of a
+// listed tag that moved upstream and fetches the new image, and counts the run.
+func TestScheduledSyncFollowsTheUpstream(t *testing.T) {
+	up := fakeregistry.New(t)
+	first, _ := up.PushRandom("team/app", "v1").Digest()
+	p := newProxy(t, up)
+	list := filepath.Join(t.TempDir(), "images.yaml")
+	if err := os.WriteFile(list, []byte("images: ["+upstreamName+"/team/app:v1]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.cfg.Sync = config.Sync{ImagesFile: list, Interval: time.Hour}
+	reg := prometheus.NewRegistry()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go mirror.Schedule{Config: p.cfg, RegistryAPI: p.handler.InProcess(), Tags: p.tags,
+		Logger: slog.New(slog.DiscardHandler), Registerer: reg}.Run(ctx)
+	waitForRuns(t, reg, 1)
+	pin, err := p.store.GetPin(t.Context(), upstreamName, "team/app", "v1")
+	if err != nil || pin.Digest.String() != first.String() {
+		t.Fatalf("pin after the first run = %+v, %v; want %s", pin, err, first)
+	}
+
+	second := up.PushRandom("team/app", "v1")
+	want, _ := second.Digest()
+	cancel()
+	ctx, cancel = context.WithCancel(t.Context())
+	defer cancel()
+	go mirror.Schedule{Config: p.cfg, RegistryAPI: p.handler.InProcess(), Tags: p.tags,
+		Logger: slog.New(slog.DiscardHandler), Registerer: reg}.Run(ctx)
+	waitForRuns(t, reg, 2)
+	pin, err = p.store.GetPin(t.Context(), upstreamName, "team/app", "v1")
+	if err != nil || pin.Digest.String() != want.String() {
+		t.Fatalf("pin after the tag moved = %+v, %v; want %s", pin, err, want)
+	}
+	layers, _ := second.Layers()
+	d, _ := layers[0].Digest()
+	if _, err := p.store.OpenBlob(t.Context(), digest.Digest(d.String())); err != nil {
+		t.Fatalf("the moved tag's layer was not fetched: %v", err)
+	}
+}
+
+// waitForRuns waits until the scheduled sync has counted n successful runs.
+func waitForRuns(t *testing.T, reg *prometheus.Registry, n float64) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		mfs, _ := reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() != "pullbroker_sync_runs_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				if m.GetLabel()[0].GetValue() == "failed" && m.GetCounter().GetValue() > 0 {
+					t.Fatal("a scheduled sync run failed")
+				}
+				if m.GetLabel()[0].GetValue() == "ok" && m.GetCounter().GetValue() >= n {
+					return
+				}
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("no %v successful scheduled sync runs within 20s", n)
 }

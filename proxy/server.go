@@ -90,15 +90,25 @@ func New(opts Options) (*Handler, error) {
 	}, nil
 }
 
-// ServeHTTP routes one request and logs it.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// ServeHTTP routes one client request and logs it.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.handle(w, r, true) }
+
+// InProcess serves the registry API to this process's own clients (sync,
+// export and the scheduled sync), which client access rules do not apply
+// to: the proxy's loopback address is in no allowedNetworks, and it holds
+// no client credentials. Repository globs still apply.
+func (h *Handler) InProcess() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.handle(w, r, false) })
+}
+
+func (h *Handler) handle(w http.ResponseWriter, r *http.Request, checkClient bool) {
 	start := h.now()
 	info := &requestInfo{id: requestID(r)}
 	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 	rec.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	rec.Header().Set("X-Request-Id", info.id)
 
-	h.serve(rec, r, info)
+	h.serve(rec, r, info, checkClient)
 
 	elapsed := h.now().Sub(start)
 	h.metrics.observeRequest(info.kind, r.Method, rec.status, elapsed)
@@ -119,8 +129,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 }
 
-func (h *Handler) serve(w http.ResponseWriter, r *http.Request, info *requestInfo) {
-	if apiErr := h.access.checkClient(r); apiErr != nil {
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, info *requestInfo, checkClient bool) {
+	if apiErr := h.checkClient(r, checkClient); apiErr != nil {
 		info.kind = "denied"
 		if apiErr.status == http.StatusUnauthorized {
 			w.Header().Set("WWW-Authenticate", `Basic realm="pullbroker"`)
@@ -167,6 +177,14 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, info *requestInf
 	case kindReferrers:
 		h.serveReferrers(w, r, rt, info)
 	}
+}
+
+// checkClient applies client access rules to a request that they apply to.
+func (h *Handler) checkClient(r *http.Request, applies bool) *apiError {
+	if !applies {
+		return nil
+	}
+	return h.access.checkClient(r)
 }
 
 func (h *Handler) client(rt *route) *upstream.Client { return h.upstreams[rt.registry] }

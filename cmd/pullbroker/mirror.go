@@ -32,7 +32,7 @@ func newSyncCmd() *cobra.Command {
 				return err
 			}
 			defer a.Close()
-			results, err := mirror.Sync(cmd.Context(), cfg, a.handler, a.tags, list, cmd.OutOrStdout())
+			results, err := mirror.Sync(cmd.Context(), cfg, a.handler.InProcess(), a.tags, list, cmd.OutOrStdout())
 			failed := 0
 			var bytes int64
 			for _, r := range results {
@@ -90,7 +90,7 @@ func newExportCmd() *cobra.Command {
 			if len(images) == 0 {
 				return fmt.Errorf("name images to export, or --pinned")
 			}
-			return mirror.Export(cmd.Context(), cfg, a.handler, images, output, cmd.OutOrStdout())
+			return mirror.Export(cmd.Context(), cfg, a.handler.InProcess(), images, output, cmd.OutOrStdout())
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "", "OCI image layout directory, or a file ending in .tar")

@@ -22,6 +22,7 @@ import (
 	"github.com/pullbroker/pullbroker/auth"
 	"github.com/pullbroker/pullbroker/cache"
 	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/mirror"
 	"github.com/pullbroker/pullbroker/proxy"
 	"github.com/pullbroker/pullbroker/tags"
 	"github.com/pullbroker/pullbroker/tlsreload"
@@ -151,6 +152,14 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	defer a.Close()
 	// Measures the cache for the metrics and runs eviction (storage.maxSizeBytes).
 	a.store.Start(ctx)
+	if cfg.Sync.ImagesFile != "" {
+		// Checked now, so a bad list fails the start rather than a run hours later.
+		if _, err := mirror.ReadImageList(cfg, cfg.Sync.ImagesFile); err != nil {
+			return fmt.Errorf("sync.imagesFile: %w", err)
+		}
+		go mirror.Schedule{Config: cfg, RegistryAPI: a.handler.InProcess(), Tags: a.tags,
+			Logger: log.With("component", "sync"), Registerer: a.registry}.Run(ctx)
+	}
 
 	registrySrv := &http.Server{
 		Handler:           a.handler,
