@@ -9,7 +9,7 @@ import (
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	v2 "github.com/distribution/distribution/v3/registry/api/v2"
 
-	"github.com/pullbroker/pullbroker/cache"
+	"github.com/pullbroker/pullbroker/internal/oci"
 	"github.com/pullbroker/pullbroker/upstream"
 )
 
@@ -70,7 +70,7 @@ func fromUpstream(rt *route, err error) *apiError {
 	case upstream.IsUnavailable(err):
 		return newAPIError(http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable,
 			"upstream %s is unavailable and %s is not cached: %v", rt.registry, rt.describe(), err)
-	case errors.Is(err, cache.ErrDigestMismatch):
+	case errors.Is(err, oci.ErrDigestMismatch):
 		return newAPIError(http.StatusBadGateway, errcode.ErrorCodeUnknown,
 			"upstream %s sent content for %s that does not match its digest; nothing was cached", rt.registry, rt.describe())
 	}
