@@ -73,6 +73,12 @@ func fromUpstream(rt *route, err error) *apiError {
 	case errors.Is(err, oci.ErrDigestMismatch):
 		return newAPIError(http.StatusBadGateway, errcode.ErrorCodeUnknown,
 			"upstream %s sent content for %s that does not match its digest; nothing was cached", rt.registry, rt.describe())
+	case errors.Is(err, upstream.ErrInvalidResponse):
+		return newAPIError(http.StatusBadGateway, errcode.ErrorCodeUnknown,
+			"upstream %s sent an invalid answer for %s; nothing was passed on or cached: %v", rt.registry, rt.describe(), err)
+	case errors.Is(err, upstream.ErrRealmNotAllowed):
+		return newAPIError(http.StatusBadGateway, errcode.ErrorCodeUnknown,
+			"upstream %s asked for credentials to be sent to a token realm it may not name; none were sent: %v", rt.registry, err)
 	}
 	return newAPIError(http.StatusBadGateway, errcode.ErrorCodeUnknown,
 		"fetching %s from upstream %s failed: %v", rt.describe(), rt.registry, err)

@@ -14,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/pullbroker/pullbroker/cache"
+	"github.com/pullbroker/pullbroker/internal/oci"
 	"github.com/pullbroker/pullbroker/upstream"
 )
 
@@ -227,7 +228,7 @@ func acceptable(mediaType string, accept []string) bool {
 // withDefaultTypes widens a by-digest request: the digest names exactly
 // one manifest, whatever the client said it accepts.
 func withDefaultTypes(accept []string) []string {
-	out := slices.Clone(upstream.DefaultManifestAccept)
+	out := oci.ManifestMediaTypes()
 	for _, a := range accept {
 		if !slices.Contains(out, a) {
 			out = append(out, a)

@@ -155,8 +155,7 @@ func TestTTLRuleHasItsOwnTTL(t *testing.T) {
 // TestOfflineModeOpensNoConnection serves a warm cache with the upstream
 // switched offline: no connection, and a miss says why.
 func TestOfflineModeOpensNoConnection(t *testing.T) {
-	var cfg *config.Config
-	e := newEnvWithConfig(t, "filesystem", func(c *config.Config) { cfg = c })
+	e := newEnv(t, "filesystem")
 	content := randomBytes(t, 64<<10)
 	d := e.pushBlobImage("team/app", content)
 	e.fetchManifest("team/app")
@@ -165,7 +164,7 @@ func TestOfflineModeOpensNoConnection(t *testing.T) {
 	}
 	eventually(t, "the blob is committed", func() bool { _, err := e.store.StatBlob(t.Context(), d); return err == nil })
 
-	cfg.Mode = config.ModeOffline
+	e.goOffline()
 	conns := e.up.Connections()
 	e.clock.Advance(10 * tagTTL)
 	if r := e.do(http.MethodGet, appTag); r.StatusCode != http.StatusOK {
@@ -218,8 +217,7 @@ func TestAdminAPIRequiresItsToken(t *testing.T) {
 // TestOfflineFollowsARunningFill: a blob whose fill began before the
 // upstream was switched offline is still served, not refused as a miss.
 func TestOfflineFollowsARunningFill(t *testing.T) {
-	var cfg *config.Config
-	e := newEnvWithConfig(t, "filesystem", func(c *config.Config) { cfg = c })
+	e := newEnv(t, "filesystem")
 	content := randomBytes(t, 256<<10)
 	d := e.pushBlobImage("team/app", content)
 	e.fetchManifest("team/app")
@@ -229,7 +227,7 @@ func TestOfflineFollowsARunningFill(t *testing.T) {
 	results := make(chan response, 2)
 	go func() { results <- doRequest(t, t.Context(), http.MethodGet, e.srv.URL+blobPath("team/app", d)) }()
 	eventually(t, "the fill is running", func() bool { return e.store.RunningFill(d) != nil })
-	cfg.Mode = config.ModeOffline
+	e.goOffline()
 	go func() { results <- doRequest(t, t.Context(), http.MethodGet, e.srv.URL+blobPath("team/app", d)) }()
 	eventually(t, "both clients are waiting", func() bool { return e.inflight.Load() == 2 })
 	close(release)

@@ -86,6 +86,10 @@ type env struct {
 	up      *fakeregistry.Registry
 	srv     *httptest.Server
 	handler *proxy.Handler
+	// serving is the handler srv answers with: handler, or after
+	// goOffline an offline one over the same cache.
+	serving atomic.Pointer[proxy.Handler]
+	cfg     *config.Config
 	store   *cache.Store
 	clock   *fakeClock
 	metrics *prometheus.Registry
@@ -128,37 +132,59 @@ func newEnvWithConfig(t *testing.T, driver string, configure func(*config.Config
 		TagTTL:          tagTTL,
 		DialTimeout:     time.Second,
 		ResponseTimeout: 5 * time.Second,
+		// The fake's blob storage (WithCDN) is on 127.0.0.2.
+		AllowPrivateRedirects: true,
 	}
-	client, err := upstream.New(u, upstream.Options{Authenticator: e.up.Authenticator(), Registerer: e.metrics})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := &config.Config{
+	e.cfg = &config.Config{
 		Mode:            config.ModeOnline,
 		DefaultUpstream: upstreamName,
 		Upstreams:       []config.Upstream{u},
 		Storage:         storage,
 	}
 	if configure != nil {
-		configure(cfg)
+		configure(e.cfg)
 	}
-	e.handler, err = proxy.New(proxy.Options{
-		Config:     cfg,
-		Store:      e.store,
-		Upstreams:  map[string]*upstream.Client{upstreamName: client},
-		Registerer: e.metrics,
-		Now:        e.clock.Now,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e.handler = e.newHandler(e.metrics)
+	e.serving.Store(e.handler)
 	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		e.inflight.Add(1)
 		defer e.inflight.Add(-1)
-		e.handler.ServeHTTP(w, r)
+		e.serving.Load().ServeHTTP(w, r)
 	}))
 	t.Cleanup(e.srv.Close)
 	return e
+}
+
+// newHandler builds a proxy over e's cache and configuration, wired as
+// cmd/pullbroker's build() wires it.
+func (e *env) newHandler(reg prometheus.Registerer) *proxy.Handler {
+	e.t.Helper()
+	u := e.cfg.Upstreams[0]
+	client, err := upstream.New(u, upstream.Options{Authenticator: e.up.Authenticator(), Registerer: reg,
+		Offline: e.cfg.EffectiveMode(u) == config.ModeOffline})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	h, err := proxy.New(proxy.Options{
+		Config:     e.cfg,
+		Store:      e.store,
+		Upstreams:  map[string]*upstream.Client{upstreamName: client},
+		Registerer: reg,
+		Now:        e.clock.Now,
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return h
+}
+
+// goOffline restarts the proxy in offline mode over the same cache: what
+// an operator gets by setting mode: offline. Requests already running stay
+// with the online handler.
+func (e *env) goOffline() {
+	e.t.Helper()
+	e.cfg.Mode = config.ModeOffline
+	e.serving.Store(e.newHandler(prometheus.NewRegistry()))
 }
 
 // host is the proxy's "127.0.0.1:PORT", as image references name it.

@@ -167,7 +167,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, info *requestInf
 func (h *Handler) client(rt *route) *upstream.Client { return h.upstreams[rt.registry] }
 
 func (h *Handler) offline(rt *route) bool {
-	return h.cfg.EffectiveMode(rt.upstream) == config.ModeOffline || h.client(rt).Offline()
+	return h.client(rt).Offline()
 }
 
 // requestInfo collects what the request log line and metrics report.
