@@ -20,7 +20,7 @@ import (
 type realmPolicy struct {
 	registry string   // the registry's own host name: always allowed
 	hosts    []string // allowed host names
-	domains  []string // allowed with every subdomain
+	domains  []string // every subdomain allowed
 	// describe is what error messages list as allowed.
 	describe string
 }
@@ -37,7 +37,7 @@ func newRealmPolicy(registryHost string, configured []string) *realmPolicy {
 	p := &realmPolicy{registry: host}
 	if len(configured) == 0 {
 		if domain, err := publicsuffix.EffectiveTLDPlusOne(host); err == nil && net.ParseIP(host) == nil {
-			p.domains = []string{domain}
+			p.hosts, p.domains = []string{domain}, []string{domain}
 			p.describe = domain + " and its subdomains (the registry's domain)"
 		} else {
 			p.describe = host + " (the registry itself)"
@@ -62,7 +62,7 @@ func (p *realmPolicy) allows(host string) bool {
 		return true
 	}
 	for _, d := range p.domains {
-		if host == d || strings.HasSuffix(host, "."+d) {
+		if strings.HasSuffix(host, "."+d) {
 			return true
 		}
 	}

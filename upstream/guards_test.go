@@ -1,0 +1,254 @@
+package upstream
+
+import (
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/pullbroker/pullbroker/internal/fakeregistry"
+)
+
+// target is a server a hostile upstream redirects to; it counts its hits.
+func target(t *testing.T) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	var hits atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+		w.Write([]byte(`{"schemaVersion":2,"tags":["metadata"]}`))
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &hits
+}
+
+func wantInvalidResponse(t *testing.T, what string, err error) {
+	t.Helper()
+	if !errors.Is(err, ErrInvalidResponse) || IsUnavailable(err) {
+		t.Errorf("%s: %v, want ErrInvalidResponse (not unavailable)", what, err)
+	}
+}
+
+// TestRedirectsFollowedOnlyForBlobs: a manifest, tag list or referrers
+// answer must come from the registry itself, even when the upstream may
+// redirect blobs to private addresses.
+func TestRedirectsFollowedOnlyForBlobs(t *testing.T) {
+	ctx := testContext(t)
+	f := fakeregistry.New(t, withBearer)
+	f.PushRandom("team/app", "v1")
+	srv, hits := target(t)
+	f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.Contains(r.URL.Path, "/manifests/") || strings.Contains(r.URL.Path, "/tags/") || strings.Contains(r.URL.Path, "/referrers/") {
+			http.Redirect(w, r, srv.URL+"/latest/meta-data", http.StatusFound)
+			return true
+		}
+		return false
+	})
+	c := newClient(t, f, Options{}) // allowPrivateRedirects: the policy, not the dial guard, refuses
+	d := digest.FromString("x")
+	_, err := c.GetManifest(ctx, "team/app", "v1", nil)
+	wantInvalidResponse(t, "manifest GET", err)
+	_, err = c.HeadManifest(ctx, "team/app", "v1", nil)
+	wantInvalidResponse(t, "manifest HEAD", err)
+	_, _, err = c.Tags(ctx, "team/app", nil)
+	wantInvalidResponse(t, "tag list", err)
+	_, _, err = c.Referrers(ctx, "team/app", d, nil)
+	wantInvalidResponse(t, "referrers", err)
+	if n := hits.Load(); n != 0 {
+		t.Errorf("the redirect target was fetched %d times", n)
+	}
+	if err != nil && strings.Contains(err.Error(), "meta-data") {
+		t.Errorf("error names the redirect target's path: %v", err)
+	}
+}
+
+// TestBlobRedirectToPrivateAddressRefused: without allowPrivateRedirects a
+// blob redirect to a loopback address is refused where it is dialled, for
+// an address literal and for a name that resolves to one, while the
+// configured endpoint itself (on 127.0.0.1) is used as usual.
+func TestBlobRedirectToPrivateAddressRefused(t *testing.T) {
+	ctx := testContext(t)
+	f := fakeregistry.New(t, withBearer, fakeregistry.WithCDN())
+	img := f.PushRandom("team/app", "v1")
+	_, _, _, blobs := imageFacts(t, img)
+	blob := digest.Digest(blobs[0].String())
+	u := upstreamConfig(f)
+	u.AllowPrivateRedirects = false
+	c, err := New(u, Options{Authenticator: f.Authenticator()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
+		t.Fatalf("the configured endpoint on 127.0.0.1: %v", err)
+	}
+	_, _, err = c.GetBlob(ctx, "team/app", blob)
+	wantInvalidResponse(t, "redirect to 127.0.0.2", err)
+	if n := f.CDNRequests(); n != 0 {
+		t.Errorf("blob storage on 127.0.0.2 got %d requests", n)
+	}
+
+	srv, hits := target(t)
+	byName := strings.Replace(srv.URL, "127.0.0.1", "localhost", 1)
+	f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.Contains(r.URL.Path, "/blobs/") {
+			http.Redirect(w, r, byName+"/blob", http.StatusTemporaryRedirect)
+			return true
+		}
+		return false
+	})
+	_, _, err = c.GetBlob(ctx, "team/app", blob)
+	wantInvalidResponse(t, "redirect to localhost", err)
+	if n := hits.Load(); n != 0 {
+		t.Errorf("a redirect to localhost reached its target %d times", n)
+	}
+}
+
+func TestBlobRedirectHopsAreBounded(t *testing.T) {
+	ctx := testContext(t)
+	f := fakeregistry.New(t)
+	f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		if strings.Contains(r.URL.Path, "/blobs/") {
+			http.Redirect(w, r, r.URL.Path, http.StatusTemporaryRedirect)
+			return true
+		}
+		return false
+	})
+	_, _, err := newClient(t, f, Options{}).GetBlob(ctx, "team/app", digest.FromString("x"))
+	wantInvalidResponse(t, "redirect loop", err)
+	if n := f.Count(http.MethodGet, "/blobs/"); n != maxBlobRedirects+1 {
+		t.Errorf("blob GETs = %d, want %d", n, maxBlobRedirects+1)
+	}
+}
+
+func TestTagListThatIsNotJSONIsRefused(t *testing.T) {
+	f := fakeregistry.New(t)
+	f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.HasSuffix(r.URL.Path, "/tags/list") {
+			return false
+		}
+		w.Header().Set("Content-Type", "text/html")
+		w.Write([]byte("<html>login</html>"))
+		return true
+	})
+	_, _, err := newClient(t, f, Options{}).Tags(testContext(t), "team/app", nil)
+	wantInvalidResponse(t, "HTML tag list", err)
+}
+
+func TestNonManifestMediaTypeIsRefused(t *testing.T) {
+	ctx := testContext(t)
+	f := fakeregistry.New(t)
+	img := f.PushRandom("team/app", "v1")
+	_, dgst, _, _ := imageFacts(t, img)
+	c := newClient(t, f, Options{})
+	for _, tc := range []struct{ contentType, body string }{
+		{"application/json", `{"name":"team/app","tags":["v1"]}`},
+		{"text/html; charset=utf-8", "<html></html>"},
+		{"", `{"schemaVersion":2}`}, // no type sent, none declared
+	} {
+		f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
+			if !strings.Contains(r.URL.Path, "/manifests/") {
+				return false
+			}
+			w.Header()["Content-Type"] = []string{tc.contentType}
+			w.Header().Set("Docker-Content-Digest", digest.FromString(tc.body).String())
+			w.Write([]byte(tc.body))
+			return true
+		})
+		_, err := c.GetManifest(ctx, "team/app", "v1", nil)
+		wantInvalidResponse(t, "GET as "+tc.contentType, err)
+		if tc.contentType != "" {
+			_, err = c.HeadManifest(ctx, "team/app", dgst.String(), nil)
+			wantInvalidResponse(t, "HEAD as "+tc.contentType, err)
+		}
+	}
+	// A registry that sends no Content-Type is judged by the declared type.
+	raw, _, mediaType, _ := imageFacts(t, img)
+	f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		if !strings.Contains(r.URL.Path, "/manifests/") {
+			return false
+		}
+		w.Header()["Content-Type"] = nil
+		w.Write(raw)
+		return true
+	})
+	if m, err := c.GetManifest(ctx, "team/app", dgst.String(), nil); err != nil || m.Digest != dgst {
+		t.Errorf("manifest without Content-Type declaring %s: %v", mediaType, err)
+	}
+}
+
+// TestTokenRealmOnAnotherHostIsRefused: a challenge naming a realm outside
+// allowedRealmHosts gets no credentials; listing its host lets it have them.
+func TestTokenRealmOnAnotherHostIsRefused(t *testing.T) {
+	ctx := testContext(t)
+	f := fakeregistry.New(t, withBearer)
+	f.PushRandom("team/app", "v1")
+	// The same token server, named by a host the registry (127.0.0.1) is not.
+	realm := "http://localhost:" + f.URL()[strings.LastIndex(f.URL(), ":")+1:] + "/token"
+	f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == "/v2/" || (strings.HasPrefix(r.URL.Path, "/v2/") && r.Header.Get("Authorization") == "") {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="`+realm+`?client=x",service="fake"`)
+			fakeregistry.WriteError(w, http.StatusUnauthorized, "UNAUTHORIZED", "authentication required")
+			return true
+		}
+		return false
+	})
+
+	_, err := newClient(t, f, Options{}).HeadManifest(ctx, "team/app", "v1", nil)
+	if !errors.Is(err, ErrRealmNotAllowed) || IsUnavailable(err) {
+		t.Fatalf("got %v, want ErrRealmNotAllowed", err)
+	}
+	if !strings.Contains(err.Error(), realm) || strings.Contains(err.Error(), "client=x") {
+		t.Errorf("error %q should name the realm %s without its query", err, realm)
+	}
+	if n := f.Count("", "/token"); n != 0 {
+		t.Fatalf("the refused realm got %d token requests", n)
+	}
+
+	u := upstreamConfig(f)
+	u.AllowedRealmHosts = []string{"localhost"}
+	c, err := New(u, Options{Authenticator: f.Authenticator()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
+		t.Fatalf("realm host allowed: %v", err)
+	}
+	if n := f.Count("", "/token"); n == 0 {
+		t.Error("the allowed realm got no token request")
+	}
+}
+
+func TestRealmPolicy(t *testing.T) {
+	for _, tc := range []struct {
+		registry   string
+		configured []string
+		allowed    []string
+		refused    []string
+	}{
+		{"registry-1.docker.io", nil, []string{"auth.docker.io", "registry-1.docker.io"}, []string{"docker.io.evil.example", "auth.docker.com"}},
+		{"ghcr.io", nil, []string{"ghcr.io"}, []string{"github.com"}},
+		{"gcr.io", nil, []string{"gcr.io"}, []string{"accounts.google.com"}},
+		{"quay.io", nil, []string{"quay.io"}, []string{"quay.io.example"}},
+		{"public.ecr.aws", nil, []string{"public.ecr.aws"}, []string{"evil.aws"}},
+		{"europe-docker.pkg.dev", nil, []string{"europe-docker.pkg.dev"}, []string{"other.pkg.dev.example"}},
+		{"registry.example.com:5000", nil, []string{"registry.example.com", "auth.example.com"}, []string{"example.org"}},
+		{"127.0.0.1:5000", nil, []string{"127.0.0.1"}, []string{"127.0.0.2", "localhost"}},
+		{"registry.internal:5000", []string{"sso.corp.example", "*.auth.example"}, []string{"registry.internal", "sso.corp.example", "a.auth.example"}, []string{"auth.example", "corp.example"}},
+	} {
+		p := newRealmPolicy(tc.registry, tc.configured)
+		for _, h := range tc.allowed {
+			if !p.allows(h) {
+				t.Errorf("registry %s %v: realm host %s refused", tc.registry, tc.configured, h)
+			}
+		}
+		for _, h := range tc.refused {
+			if p.allows(h) {
+				t.Errorf("registry %s %v: realm host %s allowed", tc.registry, tc.configured, h)
+			}
+		}
+	}
+}
