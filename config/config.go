@@ -112,7 +112,8 @@ type Upstream struct {
 	// "*.example.com" for every subdomain) whose token realm may receive the
 	// upstream's credentials, besides the registry's own host. Empty allows
 	// the registry's registrable domain (auth.docker.io for
-	// registry-1.docker.io).
+	// registry-1.docker.io) and the hosts a public registry is known to
+	// use (*.pkg.dev for registry.k8s.io).
 	AllowedRealmHosts []string `mapstructure:"allowedRealmHosts"`
 }
 

@@ -140,7 +140,7 @@ func New(u config.Upstream, opts Options) (*Client, error) {
 	var base http.RoundTripper = newDefaultTransport(dialTimeout, responseTimeout, u.AllowPrivateRedirects)
 	base = &redirectMarker{registryHost: reg.RegistryStr(), inner: base}
 	base = m.instrument(u.Name, base)
-	base = &realmGuard{policy: newRealmPolicy(reg.RegistryStr(), u.AllowedRealmHosts), inner: base}
+	base = &realmGuard{allowed: realmHosts(reg.RegistryStr(), u.AllowedRealmHosts), inner: base}
 	base = &schemeGuard{scheme: ep.Scheme, host: reg.RegistryStr(), inner: base}
 	// A ggcr userAgentTransport at the top stops ggcr from wrapping its
 	// own (which would drop ours).
@@ -175,7 +175,7 @@ func New(u config.Upstream, opts Options) (*Client, error) {
 				inner:   scoped,
 			},
 		},
-		CheckRedirect: checkRedirect,
+		CheckRedirect: redirectPolicy{apiHosts: partnerHosts[hostOnly(reg.RegistryStr())]}.check,
 		// No Timeout: it would cut long blob bodies. The base transport's
 		// dial and header timeouts bound the wait instead.
 	}

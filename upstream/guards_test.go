@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -119,8 +120,8 @@ func TestBlobRedirectHopsAreBounded(t *testing.T) {
 	})
 	_, _, err := newClient(t, f, Options{}).GetBlob(ctx, "team/app", digest.FromString("x"))
 	wantInvalidResponse(t, "redirect loop", err)
-	if n := f.Count(http.MethodGet, "/blobs/"); n != maxBlobRedirects+1 {
-		t.Errorf("blob GETs = %d, want %d", n, maxBlobRedirects+1)
+	if n := f.Count(http.MethodGet, "/blobs/"); n != maxRedirects+1 {
+		t.Errorf("blob GETs = %d, want %d", n, maxRedirects+1)
 	}
 }
 
@@ -235,20 +236,50 @@ func TestRealmPolicy(t *testing.T) {
 		{"quay.io", nil, []string{"quay.io"}, []string{"quay.io.example"}},
 		{"public.ecr.aws", nil, []string{"public.ecr.aws"}, []string{"evil.aws"}},
 		{"europe-docker.pkg.dev", nil, []string{"europe-docker.pkg.dev"}, []string{"other.pkg.dev.example"}},
+		{"registry.k8s.io", nil, []string{"registry.k8s.io", "us-west1-docker.pkg.dev"}, []string{"pkg.dev.evil.example"}},
 		{"registry.example.com:5000", nil, []string{"registry.example.com", "auth.example.com"}, []string{"example.org"}},
 		{"127.0.0.1:5000", nil, []string{"127.0.0.1"}, []string{"127.0.0.2", "localhost"}},
 		{"registry.internal:5000", []string{"sso.corp.example", "*.auth.example"}, []string{"registry.internal", "sso.corp.example", "a.auth.example"}, []string{"auth.example", "corp.example"}},
 	} {
-		p := newRealmPolicy(tc.registry, tc.configured)
+		set := realmHosts(tc.registry, tc.configured)
 		for _, h := range tc.allowed {
-			if !p.allows(h) {
+			if !set.contains(h) {
 				t.Errorf("registry %s %v: realm host %s refused", tc.registry, tc.configured, h)
 			}
 		}
 		for _, h := range tc.refused {
-			if p.allows(h) {
+			if set.contains(h) {
 				t.Errorf("registry %s %v: realm host %s allowed", tc.registry, tc.configured, h)
 			}
 		}
+	}
+}
+
+// TestRedirectPolicyFollowsPartnerHosts: registry.k8s.io serves its API
+// from Artifact Registry, so its manifest redirects there are followed;
+// any other host is refused.
+func TestRedirectPolicyFollowsPartnerHosts(t *testing.T) {
+	p := redirectPolicy{apiHosts: partnerHosts["registry.k8s.io"]}
+	via := func(cl call) []*http.Request {
+		req := httptest.NewRequestWithContext(context.WithValue(t.Context(), callKey{}, cl), cl.method, "https://registry.k8s.io/v2/pause/"+cl.path, nil)
+		return []*http.Request{req}
+	}
+	to := func(from []*http.Request, target string) *http.Request {
+		return httptest.NewRequestWithContext(from[0].Context(), from[0].Method, target, nil)
+	}
+	manifest := via(call{method: http.MethodGet, repo: "pause", path: "manifests/3.10"})
+	if err := p.check(to(manifest, "https://us-west1-docker.pkg.dev/v2/k8s-artifacts-prod/images/pause/manifests/3.10"), manifest); err != nil {
+		t.Errorf("manifest redirect to Artifact Registry: %v", err)
+	}
+	if err := p.check(to(manifest, "https://evil.example/v2/pause/manifests/3.10"), manifest); !errors.Is(err, ErrInvalidResponse) {
+		t.Errorf("manifest redirect to another host: %v, want ErrInvalidResponse", err)
+	}
+	blob := via(call{method: http.MethodGet, repo: "pause", path: "blobs/sha256:x", followRedirects: true})
+	if err := p.check(to(blob, "https://storage.example/b"), blob); err != nil {
+		t.Errorf("blob redirect: %v", err)
+	}
+	hops := append(blob, blob[0], blob[0], blob[0])
+	if err := p.check(to(blob, "https://storage.example/b"), hops); !errors.Is(err, ErrInvalidResponse) {
+		t.Errorf("redirect after %d hops: %v, want ErrInvalidResponse", len(hops), err)
 	}
 }
