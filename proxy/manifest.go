@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"mime"
 	"net/http"
@@ -243,17 +242,8 @@ func manifestMediaType(m cache.Manifest) string {
 	if m.MediaType != "" {
 		return m.MediaType
 	}
-	if mt := declaredMediaType(m.Body); mt != "" {
+	if mt := oci.DeclaredMediaType(m.Body); mt != "" {
 		return mt
 	}
 	return "application/vnd.oci.image.manifest.v1+json"
-}
-
-// declaredMediaType is the mediaType field a manifest body declares, if any.
-func declaredMediaType(body []byte) string {
-	var m struct {
-		MediaType string `json:"mediaType"`
-	}
-	_ = json.Unmarshal(body, &m)
-	return m.MediaType
 }

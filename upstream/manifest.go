@@ -3,7 +3,6 @@ package upstream
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -89,7 +88,7 @@ func (c *Client) GetManifest(ctx context.Context, repo, ref string, accept []str
 		return Manifest{}, fmt.Errorf("upstream %s: reading manifest %s:%s: %w", c.name, repo, ref, err)
 	}
 	mediaType := resp.Header.Get("Content-Type")
-	if !oci.IsManifestMediaType(cmp.Or(mediaType, declaredMediaType(body))) {
+	if !oci.IsManifestMediaType(cmp.Or(mediaType, oci.DeclaredMediaType(body))) {
 		return Manifest{}, c.notAManifest(repo, ref, mediaType)
 	}
 
@@ -116,16 +115,6 @@ func (c *Client) GetManifest(ctx context.Context, repo, ref string, accept []str
 func (c *Client) notAManifest(repo, ref, mediaType string) error {
 	return fmt.Errorf("upstream %s: %w: %s:%s answered with Content-Type %q, which is not a manifest type",
 		c.name, ErrInvalidResponse, repo, ref, mediaType)
-}
-
-// declaredMediaType is the mediaType a manifest body names; a registry that
-// sends no Content-Type is judged by it.
-func declaredMediaType(body []byte) string {
-	var m struct {
-		MediaType string `json:"mediaType"`
-	}
-	_ = json.Unmarshal(body, &m)
-	return m.MediaType
 }
 
 func manifestCall(method, repo, ref string, accept []string) call {

@@ -5,6 +5,7 @@
 package oci
 
 import (
+	"encoding/json"
 	"errors"
 	"mime"
 
@@ -41,4 +42,14 @@ func IsManifestMediaType(contentType string) bool {
 	}
 	m := types.MediaType(mt)
 	return m.IsIndex() || m.IsImage()
+}
+
+// DeclaredMediaType is the mediaType field a manifest body declares, or ""
+// (the field is optional, and the body may not be JSON at all).
+func DeclaredMediaType(body []byte) string {
+	var m struct {
+		MediaType string `json:"mediaType"`
+	}
+	_ = json.Unmarshal(body, &m)
+	return m.MediaType
 }

@@ -29,3 +29,15 @@ func TestManifestMediaTypesIsAFreshSlice(t *testing.T) {
 		t.Error("a caller's change leaked into the shared list")
 	}
 }
+
+func TestDeclaredMediaType(t *testing.T) {
+	for body, want := range map[string]string{
+		`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json"}`: "application/vnd.oci.image.index.v1+json",
+		`{"schemaVersion":2}`: "",
+		`<html></html>`:       "",
+	} {
+		if got := DeclaredMediaType([]byte(body)); got != want {
+			t.Errorf("DeclaredMediaType(%s) = %q, want %q", body, got, want)
+		}
+	}
+}
