@@ -137,8 +137,9 @@ func New(u config.Upstream, opts Options) (*Client, error) {
 
 	// The stack below ggcr's authenticating transport: it carries pings,
 	// token requests, registry requests and redirected blob fetches alike.
-	var base http.RoundTripper = newDefaultTransport(dialTimeout, responseTimeout, u.AllowPrivateRedirects)
-	base = &redirectMarker{registryHost: reg.RegistryStr(), inner: base}
+	httpTransport := newDefaultTransport(dialTimeout, responseTimeout)
+	var base http.RoundTripper = &redirectMarker{registryHost: reg.RegistryStr(),
+		allowPrivate: u.AllowPrivateRedirects, proxy: httpTransport.Proxy, inner: httpTransport}
 	base = m.instrument(u.Name, base)
 	base = &realmGuard{allowed: realmHosts(reg.RegistryStr(), u.AllowedRealmHosts), inner: base}
 	base = &schemeGuard{scheme: ep.Scheme, host: reg.RegistryStr(), inner: base}

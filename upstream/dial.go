@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -14,15 +16,13 @@ import (
 // configured dial and response-header timeouts (neither bounds a long blob
 // body), more idle connections per host since layers are fetched in
 // parallel from the same registry, and HTTP/2 where the upstream offers it.
-// Unless allowPrivate, a connection dialled for a redirect target (marked by
-// redirectMarker) must not reach a loopback, private or link-local address.
-// The check runs on the address actually dialled, after name resolution, so
-// a name that resolves differently the second time cannot slip past it.
-func newDefaultTransport(dialTimeout, responseTimeout time.Duration, allowPrivate bool) *http.Transport {
-	dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
-	if !allowPrivate {
-		dialer.ControlContext = refusePrivateRedirectTargets
-	}
+// A connection dialled for a redirect target (marked by redirectMarker)
+// must not reach a loopback, private or link-local address. The check runs
+// on the address actually dialled, after name resolution, so a name that
+// resolves differently the second time cannot slip past it.
+func newDefaultTransport(dialTimeout, responseTimeout time.Duration) *http.Transport {
+	dialer := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second,
+		ControlContext: refusePrivateRedirectTargets}
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.DialContext = dialer.DialContext
 	t.TLSHandshakeTimeout = dialTimeout
@@ -41,17 +41,30 @@ type redirectTargetKey struct{}
 // registry's own host:port, so that their connections are dialled under
 // refusePrivateRedirectTargets. The configured endpoint itself may be
 // anywhere (an in-cluster registry on a private address is normal).
+//
+// Through an HTTP proxy (HTTPS_PROXY) the connection goes to the proxy, so
+// only an address literal can be judged here; names are the proxy's to
+// resolve and to police.
 type redirectMarker struct {
 	registryHost string
+	allowPrivate bool
+	proxy        func(*http.Request) (*url.URL, error) // the base transport's
 	inner        http.RoundTripper
 }
 
 func (m *redirectMarker) RoundTrip(req *http.Request) (*http.Response, error) {
 	// net/http sets Response on the requests it makes to follow a redirect.
-	if req.Response != nil && req.URL.Host != m.registryHost {
-		req = req.WithContext(context.WithValue(req.Context(), redirectTargetKey{}, true))
+	if m.allowPrivate || req.Response == nil || req.URL.Host == m.registryHost {
+		return m.inner.RoundTrip(req)
 	}
-	return m.inner.RoundTrip(req)
+	if proxyURL, _ := m.proxy(req); proxyURL != nil {
+		if ip, err := netip.ParseAddr(strings.Trim(req.URL.Hostname(), "[]")); err == nil && !isPublic(ip.Unmap()) {
+			closeRequestBody(req)
+			return nil, privateTargetError(ip)
+		}
+		return m.inner.RoundTrip(req)
+	}
+	return m.inner.RoundTrip(req.WithContext(context.WithValue(req.Context(), redirectTargetKey{}, true)))
 }
 
 // refusePrivateRedirectTargets is a net.Dialer ControlContext: it refuses
@@ -65,9 +78,13 @@ func refusePrivateRedirectTargets(ctx context.Context, network, address string, 
 		return fmt.Errorf("%w: redirect target address %q cannot be checked", ErrInvalidResponse, address)
 	}
 	if ip := ap.Addr().Unmap(); !isPublic(ip) {
-		return fmt.Errorf("%w: redirect to %s refused: loopback, private and link-local addresses are not followed unless the upstream sets allowPrivateRedirects", ErrInvalidResponse, ip)
+		return privateTargetError(ip)
 	}
 	return nil
+}
+
+func privateTargetError(ip netip.Addr) error {
+	return fmt.Errorf("%w: redirect to %s refused: loopback, private and link-local addresses are not followed unless the upstream sets allowPrivateRedirects", ErrInvalidResponse, ip)
 }
 
 func isPublic(ip netip.Addr) bool {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -281,5 +282,44 @@ func TestRedirectPolicyFollowsPartnerHosts(t *testing.T) {
 	hops := append(blob, blob[0], blob[0], blob[0])
 	if err := p.check(to(blob, "https://storage.example/b"), hops); !errors.Is(err, ErrInvalidResponse) {
 		t.Errorf("redirect after %d hops: %v, want ErrInvalidResponse", len(hops), err)
+	}
+}
+
+// roundTripFunc records what reaches the transport below the marker.
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
+
+// TestRedirectThroughHTTPProxy: behind HTTPS_PROXY the dial reaches the
+// proxy, so the marker judges address literals itself and leaves names to
+// the proxy, instead of refusing every redirect because the proxy is on a
+// private address.
+func TestRedirectThroughHTTPProxy(t *testing.T) {
+	var marked []bool
+	m := &redirectMarker{
+		registryHost: "registry.example",
+		proxy:        func(*http.Request) (*url.URL, error) { return url.Parse("http://10.0.0.1:3128") },
+		inner: roundTripFunc(func(req *http.Request) (*http.Response, error) {
+			v, _ := req.Context().Value(redirectTargetKey{}).(bool)
+			marked = append(marked, v)
+			return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody}, nil
+		}),
+	}
+	redirected := func(target string) *http.Request {
+		req := httptest.NewRequest(http.MethodGet, target, nil)
+		req.Response = &http.Response{StatusCode: http.StatusTemporaryRedirect}
+		return req
+	}
+	for _, target := range []string{"http://127.0.0.2/b", "http://[::1]/b", "http://169.254.169.254/latest", "http://[::ffff:10.1.2.3]/b"} {
+		if _, err := m.RoundTrip(redirected(target)); !errors.Is(err, ErrInvalidResponse) {
+			t.Errorf("proxied redirect to %s: %v, want ErrInvalidResponse", target, err)
+		}
+	}
+	if _, err := m.RoundTrip(redirected("https://storage.example/b")); err != nil || len(marked) != 1 || marked[0] {
+		t.Errorf("proxied redirect to a name: %v, marked %v; want it sent unmarked", err, marked)
+	}
+	m.proxy = func(*http.Request) (*url.URL, error) { return nil, nil }
+	if _, err := m.RoundTrip(redirected("https://storage.example/b")); err != nil || len(marked) != 2 || !marked[1] {
+		t.Errorf("direct redirect: %v, marked %v; want it marked for the dial guard", err, marked)
 	}
 }
