@@ -42,9 +42,14 @@ func callFrom(ctx context.Context) (call, bool) {
 func (c *Client) do(ctx context.Context, cl call, ok ...int) (*http.Response, error) {
 	resp, err := c.send(ctx, cl, ok)
 	if err != nil {
-		return nil, fmt.Errorf("upstream %s: %w", c.name, err)
+		return nil, c.errorf("%w", err)
 	}
 	return resp, nil
+}
+
+// errorf formats an error of a call, naming the upstream.
+func (c *Client) errorf(format string, args ...any) error {
+	return fmt.Errorf("upstream %s: %w", c.name, fmt.Errorf(format, args...))
 }
 
 func (c *Client) send(ctx context.Context, cl call, ok []int) (*http.Response, error) {

@@ -13,6 +13,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
+// The errors a Client's calls fail with, besides *StatusError. A manifest
+// whose bytes do not hash to the digest asked for or announced fails with
+// oci.ErrDigestMismatch, which is not "unavailable" either: an upstream that
+// serves wrong bytes is not answered from by accident.
 var (
 	// ErrNotFound: the upstream answered 404 (or, for Referrers, has no
 	// referrers API). A *StatusError carrying 404 matches it with errors.Is.
@@ -27,17 +31,13 @@ var (
 	// ErrInvalidResponse: the upstream answered with something the call
 	// does not return: a tag list that is not JSON, a manifest of a media
 	// type that is not a manifest's, or a redirect where none is followed.
-	// Nothing of it is passed on or cached. Not "unavailable": serving stale
-	// content hides a misbehaving upstream no better than a 502 does.
+	// Nothing of it is passed on or cached. Not "unavailable": the upstream
+	// did answer, wrongly, and asking again would get the same answer.
 	ErrInvalidResponse = errors.New("invalid upstream response")
 	// ErrRealmNotAllowed: the upstream's Bearer challenge names a token
 	// realm on a host outside allowedRealmHosts; no credential was sent.
 	ErrRealmNotAllowed = errors.New("token realm not allowed")
 )
-
-// A manifest whose bytes do not hash to the digest asked for or announced
-// fails with oci.ErrDigestMismatch. It is not "unavailable": an upstream
-// that serves wrong bytes is not answered from by accident.
 
 // StatusError is an unexpected HTTP status from the upstream (or its token
 // server). URL carries no credentials and no query string beyond the

@@ -29,14 +29,14 @@ func (c *Client) Tags(ctx context.Context, repo string, query url.Values) (body 
 	body, err = readLimited(resp.Body, MaxListSize,
 		fmt.Errorf("tag list of %s is larger than %d bytes", repo, MaxListSize))
 	if err != nil {
-		return nil, "", fmt.Errorf("upstream %s: reading tag list of %s: %w", c.name, repo, err)
+		return nil, "", c.errorf("reading tag list of %s: %w", repo, err)
 	}
 	var list struct {
 		Name string   `json:"name"`
 		Tags []string `json:"tags"`
 	}
 	if err := json.Unmarshal(body, &list); err != nil {
-		return nil, "", fmt.Errorf("upstream %s: %w: the tag list of %s is not a JSON tag list: %v", c.name, ErrInvalidResponse, repo, err)
+		return nil, "", c.errorf("%w: the tag list of %s is not a JSON tag list: %v", ErrInvalidResponse, repo, err)
 	}
 	return body, resp.Header.Get("Link"), nil
 }
@@ -57,17 +57,16 @@ func (c *Client) Referrers(ctx context.Context, repo string, dgst digest.Digest,
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, "", fmt.Errorf("upstream %s: %w: no referrers API: %s answered %d", c.name, ErrNotFound, redactURL(resp.Request.URL), resp.StatusCode)
+		return nil, "", c.errorf("%w: no referrers API: %s answered %d", ErrNotFound, redactURL(resp.Request.URL), resp.StatusCode)
 	}
 	contentType = resp.Header.Get("Content-Type")
 	if mt, _, _ := mime.ParseMediaType(contentType); mt != string(types.OCIImageIndex) {
-		return nil, "", fmt.Errorf("upstream %s: %w: no referrers API: %s answered with Content-Type %q",
-			c.name, ErrNotFound, redactURL(resp.Request.URL), contentType)
+		return nil, "", c.errorf("%w: no referrers API: %s answered with Content-Type %q", ErrNotFound, redactURL(resp.Request.URL), contentType)
 	}
 	body, err = readLimited(resp.Body, MaxListSize,
 		fmt.Errorf("referrers of %s@%s are larger than %d bytes", repo, dgst, MaxListSize))
 	if err != nil {
-		return nil, "", fmt.Errorf("upstream %s: reading referrers of %s@%s: %w", c.name, repo, dgst, err)
+		return nil, "", c.errorf("reading referrers of %s@%s: %w", repo, dgst, err)
 	}
 	return body, contentType, nil
 }

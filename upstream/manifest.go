@@ -46,7 +46,7 @@ func (c *Client) HeadManifest(ctx context.Context, repo, ref string, accept []st
 	announced, announcedErr := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
 	switch {
 	case refDigest != "" && announcedErr == nil && announced.Algorithm() == refDigest.Algorithm() && announced != refDigest:
-		return Manifest{}, fmt.Errorf("upstream %s: %w: HEAD %s@%s: upstream announced %s", c.name, oci.ErrDigestMismatch, repo, ref, announced)
+		return Manifest{}, c.errorf("%w: HEAD %s@%s: upstream announced %s", oci.ErrDigestMismatch, repo, ref, announced)
 	case refDigest != "":
 		m.Digest = refDigest
 	case announcedErr == nil:
@@ -76,7 +76,7 @@ func (c *Client) GetManifest(ctx context.Context, repo, ref string, accept []str
 	}
 	defer resp.Body.Close()
 
-	tooLarge := fmt.Errorf("upstream %s: %w: %s:%s is larger than %d bytes", c.name, ErrManifestTooLarge, repo, ref, oci.MaxManifestSize)
+	tooLarge := c.errorf("%w: %s:%s is larger than %d bytes", ErrManifestTooLarge, repo, ref, oci.MaxManifestSize)
 	if resp.ContentLength > oci.MaxManifestSize {
 		return Manifest{}, tooLarge
 	}
@@ -85,7 +85,7 @@ func (c *Client) GetManifest(ctx context.Context, repo, ref string, accept []str
 		if err == tooLarge {
 			return Manifest{}, err
 		}
-		return Manifest{}, fmt.Errorf("upstream %s: reading manifest %s:%s: %w", c.name, repo, ref, err)
+		return Manifest{}, c.errorf("reading manifest %s:%s: %w", repo, ref, err)
 	}
 	mediaType := resp.Header.Get("Content-Type")
 	if !oci.IsManifestMediaType(cmp.Or(mediaType, oci.DeclaredMediaType(body))) {
@@ -96,25 +96,24 @@ func (c *Client) GetManifest(ctx context.Context, repo, ref string, accept []str
 	if want == "" {
 		if h := resp.Header.Get("Docker-Content-Digest"); h != "" {
 			if want, err = digest.Parse(h); err != nil {
-				return Manifest{}, fmt.Errorf("upstream %s: manifest %s:%s: upstream sent an invalid Docker-Content-Digest %q", c.name, repo, ref, h)
+				return Manifest{}, c.errorf("manifest %s:%s: upstream sent an invalid Docker-Content-Digest %q", repo, ref, h)
 			}
 		}
 	}
 	if want == "" {
 		want = digest.FromBytes(body)
 	} else if !want.Algorithm().Available() {
-		return Manifest{}, fmt.Errorf("upstream %s: manifest %s:%s: unsupported digest algorithm %q", c.name, repo, ref, want.Algorithm())
+		return Manifest{}, c.errorf("manifest %s:%s: unsupported digest algorithm %q", repo, ref, want.Algorithm())
 	} else if got := want.Algorithm().FromBytes(body); got != want {
 		c.log.Warn("upstream sent a manifest that does not match its digest",
 			"repository", repo, "reference", ref, "want", want, "got", got)
-		return Manifest{}, fmt.Errorf("upstream %s: %w: manifest %s:%s: want %s, body hashes to %s", c.name, oci.ErrDigestMismatch, repo, ref, want, got)
+		return Manifest{}, c.errorf("%w: manifest %s:%s: want %s, body hashes to %s", oci.ErrDigestMismatch, repo, ref, want, got)
 	}
 	return Manifest{Digest: want, MediaType: mediaType, Size: int64(len(body)), Body: body}, nil
 }
 
 func (c *Client) notAManifest(repo, ref, mediaType string) error {
-	return fmt.Errorf("upstream %s: %w: %s:%s answered with Content-Type %q, which is not a manifest type",
-		c.name, ErrInvalidResponse, repo, ref, mediaType)
+	return c.errorf("%w: %s:%s answered with Content-Type %q, which is not a manifest type", ErrInvalidResponse, repo, ref, mediaType)
 }
 
 func manifestCall(method, repo, ref string, accept []string) call {
