@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/pullbroker/pullbroker/internal/oci"
 )
 
 // Fetcher opens the upstream stream of a blob. size is -1 when unknown.
@@ -258,7 +260,7 @@ func (f *Fill) fetch(ctx context.Context, cancel context.CancelFunc, fetch Fetch
 		return fmt.Errorf("upstream sent %d of the %d bytes it announced for %s", written, size, f.digest)
 	}
 	if got := digester.Digest(); got != f.digest {
-		return fmt.Errorf("blob %s: %w (upstream sent %s)", f.digest, ErrDigestMismatch, got)
+		return fmt.Errorf("blob %s: %w (upstream sent %s)", f.digest, oci.ErrDigestMismatch, got)
 	}
 	f.mu.Lock()
 	f.verified = true

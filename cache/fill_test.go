@@ -15,6 +15,8 @@ import (
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/pullbroker/pullbroker/internal/oci"
 )
 
 func newStores(t *testing.T) map[string]*Store {
@@ -180,14 +182,14 @@ func TestFillWithholdsLastByteUntilVerifiedAndRejectsMismatch(t *testing.T) {
 			close(gate)
 			got, err := io.ReadAll(r)
 			r.Close()
-			if err := <-writeToErr; !errors.Is(err, ErrDigestMismatch) {
+			if err := <-writeToErr; !errors.Is(err, oci.ErrDigestMismatch) {
 				t.Fatalf("WriteTo error = %v, want digest mismatch", err)
 			}
 			w.Close()
 			if written.Len() >= len(lie) {
 				t.Fatalf("WriteTo delivered all %d bytes of unverified content", written.Len())
 			}
-			if !errors.Is(err, ErrDigestMismatch) {
+			if !errors.Is(err, oci.ErrDigestMismatch) {
 				t.Fatalf("reader error = %v, want digest mismatch", err)
 			}
 			if len(got) >= len(lie) {

@@ -7,10 +7,9 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-)
 
-// MaxManifestSize bounds a manifest held in memory, as registries do.
-const MaxManifestSize = 4 << 20
+	"github.com/pullbroker/pullbroker/internal/oci"
+)
 
 // Manifest is a manifest exactly as the upstream sent it.
 type Manifest struct {
@@ -32,14 +31,14 @@ type Link struct {
 // config, child manifests) so that later blob requests for this repository
 // may be answered from the cache.
 func (s *Store) PutManifest(ctx context.Context, registry, repo string, m Manifest) error {
-	if len(m.Body) > MaxManifestSize {
-		return fmt.Errorf("manifest %s is %d bytes, over the %d byte limit", m.Digest, len(m.Body), MaxManifestSize)
+	if len(m.Body) > oci.MaxManifestSize {
+		return fmt.Errorf("manifest %s is %d bytes, over the %d byte limit", m.Digest, len(m.Body), oci.MaxManifestSize)
 	}
 	if err := m.Digest.Validate(); err != nil {
 		return fmt.Errorf("manifest digest %q: %w", m.Digest, err)
 	}
 	if got := m.Digest.Algorithm().FromBytes(m.Body); got != m.Digest {
-		return fmt.Errorf("manifest %s: %w (got %s)", m.Digest, ErrDigestMismatch, got)
+		return fmt.Errorf("manifest %s: %w (got %s)", m.Digest, oci.ErrDigestMismatch, got)
 	}
 	if _, err := s.driver.Stat(ctx, blobPath(m.Digest)); err != nil {
 		if !isPathNotFound(err) {

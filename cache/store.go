@@ -28,10 +28,6 @@ import (
 // ErrNotFound means the cache does not hold what was asked for.
 var ErrNotFound = errors.New("not in cache")
 
-// ErrDigestMismatch means content did not hash to the digest it was
-// fetched or stored under; it was discarded.
-var ErrDigestMismatch = errors.New("content does not match its digest")
-
 // Options tune a Store.
 type Options struct {
 	Logger     *slog.Logger

@@ -135,6 +135,17 @@ type Upstream struct {
 	// Repositories are globs of the repositories that may be served
 	// (path.Match syntax, plus "**" for any depth). Empty allows all.
 	Repositories []string `mapstructure:"repositories"`
+	// AllowPrivateRedirects lets blob redirects reach loopback, private and
+	// link-local addresses (an in-cluster registry backed by MinIO). Off,
+	// such a redirect is refused where the connection is dialled.
+	AllowPrivateRedirects bool `mapstructure:"allowPrivateRedirects"`
+	// AllowedRealmHosts are the hosts ("auth.example.com", or
+	// "*.example.com" for every subdomain) whose token realm may receive the
+	// upstream's credentials, besides the registry's own host. Empty allows
+	// the registry's registrable domain (auth.docker.io for
+	// registry-1.docker.io) and the hosts a public registry is known to
+	// use (*.pkg.dev for registry.k8s.io).
+	AllowedRealmHosts []string `mapstructure:"allowedRealmHosts"`
 }
 
 // Credentials names exactly one source of upstream credentials. The secret

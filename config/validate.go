@@ -152,6 +152,11 @@ func validateUpstream(key string, u Upstream, bad func(key, format string, args 
 			bad(fmt.Sprintf("%s.repositories[%d]", key, i), "bad glob %q", g)
 		}
 	}
+	for i, h := range u.AllowedRealmHosts {
+		if !validRealmHost(h) {
+			bad(fmt.Sprintf("%s.allowedRealmHosts[%d]", key, i), "%q is not a host name or *.domain (no scheme, port or path)", h)
+		}
+	}
 	if c := u.Credentials; c != nil {
 		validateCredentials(key+".credentials", c, bad)
 		if c.ECR != nil {
@@ -255,6 +260,12 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// validRealmHost accepts a host name, or "*." and a domain.
+func validRealmHost(h string) bool {
+	name := strings.TrimPrefix(h, "*.")
+	return name != "" && !strings.ContainsAny(name, "/:*@?#[] ") && !strings.HasPrefix(name, ".") && !strings.HasSuffix(name, ".")
 }
 
 func validMode(m string) bool { return m == "" || m == ModeOnline || m == ModeOffline }

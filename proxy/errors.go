@@ -10,7 +10,7 @@ import (
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	v2 "github.com/distribution/distribution/v3/registry/api/v2"
 
-	"github.com/pullbroker/pullbroker/cache"
+	"github.com/pullbroker/pullbroker/internal/oci"
 	"github.com/pullbroker/pullbroker/tags"
 	"github.com/pullbroker/pullbroker/upstream"
 )
@@ -114,9 +114,15 @@ func answerFor(rt *route, err error) *apiError {
 	case upstream.IsUnavailable(err):
 		return newAPIError(http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable,
 			"upstream %s is unavailable (%s) and %s is not cached", rt.registry, unavailableCause(err), rt.describe())
-	case errors.Is(err, cache.ErrDigestMismatch):
+	case errors.Is(err, oci.ErrDigestMismatch):
 		return newAPIError(http.StatusBadGateway, errcode.ErrorCodeUnknown,
 			"upstream %s sent content for %s that does not match its digest; nothing was cached", rt.registry, rt.describe())
+	case errors.Is(err, upstream.ErrInvalidResponse):
+		return newAPIError(http.StatusBadGateway, errcode.ErrorCodeUnknown,
+			"upstream %s sent an invalid answer for %s; nothing was passed on or cached", rt.registry, rt.describe())
+	case errors.Is(err, upstream.ErrRealmNotAllowed):
+		return newAPIError(http.StatusBadGateway, errcode.ErrorCodeUnknown,
+			"upstream %s asked for credentials to be sent to a token realm it may not name (see its allowedRealmHosts); none were sent", rt.registry)
 	}
 	return newAPIError(http.StatusBadGateway, errcode.ErrorCodeUnknown,
 		"fetching %s from upstream %s failed; %s", rt.describe(), rt.registry, seeLog)

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"encoding/json"
 	"mime"
 	"net/http"
 	"slices"
@@ -10,6 +9,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/pullbroker/pullbroker/cache"
+	"github.com/pullbroker/pullbroker/internal/oci"
 	"github.com/pullbroker/pullbroker/tags"
 )
 
@@ -71,17 +71,8 @@ func manifestMediaType(m cache.Manifest) string {
 	if m.MediaType != "" {
 		return m.MediaType
 	}
-	if mt := declaredMediaType(m.Body); mt != "" {
+	if mt := oci.DeclaredMediaType(m.Body); mt != "" {
 		return mt
 	}
 	return "application/vnd.oci.image.manifest.v1+json"
-}
-
-// declaredMediaType is the mediaType field a manifest body declares, if any.
-func declaredMediaType(body []byte) string {
-	var m struct {
-		MediaType string `json:"mediaType"`
-	}
-	_ = json.Unmarshal(body, &m)
-	return m.MediaType
 }

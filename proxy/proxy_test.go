@@ -135,6 +135,8 @@ func newEnvWithConfig(t *testing.T, driver string, configure func(*config.Config
 		TagTTL:          tagTTL,
 		DialTimeout:     time.Second,
 		ResponseTimeout: 5 * time.Second,
+		// The fake's blob storage (WithCDN) is on 127.0.0.2.
+		AllowPrivateRedirects: true,
 	}
 	cfg := &config.Config{
 		Mode:            config.ModeOnline,

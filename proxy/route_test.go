@@ -8,7 +8,7 @@ import (
 	"github.com/pullbroker/pullbroker/config"
 )
 
-func testConfig(t *testing.T) *config.Config {
+func testConfig(t testing.TB) *config.Config {
 	t.Helper()
 	cfg, err := config.Load("")
 	if err != nil {

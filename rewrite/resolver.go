@@ -10,6 +10,8 @@ import (
 
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/pullbroker/pullbroker/internal/oci"
 )
 
 // Resolver tells which digest a tag currently stands for. The rewriter asks
@@ -28,16 +30,10 @@ func (f ResolverFunc) Resolve(ctx context.Context, ref reference.NamedTagged) (d
 	return f(ctx, ref)
 }
 
-// manifestAccept lists the manifest media types a resolution accepts, index
-// types first: a multi-platform image must be pinned to its index, not to
-// the one platform's manifest the registry would otherwise pick, or nodes of
-// other architectures could no longer pull it.
-var manifestAccept = strings.Join([]string{
-	"application/vnd.oci.image.index.v1+json",
-	"application/vnd.docker.distribution.manifest.list.v2+json",
-	"application/vnd.oci.image.manifest.v1+json",
-	"application/vnd.docker.distribution.manifest.v2+json",
-}, ", ")
+// manifestAccept asks for an index before a single-platform manifest: a
+// multi-platform image must be pinned to its index, or nodes of other
+// architectures could no longer pull it.
+var manifestAccept = strings.Join(oci.ManifestMediaTypes(), ", ")
 
 // HTTPResolver resolves a tag with a distribution API manifest HEAD and
 // reads Docker-Content-Digest. A HEAD does not count as a pull on Docker Hub

@@ -15,6 +15,7 @@ import (
 	"github.com/pullbroker/pullbroker/cache"
 	"github.com/pullbroker/pullbroker/config"
 	"github.com/pullbroker/pullbroker/internal/flight"
+	"github.com/pullbroker/pullbroker/internal/oci"
 	"github.com/pullbroker/pullbroker/upstream"
 )
 
@@ -280,7 +281,7 @@ func acceptable(mediaType string, accept []string) bool {
 // withDefaultTypes widens a by-digest request: the digest names exactly
 // one manifest, whatever the client said it accepts.
 func withDefaultTypes(accept []string) []string {
-	out := slices.Clone(upstream.DefaultManifestAccept)
+	out := oci.ManifestMediaTypes()
 	for _, a := range accept {
 		if !slices.Contains(out, a) {
 			out = append(out, a)

@@ -1,9 +1,68 @@
 package upstream
 
 import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
+
+// breakerTransport admits each request through the circuit breaker and
+// reports its outcome, judged by the response headers: a body cut off
+// later is the reader's error, not a breaker failure. A redirected blob
+// fetch is admitted hop by hop.
+type breakerTransport struct {
+	breaker *breaker
+	inner   http.RoundTripper
+}
+
+func (t *breakerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	done, ok := t.breaker.allow()
+	if !ok {
+		closeRequestBody(req)
+		return nil, ErrCircuitOpen
+	}
+	resp, err := t.inner.RoundTrip(req)
+	done(judge(req.Context(), resp, err))
+	return resp, err
+}
+
+// judge tells the breaker what a round trip says about the upstream.
+func judge(ctx context.Context, resp *http.Response, err error) outcome {
+	switch {
+	case err == nil && statusUnavailable(resp.StatusCode):
+		return outcomeUnavailable
+	case err == nil:
+		return outcomeSuccess // the upstream answered (even 404 or 401)
+	case errors.Is(ctx.Err(), context.Canceled):
+		return outcomeAbandoned
+	case IsUnavailable(classifyRequestError(err)):
+		return outcomeUnavailable
+	}
+	return outcomeSuccess
+}
+
+// breakerReporter logs and counts the breaker's transitions.
+func breakerReporter(upstream string, m *metrics, log *slog.Logger, threshold int, coolDown time.Duration) func(open bool) {
+	labels := prometheus.Labels{"upstream": upstream}
+	gauge := m.circuitOpen.With(labels)
+	gauge.Set(0)
+	return func(open bool) {
+		if open {
+			gauge.Set(1)
+			m.circuitOpens.With(labels).Inc()
+			log.Warn("upstream circuit opened: calls fail fast until a probe succeeds",
+				"consecutiveFailures", threshold, "coolDown", coolDown)
+		} else {
+			gauge.Set(0)
+			log.Info("upstream circuit closed: upstream answers again")
+		}
+	}
+}
 
 // breakerState is the circuit breaker's state.
 type breakerState int
@@ -37,6 +96,10 @@ type breaker struct {
 	state    breakerState
 	failures int
 	openedAt time.Time
+}
+
+func newBreaker(threshold int, coolDown time.Duration, onChange func(open bool)) *breaker {
+	return &breaker{threshold: threshold, coolDown: coolDown, now: time.Now, onChange: onChange}
 }
 
 // allow reports whether a call may go ahead. When it may, the caller must
@@ -107,20 +170,4 @@ func (b *breaker) trip() {
 	if b.onChange != nil && wasClosed {
 		b.onChange(true)
 	}
-}
-
-// refusing reports whether calls are refused right now.
-func (b *breaker) refusing() bool {
-	if b.threshold <= 0 {
-		return false
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	switch b.state {
-	case breakerOpen:
-		return b.now().Sub(b.openedAt) < b.coolDown
-	case breakerHalfOpen:
-		return true
-	}
-	return false
 }

@@ -18,9 +18,9 @@ func newTestBreaker(threshold int) (*breaker, *fakeClock, *[]bool) {
 	return b, clock, &changes
 }
 
-// call runs one admitted call with outcome o; it reports whether the
+// admit runs one admitted call with outcome o; it reports whether the
 // breaker admitted it.
-func call(b *breaker, o outcome) bool {
+func admit(b *breaker, o outcome) bool {
 	done, ok := b.allow()
 	if ok {
 		done(o)
@@ -30,16 +30,16 @@ func call(b *breaker, o outcome) bool {
 
 func TestBreakerOpensAfterConsecutiveFailures(t *testing.T) {
 	b, _, changes := newTestBreaker(3)
-	call(b, outcomeUnavailable)
-	call(b, outcomeUnavailable)
-	call(b, outcomeSuccess) // an answer resets the count
-	call(b, outcomeUnavailable)
-	call(b, outcomeUnavailable)
+	admit(b, outcomeUnavailable)
+	admit(b, outcomeUnavailable)
+	admit(b, outcomeSuccess) // an answer resets the count
+	admit(b, outcomeUnavailable)
+	admit(b, outcomeUnavailable)
 	if b.refusing() {
 		t.Fatal("opened after 2 consecutive failures with threshold 3")
 	}
-	call(b, outcomeUnavailable)
-	if !b.refusing() || call(b, outcomeSuccess) {
+	admit(b, outcomeUnavailable)
+	if !b.refusing() || admit(b, outcomeSuccess) {
 		t.Fatal("not open after 3 consecutive failures")
 	}
 	if len(*changes) != 1 || !(*changes)[0] {
@@ -49,7 +49,7 @@ func TestBreakerOpensAfterConsecutiveFailures(t *testing.T) {
 
 func TestBreakerHalfOpenLetsOneProbeThrough(t *testing.T) {
 	b, clock, changes := newTestBreaker(1)
-	call(b, outcomeUnavailable)
+	admit(b, outcomeUnavailable)
 	clock.advance(29 * time.Second)
 	if _, ok := b.allow(); ok {
 		t.Fatal("admitted a call during the cool-down")
@@ -67,7 +67,7 @@ func TestBreakerHalfOpenLetsOneProbeThrough(t *testing.T) {
 		t.Fatal("a failed probe must restart the cool-down")
 	}
 	clock.advance(30 * time.Second)
-	if !call(b, outcomeSuccess) || b.refusing() {
+	if !admit(b, outcomeSuccess) || b.refusing() {
 		t.Fatal("a successful probe must close the circuit")
 	}
 	if got := *changes; len(got) != 2 || !got[0] || got[1] {
@@ -77,19 +77,19 @@ func TestBreakerHalfOpenLetsOneProbeThrough(t *testing.T) {
 
 func TestBreakerAbandonedProbeFreesTheSlot(t *testing.T) {
 	b, clock, _ := newTestBreaker(1)
-	call(b, outcomeUnavailable)
+	admit(b, outcomeUnavailable)
 	clock.advance(30 * time.Second)
 	probe, _ := b.allow()
 	probe(outcomeAbandoned)
-	if !call(b, outcomeSuccess) {
+	if !admit(b, outcomeSuccess) {
 		t.Fatal("the next call after an abandoned probe was refused")
 	}
 }
 
 func TestBreakerAbandonedCallsDoNotCount(t *testing.T) {
 	b, _, _ := newTestBreaker(2)
-	call(b, outcomeUnavailable)
-	call(b, outcomeAbandoned)
+	admit(b, outcomeUnavailable)
+	admit(b, outcomeAbandoned)
 	if b.refusing() {
 		t.Fatal("an abandoned call counted as a failure")
 	}
@@ -98,9 +98,9 @@ func TestBreakerAbandonedCallsDoNotCount(t *testing.T) {
 func TestBreakerDisabled(t *testing.T) {
 	b, _, _ := newTestBreaker(-1)
 	for range 100 {
-		call(b, outcomeUnavailable)
+		admit(b, outcomeUnavailable)
 	}
-	if b.refusing() || !call(b, outcomeSuccess) {
+	if b.refusing() || !admit(b, outcomeSuccess) {
 		t.Fatal("a disabled breaker refused a call")
 	}
 }

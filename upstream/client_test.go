@@ -19,10 +19,12 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/pullbroker/pullbroker/config"
 	"github.com/pullbroker/pullbroker/internal/fakeregistry"
+	"github.com/pullbroker/pullbroker/internal/oci"
 )
 
 func testContext(t *testing.T) context.Context {
@@ -365,15 +367,15 @@ func TestManifestVerification(t *testing.T) {
 	t.Run("tag, lying Docker-Content-Digest", func(t *testing.T) {
 		serveManifest(tampered, dgst.String())
 		_, err := c.GetManifest(ctx, "team/app", "v1", nil)
-		if !errors.Is(err, ErrDigestMismatch) || IsUnavailable(err) {
-			t.Fatalf("got %v, want ErrDigestMismatch (not unavailable)", err)
+		if !errors.Is(err, oci.ErrDigestMismatch) || IsUnavailable(err) {
+			t.Fatalf("got %v, want oci.ErrDigestMismatch (not unavailable)", err)
 		}
 	})
 	t.Run("digest ref, wrong body", func(t *testing.T) {
 		serveManifest(tampered, "")
 		_, err := c.GetManifest(ctx, "team/app", dgst.String(), nil)
-		if !errors.Is(err, ErrDigestMismatch) {
-			t.Fatalf("got %v, want ErrDigestMismatch", err)
+		if !errors.Is(err, oci.ErrDigestMismatch) {
+			t.Fatalf("got %v, want oci.ErrDigestMismatch", err)
 		}
 	})
 	t.Run("tag without Docker-Content-Digest", func(t *testing.T) {
@@ -399,7 +401,7 @@ func TestManifestVerification(t *testing.T) {
 func TestManifestTooLarge(t *testing.T) {
 	ctx := testContext(t)
 	f := fakeregistry.New(t)
-	big := bytes.Repeat([]byte("x"), MaxManifestSize+1)
+	big := bytes.Repeat([]byte("x"), oci.MaxManifestSize+1)
 	c := newClient(t, f, Options{})
 	for _, announceLength := range []bool{true, false} {
 		f.SetOverride(func(w http.ResponseWriter, r *http.Request) bool {
@@ -467,7 +469,7 @@ func TestAcceptHeader(t *testing.T) {
 	if _, err := c.GetManifest(ctx, "team/app", "v1", []string{"application/vnd.oci.image.index.v1+json"}); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{strings.Join(DefaultManifestAccept, ", "), "application/vnd.oci.image.index.v1+json"}
+	want := []string{strings.Join(oci.ManifestMediaTypes(), ", "), "application/vnd.oci.image.index.v1+json"}
 	if !slices.Equal(got, want) {
 		t.Errorf("Accept headers %q, want %q", got, want)
 	}
@@ -610,8 +612,8 @@ func TestIsUnavailable(t *testing.T) {
 		if !IsUnavailable(fmt.Errorf("x: %w", ErrOffline)) || !IsUnavailable(fmt.Errorf("x: %w", ErrCircuitOpen)) {
 			t.Error("ErrOffline and ErrCircuitOpen must be unavailable")
 		}
-		if IsUnavailable(nil) || IsUnavailable(ErrNotFound) || IsUnavailable(ErrDigestMismatch) {
-			t.Error("nil, ErrNotFound and ErrDigestMismatch are not unavailable")
+		if IsUnavailable(nil) || IsUnavailable(ErrNotFound) || IsUnavailable(oci.ErrDigestMismatch) {
+			t.Error("nil, ErrNotFound and oci.ErrDigestMismatch are not unavailable")
 		}
 	})
 
@@ -650,7 +652,7 @@ func TestCircuitBreaker(t *testing.T) {
 			t.Fatalf("call %d: %v, want an upstream 503", i, err)
 		}
 	}
-	if !c.CircuitOpen() {
+	if !c.circuitOpen() {
 		t.Fatal("circuit still closed after 3 unavailable calls")
 	}
 	conns, reqs := f.Connections(), f.Total()
@@ -671,7 +673,7 @@ func TestCircuitBreaker(t *testing.T) {
 	if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
 		t.Fatalf("half-open probe: %v", err)
 	}
-	if c.CircuitOpen() {
+	if c.circuitOpen() {
 		t.Error("circuit still open after a successful probe")
 	}
 }
@@ -698,9 +700,13 @@ func TestOfflineOpensNoConnection(t *testing.T) {
 	if n := f.Connections(); n != 0 {
 		t.Errorf("offline client opened %d connections", n)
 	}
-	c.SetOffline(false)
-	if _, err := c.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
-		t.Fatalf("back online: %v", err)
+	if !c.Offline() {
+		t.Error("an offline client reports itself online")
+	}
+	if online := newClient(t, f, Options{}); online.Offline() {
+		t.Error("an online client reports itself offline")
+	} else if _, err := online.HeadManifest(ctx, "team/app", "v1", nil); err != nil {
+		t.Fatalf("online client: %v", err)
 	}
 }
 
@@ -873,7 +879,7 @@ func TestReferrers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if ct != ociIndexMediaType || !strings.Contains(string(body), digest.FromBytes(withSubject).String()) {
+		if ct != string(types.OCIImageIndex) || !strings.Contains(string(body), digest.FromBytes(withSubject).String()) {
 			t.Errorf("referrers %s (%s), want an index naming %s", body, ct, digest.FromBytes(withSubject))
 		}
 	})

@@ -4,10 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -15,6 +13,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
+// The errors a Client's calls fail with, besides *StatusError. A manifest
+// whose bytes do not hash to the digest asked for or announced fails with
+// oci.ErrDigestMismatch, which is not "unavailable" either: an upstream that
+// serves wrong bytes is not answered from by accident.
 var (
 	// ErrNotFound: the upstream answered 404 (or, for Referrers, has no
 	// referrers API). A *StatusError carrying 404 matches it with errors.Is.
@@ -24,17 +26,18 @@ var (
 	// ErrCircuitOpen: recent calls failed as unavailable, so this call was
 	// refused at once instead of waiting for another timeout.
 	ErrCircuitOpen = errors.New("upstream circuit open")
-	// ErrDigestMismatch: the upstream sent a manifest whose bytes do not hash
-	// to the digest it was asked for or announced. It is not "unavailable":
-	// an upstream that serves wrong bytes is not answered from by accident.
-	ErrDigestMismatch = errors.New("manifest digest mismatch")
-	// ErrManifestTooLarge: the manifest exceeds MaxManifestSize.
+	// ErrManifestTooLarge: the manifest exceeds oci.MaxManifestSize.
 	ErrManifestTooLarge = errors.New("manifest too large")
+	// ErrInvalidResponse: the upstream answered with something the call
+	// does not return: a tag list that is not JSON, a manifest of a media
+	// type that is not a manifest's, or a redirect where none is followed.
+	// Nothing of it is passed on or cached. Not "unavailable": the upstream
+	// did answer, wrongly, and asking again would get the same answer.
+	ErrInvalidResponse = errors.New("invalid upstream response")
+	// ErrRealmNotAllowed: the upstream's Bearer challenge names a token
+	// realm on a host outside allowedRealmHosts; no credential was sent.
+	ErrRealmNotAllowed = errors.New("token realm not allowed")
 )
-
-// maxErrorBody bounds how much of an error response is read for its OCI
-// error codes.
-const maxErrorBody = 64 << 10
 
 // StatusError is an unexpected HTTP status from the upstream (or its token
 // server). URL carries no credentials and no query string beyond the
@@ -70,9 +73,10 @@ func (e *StatusError) Is(target error) bool {
 
 // unavailable reports whether the status means "try again later" rather
 // than "the answer is no".
-func (e *StatusError) unavailable() bool {
-	return e.StatusCode >= 500 || e.StatusCode == http.StatusTooManyRequests ||
-		e.StatusCode == http.StatusRequestTimeout
+func (e *StatusError) unavailable() bool { return statusUnavailable(e.StatusCode) }
+
+func statusUnavailable(code int) bool {
+	return code >= 500 || code == http.StatusTooManyRequests || code == http.StatusRequestTimeout
 }
 
 // unreachableError marks a request that got no HTTP response at all:
@@ -95,13 +99,17 @@ func (e *unreachableError) Timeout() bool {
 // answer now: network errors, timeouts, 5xx, 429 (and 408), ErrOffline,
 // ErrCircuitOpen. These are the cases where the proxy serves stale cache.
 // A caller's own cancellation is not unavailability, nor is a TLS
-// certificate or protocol mismatch (a configuration error).
+// certificate or protocol mismatch (a configuration error), nor an answer
+// refused as ErrInvalidResponse or ErrRealmNotAllowed.
 func IsUnavailable(err error) bool {
 	if err == nil {
 		return false
 	}
 	if errors.Is(err, ErrOffline) || errors.Is(err, ErrCircuitOpen) {
 		return true
+	}
+	if errors.Is(err, ErrInvalidResponse) || errors.Is(err, ErrRealmNotAllowed) {
+		return false
 	}
 	var se *StatusError
 	if errors.As(err, &se) {
@@ -130,18 +138,23 @@ func isTLSMisconfiguration(err error) bool {
 
 // classifyRequestError turns an error of http.Client.Do (or of the
 // transport set-up, which pings and fetches a token) into one of: the
-// caller's cancellation, a *StatusError (from ggcr's token dance), an
-// error wrapping *unreachableError, or a plain error whose text is safe to
-// show.
+// caller's cancellation, one of this package's own refusals, a
+// *StatusError (from ggcr's token dance), an error wrapping
+// *unreachableError, or a plain error whose text is safe to show.
 func classifyRequestError(err error) error {
 	if err == nil {
 		return nil
+	}
+	var se *StatusError
+	if errors.As(err, &se) {
+		return err // classified already, by the transport set-up
 	}
 	var te *transport.Error
 	if errors.As(err, &te) {
 		return statusErrorFromTransport(te)
 	}
-	if errors.Is(err, context.Canceled) {
+	if errors.Is(err, context.Canceled) || errors.Is(err, ErrOffline) || errors.Is(err, ErrCircuitOpen) ||
+		errors.Is(err, ErrInvalidResponse) || errors.Is(err, ErrRealmNotAllowed) {
 		return err
 	}
 	var ue *unreachableError
@@ -153,13 +166,7 @@ func classifyRequestError(err error) error {
 	}
 	// Anything else (an invalid token realm, a malformed token response,
 	// a failing Authenticator, a TLS mismatch) is a configuration problem.
-	// ggcr may quote a token response body after the first line, so only
-	// the first line is kept: it never carries a token.
-	msg := err.Error()
-	if i := strings.IndexByte(msg, '\n'); i >= 0 {
-		msg = strings.TrimSpace(msg[:i])
-	}
-	return errors.New(msg)
+	return errors.New(firstLine(err.Error()))
 }
 
 func statusErrorFromTransport(te *transport.Error) *StatusError {
@@ -176,36 +183,6 @@ func statusErrorFromTransport(te *transport.Error) *StatusError {
 	}
 	if se.Message == "" {
 		se.Message = http.StatusText(te.StatusCode)
-	}
-	return se
-}
-
-// newStatusError reads (a bounded part of) the body of an unexpected
-// response for its OCI error codes, and closes it.
-func newStatusError(resp *http.Response) *StatusError {
-	defer resp.Body.Close()
-	se := &StatusError{StatusCode: resp.StatusCode}
-	if resp.Request != nil {
-		se.Method = resp.Request.Method
-		se.URL = redactURL(resp.Request.URL)
-	}
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-	var parsed struct {
-		Errors []struct {
-			Code    string `json:"code"`
-			Message string `json:"message"`
-		} `json:"errors"`
-	}
-	if json.Unmarshal(body, &parsed) == nil {
-		for _, e := range parsed.Errors {
-			se.Codes = append(se.Codes, e.Code)
-			if se.Message == "" {
-				se.Message = e.Message
-			}
-		}
-	}
-	if se.Message == "" {
-		se.Message = http.StatusText(resp.StatusCode)
 	}
 	return se
 }

@@ -25,10 +25,12 @@ var (
 // upstreamConfig is the configuration of a client for the fake.
 func upstreamConfig(f *fakeregistry.Registry) config.Upstream {
 	return config.Upstream{
-		Name:            "fake.example",
-		Endpoint:        f.URL(),
-		DialTimeout:     time.Second,
-		ResponseTimeout: 2 * time.Second,
+		Name:     "fake.example",
+		Endpoint: f.URL(),
+		// The fake's blob storage (WithCDN) is on 127.0.0.2.
+		AllowPrivateRedirects: true,
+		DialTimeout:           time.Second,
+		ResponseTimeout:       2 * time.Second,
 	}
 }
 
@@ -78,4 +80,25 @@ func (tc *transportCache) len() int {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
 	return tc.order.Len()
+}
+
+// refusing reports whether calls are refused right now.
+func (b *breaker) refusing() bool {
+	if b.threshold <= 0 {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch b.state {
+	case breakerOpen:
+		return b.now().Sub(b.openedAt) < b.coolDown
+	case breakerHalfOpen:
+		return true
+	}
+	return false
+}
+
+// circuitOpen reports whether the client's circuit breaker refuses calls.
+func (c *Client) circuitOpen() bool {
+	return c.http.Transport.(*offlineTransport).inner.(*breakerTransport).breaker.refusing()
 }

@@ -3,7 +3,6 @@ package upstream
 import (
 	"net/http"
 	"net/url"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -122,7 +121,7 @@ func (t *instrumentedTransport) RoundTrip(req *http.Request) (*http.Response, er
 		t.rateRemaining.Set(remaining)
 	}
 	if resp.StatusCode == http.StatusUnauthorized {
-		t.learnRealms(resp.Header.Values("Www-Authenticate"))
+		t.learnRealms(bearerRealms(resp.Header))
 	}
 	return resp, nil
 }
@@ -136,16 +135,9 @@ func (t *instrumentedTransport) isTokenRequest(u *url.URL) bool {
 	return ok
 }
 
-// bearerRealm matches the realm parameter of a Bearer challenge.
-var bearerRealm = regexp.MustCompile(`(?i)\bbearer\s.*?\brealm\s*=\s*"([^"]+)"`)
-
-func (t *instrumentedTransport) learnRealms(challenges []string) {
-	for _, c := range challenges {
-		m := bearerRealm.FindStringSubmatch(c)
-		if m == nil {
-			continue
-		}
-		u, err := url.Parse(m[1])
+func (t *instrumentedTransport) learnRealms(realms []string) {
+	for _, realm := range realms {
+		u, err := url.Parse(realm)
 		if err != nil || u.Host == "" {
 			continue
 		}
