@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,16 +30,16 @@ const (
 	nodeImageExtraBytes = 1 << 20
 	// hubName is the upstream's name in pullbroker's config: the docker-registry stands in for
 	// Docker Hub, so Pods can say `nginx:1.27` as they would in a real cluster.
-	hubName   = "docker.io"
-	appsNS    = "apps"
-	webNS     = "web"
-	pbNS      = "pullbroker"
-	nodeName  = "node-1"
-	restarts  = 20
-	newPods   = 10
-	nodeTTL   = 10 * time.Second
-	podWait   = 3 * time.Minute
-	webhookNS = "pullbroker.io/rewrite"
+	hubName      = "docker.io"
+	appsNS       = "apps"
+	webNS        = "web"
+	pbNS         = "pullbroker"
+	nodeName     = "node-1"
+	restarts     = 20
+	newPods      = 10
+	nodeTTL      = 10 * time.Second
+	podWait      = 3 * time.Minute
+	rewriteLabel = "pullbroker.io/rewrite"
 )
 
 // nodeFixture is one real node and everything around it: docker-registry with a login as the
@@ -63,17 +62,16 @@ type nodeFixture struct {
 	hosts    string
 	token    string // admin token file
 	results  []nodeResult
-	mu       sync.Mutex
 }
 
 // nodeResult is one measured row, logged at the end of the test (bench/RESULTS.md quotes them).
 type nodeResult struct {
-	scenario, path                 string
-	pulls                          int
-	firstPull, medianPull          time.Duration
-	upstreamRequests               int
-	upstreamBytes                  int64
-	upstreamManifestGETs, upstHEAD int
+	scenario, path              string
+	pulls                       int
+	firstPull, medianPull       time.Duration
+	upstreamRequests            int
+	manifestHEADs, manifestGETs int
+	upstreamBytes               int64
 }
 
 // TestKubeletPullsThroughPullbroker (issue 14) puts a real kubelet, registered with a real API
@@ -92,7 +90,7 @@ func TestKubeletPullsThroughPullbroker(t *testing.T) {
 	for _, r := range f.results {
 		t.Logf("RESULT %-34s %-8s pulls=%-3d first=%-8v median=%-8v upstream: requests=%d (manifest HEAD %d, manifest GET %d) bytes=%d",
 			r.scenario, r.path, r.pulls, r.firstPull.Round(time.Millisecond), r.medianPull.Round(time.Millisecond),
-			r.upstreamRequests, r.upstHEAD, r.upstreamManifestGETs, r.upstreamBytes)
+			r.upstreamRequests, r.manifestHEADs, r.manifestGETs, r.upstreamBytes)
 	}
 }
 
@@ -126,7 +124,7 @@ func newNodeFixture(t *testing.T) *nodeFixture {
 	for _, ns := range []string{pbNS, appsNS, webNS} {
 		labels := map[string]string{}
 		if ns == webNS {
-			labels[webhookNS] = "on"
+			labels[rewriteLabel] = "on"
 		}
 		if _, err := f.kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: labels}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -366,7 +364,7 @@ func markNow(counter *upstreamProxy, repo string) mark {
 
 // record measures a scenario from the node's successful pulls of image since from, and what the
 // counting proxy saw of repo since then, and keeps it for the summary.
-func (f *nodeFixture) record(scenario, path, image string, counter *upstreamProxy, repo string, from mark) nodeResult {
+func (f *nodeFixture) record(scenario, path, image string, counter *upstreamProxy, repo string, from mark) {
 	r := nodeResult{scenario: scenario, path: path}
 	var durations []time.Duration
 	for _, p := range f.pulls(image) {
@@ -388,16 +386,13 @@ func (f *nodeFixture) record(scenario, path, image string, counter *upstreamProx
 		r.upstreamRequests += v
 		switch k {
 		case "GET manifest":
-			r.upstreamManifestGETs = v
+			r.manifestGETs = v
 		case "HEAD manifest":
-			r.upstHEAD = v
+			r.manifestHEADs = v
 		}
 	}
 	r.upstreamBytes = counter.repoBytes(repo) - from.bytes
-	f.mu.Lock()
 	f.results = append(f.results, r)
-	f.mu.Unlock()
-	return r
 }
 
 // diff is after minus before, per key, leaving out zeros.
@@ -705,7 +700,7 @@ func (f *nodeFixture) testWebhook(t *testing.T) {
 				Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
 				Rule:       admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}},
 			}},
-			NamespaceSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{webhookNS: "on"}},
+			NamespaceSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{rewriteLabel: "on"}},
 			FailurePolicy:           &fail,
 			ReinvocationPolicy:      &ifNeeded,
 			SideEffects:             &none,

@@ -28,9 +28,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
 
-// SandboxImage is the name the node's containerd gives the pause image it is given at start
+// sandboxImage is the name the node's containerd gives the pause image it is given at start
 // (imported, never pulled): a name no registry answers, so a sandbox can never cost a request.
-const SandboxImage = "pullbroker.test/pause:1"
+const sandboxImage = "pullbroker.test/pause:1"
 
 // Node is a Kubernetes node of the test's own: containerd from Debian with its CRI plugin and
 // runc, and a kubelet built from the same Kubernetes version as the test API server and registered
@@ -109,7 +109,7 @@ func StartNode(t testing.TB, opts NodeOptions) *Node {
 	n := &Node{Name: opts.Name, dir: dir, socket: filepath.Join(dir, "containerd.sock")}
 	n.pause = buildPause(t, dir)
 	pause := filepath.Join(dir, "pause.tar")
-	writeImageTarball(t, pause, SandboxImage, n.CommandImage(t, 0))
+	writeImageTarball(t, pause, sandboxImage, n.CommandImage(t, 0))
 
 	config := filepath.Join(dir, "containerd.toml")
 	if err := os.WriteFile(config, []byte(criContainerdConfig(dir, n.socket, opts.HostsDir)), 0o600); err != nil {
@@ -126,7 +126,7 @@ func StartNode(t testing.TB, opts NodeOptions) *Node {
 	if err != nil {
 		t.Fatalf("%v\n%s", err, n.containerd.LogTail())
 	}
-	n.Ctr(t, "images", "import", pause)
+	n.ctr(t, "images", "import", pause)
 
 	for _, d := range kubeletHostDirs {
 		if _, err := os.Lstat(d); os.IsNotExist(err) {
@@ -156,8 +156,8 @@ func StartNode(t testing.TB, opts NodeOptions) *Node {
 	return n
 }
 
-// Ctr runs ctr on the node's containerd in the CRI's namespace (k8s.io).
-func (n *Node) Ctr(t testing.TB, args ...string) string {
+// ctr runs ctr on the node's containerd in the CRI's namespace (k8s.io).
+func (n *Node) ctr(t testing.TB, args ...string) string {
 	t.Helper()
 	return Ctr(t, n.socket, append([]string{"--namespace", "k8s.io"}, args...)...)
 }
@@ -393,7 +393,7 @@ state = %q
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = %q
 `, filepath.Join(dir, "root"), filepath.Join(dir, "state"), socket, socket+".ttrpc", filepath.Join(dir, "opt"),
-		SandboxImage, filepath.Join(dir, "cni", "bin"), filepath.Join(dir, "cni", "conf"), hostsDir)
+		sandboxImage, filepath.Join(dir, "cni", "bin"), filepath.Join(dir, "cni", "conf"), hostsDir)
 }
 
 // kubeletConfiguration: cgroupfs without QoS cgroups and with cgroup v1 allowed (these machines
