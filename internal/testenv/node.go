@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -68,6 +69,11 @@ func RequireNode(t testing.TB) string {
 	if os.Geteuid() != 0 {
 		missing(t, "a node (containerd with runc, kubelet) needs root")
 	}
+	// The kubelet writes iptables rules (KUBE-FIREWALL) wherever it runs: only a namespace of the
+	// test's own keeps them off the machine.
+	if !loopbackOnly() {
+		missing(t, "a node must run in a loopback-only network namespace (unshare -n), where its iptables rules stay")
+	}
 	for _, tool := range []string{"containerd", "ctr", "runc", "containerd-shim-runc-v2", "go"} {
 		Tool(t, tool)
 	}
@@ -76,6 +82,20 @@ func RequireNode(t testing.TB) string {
 		missing(t, "kubelet not found in %s", filepath.Dir(kubelet))
 	}
 	return kubelet
+}
+
+// loopbackOnly reports whether every network interface of this network namespace is a loopback.
+func loopbackOnly() bool {
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		return false
+	}
+	for _, i := range ifaces {
+		if i.Flags&net.FlagLoopback == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // NodeKubeconfig provisions a user for a node's kubelet on env's API server and writes its
