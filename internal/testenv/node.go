@@ -115,8 +115,8 @@ func NodeKubeconfig(t testing.TB, env *envtest.Environment, node string) string 
 	return KubeconfigFile(t, cfg)
 }
 
-// StartNode starts containerd and the kubelet, waits until the kubelet has registered the Node,
-// and on cleanup leaves nothing behind: the kubelet stopped first (so it restarts nothing), every
+// StartNode starts containerd and the kubelet and waits until the kubelet answers /healthz (it
+// registers its Node a moment later), and on cleanup leaves nothing behind: the kubelet stopped first (so it restarts nothing), every
 // CRI task killed and deleted, containerd and its shims ended, and every mount under the node's
 // folders undone.
 func StartNode(t testing.TB, opts NodeOptions) *Node {
