@@ -95,16 +95,23 @@ func ctrPullPrefix(t *testing.T, socket, ref, want string) {
 func mirrorHostsDir(t *testing.T, pbAddr string) string {
 	t.Helper()
 	dir := t.TempDir()
+	writeMirrorHosts(t, dir, upstreamName, pbAddr)
+	return dir
+}
+
+// writeMirrorHosts runs `pullbroker hosts` for registry, with the fallback server on a dead port,
+// into dir.
+func writeMirrorHosts(t *testing.T, dir, registry, pbAddr string) {
+	t.Helper()
 	cfg := filepath.Join(t.TempDir(), "hosts-config.yaml")
 	writeFile(t, cfg, fmt.Sprintf("disableDefaultUpstreams: true\ndefaultUpstream: \"\"\nupstreams:\n  - name: %s\n    endpoint: http://127.0.0.1:%d\n",
-		upstreamName, testenv.FreePort(t)))
+		registry, testenv.FreePort(t)))
 	runCLI(t, newSecrets(), "hosts", "--config", cfg, "--proxy", "http://"+pbAddr, "--dir", dir)
-	hosts, err := os.ReadFile(filepath.Join(dir, upstreamName, "hosts.toml"))
+	hosts, err := os.ReadFile(filepath.Join(dir, registry, "hosts.toml"))
 	if err != nil {
-		t.Fatalf("pullbroker hosts wrote no hosts.toml for %s: %v", upstreamName, err)
+		t.Fatalf("pullbroker hosts wrote no hosts.toml for %s: %v", registry, err)
 	}
 	t.Logf("hosts.toml from pullbroker hosts:\n%s", hosts)
-	return dir
 }
 
 // ctrPullMirror pulls upstream.test/<repo> with pullbroker as containerd's mirror and checks it.

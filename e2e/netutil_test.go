@@ -48,12 +48,16 @@ func (c *connCounter) endpoint() string { return "http://" + c.ln.Addr().String(
 func (c *connCounter) count() int64 { return c.n.Load() }
 
 // upstreamProxy is a reverse proxy between pullbroker and docker-registry that counts the
-// requests pullbroker makes, by "METHOD kind" (kind: manifest, blob, tags, base, other), and can
-// slow blob bodies down.
+// requests pullbroker makes, by "METHOD kind" (kind: manifest, blob, tags, base, other), in all and
+// per repository, counts the response body bytes it relays, and can slow blob bodies down. Put in
+// front of pullbroker, it counts what a client asks of pullbroker.
 type upstreamProxy struct {
 	srv *httptest.Server
 	mu  sync.Mutex
 	n   map[string]int
+	// repos holds the counts per repository as the request path names it, bytes the body bytes.
+	repos map[string]map[string]int
+	bytes map[string]int64
 	// bytesPerSecond, when not zero, throttles every blob body.
 	bytesPerSecond atomic.Int64
 }
@@ -64,17 +68,23 @@ func newUpstreamProxy(t *testing.T, target string) *upstreamProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &upstreamProxy{n: map[string]int{}}
+	p := &upstreamProxy{n: map[string]int{}, repos: map[string]map[string]int{}, bytes: map[string]int64{}}
 	rp := httputil.NewSingleHostReverseProxy(u)
 	rp.ModifyResponse = func(resp *http.Response) error {
 		if rate := p.bytesPerSecond.Load(); rate > 0 && resp.Request.Method == http.MethodGet && requestKind(resp.Request.URL.Path) == "blob" {
 			resp.Body = &throttledBody{rc: resp.Body, rate: rate}
 		}
+		resp.Body = &countedBody{rc: resp.Body, p: p, repo: requestRepo(resp.Request.URL.Path)}
 		return nil
 	}
 	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key, repo := r.Method+" "+requestKind(r.URL.Path), requestRepo(r.URL.Path)
 		p.mu.Lock()
-		p.n[r.Method+" "+requestKind(r.URL.Path)]++
+		p.n[key]++
+		if p.repos[repo] == nil {
+			p.repos[repo] = map[string]int{}
+		}
+		p.repos[repo][key]++
 		p.mu.Unlock()
 		rp.ServeHTTP(w, r)
 	}))
@@ -93,6 +103,25 @@ func (p *upstreamProxy) counts() map[string]int {
 		out[k] = v
 	}
 	return out
+}
+
+// repoCounts returns a copy of the request counts for one repository ("library/app", or
+// "docker.io/library/app" in the image-prefix form).
+func (p *upstreamProxy) repoCounts(repo string) map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string]int{}
+	for k, v := range p.repos[repo] {
+		out[k] = v
+	}
+	return out
+}
+
+// repoBytes is the number of response body bytes relayed for one repository.
+func (p *upstreamProxy) repoBytes(repo string) int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.bytes[repo]
 }
 
 // total is the number of requests seen.
@@ -117,6 +146,39 @@ func requestKind(path string) string {
 	}
 	return "other"
 }
+
+// requestRepo is the repository a /v2/<repo>/manifests|blobs|tags/... path names; "" for others.
+func requestRepo(path string) string {
+	rest, ok := strings.CutPrefix(path, "/v2/")
+	if !ok {
+		return ""
+	}
+	for _, sep := range []string{"/manifests/", "/blobs/", "/tags/"} {
+		if i := strings.LastIndex(rest, sep); i > 0 {
+			return rest[:i]
+		}
+	}
+	return ""
+}
+
+// countedBody adds what is read through it to its proxy's byte count for repo.
+type countedBody struct {
+	rc   io.ReadCloser
+	p    *upstreamProxy
+	repo string
+}
+
+func (b *countedBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if n > 0 {
+		b.p.mu.Lock()
+		b.p.bytes[b.repo] += int64(n)
+		b.p.mu.Unlock()
+	}
+	return n, err
+}
+
+func (b *countedBody) Close() error { return b.rc.Close() }
 
 // throttledBody passes a body on at about rate bytes per second, in 32 KiB steps.
 type throttledBody struct {

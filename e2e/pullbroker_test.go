@@ -26,8 +26,11 @@ type upstreamConfig struct {
 	Endpoint string // http://127.0.0.1:PORT
 	// Username and PasswordFile are the only credential: clients never have one.
 	Username, PasswordFile string
-	Mode                   string        // "" inherits the global mode
-	TagTTL                 time.Duration // 0: pullbroker's default (5m)
+	// Secret ("namespace/name"), instead, names a Kubernetes Secret watched through the API
+	// server of Kubeconfig.
+	Secret, Kubeconfig string
+	Mode               string        // "" inherits the global mode
+	TagTTL             time.Duration // 0: pullbroker's default (5m)
 	// Repositories are the globs this upstream may serve; empty allows all.
 	Repositories []string
 }
@@ -89,8 +92,11 @@ func writeConfig(t *testing.T, cfg pbConfig, listen, admin string) string {
 		}
 		// A short dial timeout: a killed upstream refuses at once anyway.
 		fmt.Fprintf(&b, "    dialTimeout: 2s\n    responseTimeout: 20s\n")
-		if u.Username != "" {
+		switch {
+		case u.Username != "":
 			fmt.Fprintf(&b, "    credentials:\n      basic:\n        username: %q\n        passwordFile: %q\n", u.Username, u.PasswordFile)
+		case u.Secret != "":
+			fmt.Fprintf(&b, "    credentials:\n      kubernetesSecret:\n        name: %q\n        kubeconfig: %q\n", u.Secret, u.Kubeconfig)
 		}
 		for i, r := range u.Repositories {
 			if i == 0 {

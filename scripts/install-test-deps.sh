@@ -7,14 +7,14 @@
 # $HOME/.cache/pullbroker-test/<tool>-<version>/ and skipped when that folder exists.
 #
 # Usage: scripts/install-test-deps.sh [--no-envtest]
-#   --no-envtest  skip etcd and kube-apiserver (kube-apiserver takes ~11 min and 2.8 GB to build);
+#   --no-envtest  skip etcd, kube-apiserver and kubelet (kube-apiserver takes ~11 min and 2.8 GB);
 #                 for quick local runs only, the full suite needs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/test-deps.sh
 source scripts/lib/test-deps.sh
 
-APT_PACKAGES=(docker-registry apache2-utils skopeo containerd iproute2 util-linux podman)
+APT_PACKAGES=(docker-registry apache2-utils skopeo containerd runc iproute2 util-linux podman)
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -123,24 +123,29 @@ kube_staging_modules() {
 	sed -n 's|^[[:space:]]*\(k8s\.io/[^[:space:]]*\)[[:space:]]*=>[[:space:]]*\./staging/.*|\1|p' "$1"
 }
 
-build_kube_apiserver() {
-	if [ -x "$KUBE_APISERVER_DIR/kube-apiserver" ]; then
-		log "kube-apiserver: cached in $KUBE_APISERVER_DIR"
+# build_kube_command NAME DIR LDFLAGS: builds k8s.io/kubernetes/cmd/NAME at $KUBE_VERSION into DIR,
+# once. kubernetes cannot be `go install`ed (its go.mod replaces the staging modules with ./staging),
+# so a throwaway module requires it and maps each staging module to its published version. The
+# kubelet and kube-apiserver share nearly all packages: whichever builds second takes about 2 min.
+build_kube_command() {
+	local name=$1 dir=$2 ldflags=$3
+	if [ -x "$dir/$name" ]; then
+		log "$name: cached in $dir"
 		return
 	fi
-	log "kube-apiserver: building $KUBE_VERSION (about 11 min, 2.8 GB)"
+	log "$name: building $KUBE_VERSION"
 	# Staging modules are published as v0.X.Y for kubernetes v1.X.Y.
 	local staging_version=v0.${KUBE_VERSION#v1.}
 	local mod tmp gomod m start=$SECONDS
-	mod=$(new_tool_module kube-apiserver)
-	tmp=$(mktemp -d "$KUBE_APISERVER_DIR.partial.XXXXXX")
-	write_tools_go "$mod" k8s.io/kubernetes/cmd/kube-apiserver
+	mod=$(new_tool_module "$name")
+	tmp=$(mktemp -d "$dir.partial.XXXXXX")
+	write_tools_go "$mod" "k8s.io/kubernetes/cmd/$name"
 	(
 		cd "$mod"
 		gomod=$(go_env go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" |
 			sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')
 		[ -f "$gomod" ] || {
-			log "kube-apiserver: cannot find go.mod of k8s.io/kubernetes@$KUBE_VERSION"
+			log "$name: cannot find go.mod of k8s.io/kubernetes@$KUBE_VERSION"
 			exit 1
 		}
 		go_env go mod edit -require="k8s.io/kubernetes@$KUBE_VERSION"
@@ -148,10 +153,25 @@ build_kube_apiserver() {
 			go_env go mod edit -replace="$m=$m@$staging_version"
 		done
 		go_env go mod tidy
-		go_env go build -ldflags "-s -w" -o "$tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+		go_env go build -ldflags "$ldflags" -o "$tmp/$name" "k8s.io/kubernetes/cmd/$name"
 	)
-	publish "$tmp" "$KUBE_APISERVER_DIR" "$start"
+	publish "$tmp" "$dir" "$start"
 	rm -rf "$mod"
+}
+
+# About 11 min and 2.8 GB cold.
+build_kube_apiserver() {
+	build_kube_command kube-apiserver "$KUBE_APISERVER_DIR" "-s -w"
+}
+
+# About 2 min after kube-apiserver. Built without the version stamp it reports v0.0.0-master, which
+# the API server would record as the node's kubeletVersion: stamp the real one.
+build_kubelet() {
+	local minor=${KUBE_VERSION#v1.}
+	minor=${minor%%.*}
+	local v=k8s.io/component-base/version
+	build_kube_command kubelet "$KUBELET_DIR" \
+		"-s -w -X $v.gitVersion=$KUBE_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor -X $v.gitTreeState=clean"
 }
 
 # link_into DIR FILE...: the folders handed to tests hold symlinks into the versioned folders,
@@ -180,6 +200,8 @@ Test tools:
   conformance      $CONFORMANCE_DIR/conformance
   etcd             $([ -x "$ETCD_DIR/etcd" ] && echo "$ETCD_DIR/etcd" || echo "not built (--no-envtest)")
   kube-apiserver   $([ -x "$KUBE_APISERVER_DIR/kube-apiserver" ] && echo "$KUBE_APISERVER_DIR/kube-apiserver" || echo "not built (--no-envtest)")
+  kubelet          $([ -x "$KUBELET_DIR/kubelet" ] && echo "$KUBELET_DIR/kubelet" || echo "not built (--no-envtest)")
+  runc             $(command -v runc || echo MISSING)
 Environment for tests:
   PULLBROKER_TEST_TOOLS=$TOOLS_DIR
   KUBEBUILDER_ASSETS=$KUBE_ASSETS_DIR
@@ -212,9 +234,10 @@ main() {
 	if [ "$envtest" = 1 ]; then
 		build_etcd
 		build_kube_apiserver
+		build_kubelet
 	fi
 	link_into "$TOOLS_DIR" "$CRANE_DIR/crane" "$CONFORMANCE_DIR/conformance"
-	link_into "$KUBE_ASSETS_DIR" "$ETCD_DIR/etcd" "$KUBE_APISERVER_DIR/kube-apiserver"
+	link_into "$KUBE_ASSETS_DIR" "$ETCD_DIR/etcd" "$KUBE_APISERVER_DIR/kube-apiserver" "$KUBELET_DIR/kubelet"
 	summary
 }
 

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestToolchain drives every client straight against docker-registry, no proxy in between: if this
@@ -127,5 +128,27 @@ func TestPinnedTools(t *testing.T) {
 		if _, err := runTool(exec.Command(filepath.Join(assets, bin), "--version")); err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+func TestParseImagePulls(t *testing.T) {
+	log := `{"level":"info","msg":"starting containerd","time":"2026-12-06T20:00:00Z"}
+{"level":"info","msg":"PullImage \"docker.io/library/a:v1\"","time":"2026-12-06T20:00:01.000Z"}
+{"level":"info","msg":"PullImage \"docker.io/library/b:v1\"","time":"2026-12-06T20:00:01.100Z"}
+{"level":"info","msg":"ImageUpdate event","time":"2026-12-06T20:00:01.150Z"}
+{"level":"info","msg":"PullImage \"docker.io/library/a:v1\" returns image reference \"sha256:aa\"","time":"2026-12-06T20:00:01.250Z"}
+{"error":"failed to resolve reference: 503 Service Unavailable","level":"error","msg":"PullImage \"docker.io/library/b:v1\" failed","time":"2026-12-06T20:00:01.600Z"}
+{"level":"info","msg":"PullImage \"docker.io/library/a:v1\"","time":"2026-12-06T20:00:02.000Z"}
+not json
+`
+	got := parseImagePulls(log)
+	if len(got) != 2 {
+		t.Fatalf("got %d pulls, want 2 (the third has not ended): %+v", len(got), got)
+	}
+	if got[0].Image != "docker.io/library/a:v1" || got[0].Duration != 250*time.Millisecond || got[0].Err != "" {
+		t.Errorf("first pull %+v, want a:v1 in 250ms", got[0])
+	}
+	if got[1].Image != "docker.io/library/b:v1" || got[1].Duration != 500*time.Millisecond || !strings.Contains(got[1].Err, "503") {
+		t.Errorf("second pull %+v, want b:v1 failed after 500ms with the 503", got[1])
 	}
 }

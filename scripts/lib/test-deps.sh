@@ -14,9 +14,11 @@ CRANE_DIR=$TEST_CACHE/crane-$CRANE_VERSION
 CONFORMANCE_DIR=$TEST_CACHE/conformance-$CONFORMANCE_VERSION
 ETCD_DIR=$TEST_CACHE/etcd-$ETCD_VERSION
 KUBE_APISERVER_DIR=$TEST_CACHE/kube-apiserver-$KUBE_VERSION
+KUBELET_DIR=$TEST_CACHE/kubelet-$KUBE_VERSION
 
 # Tests are told about two folders, not one per tool: symlinks into the versioned folders above.
 # PULLBROKER_TEST_TOOLS holds crane and conformance; KUBEBUILDER_ASSETS holds etcd and
-# kube-apiserver (the layout controller-runtime's envtest expects).
+# kube-apiserver (the layout controller-runtime's envtest expects) and the kubelet of the same
+# Kubernetes version.
 TOOLS_DIR=$TEST_CACHE/tools
 KUBE_ASSETS_DIR=$TEST_CACHE/kubebuilder-assets
