@@ -95,6 +95,27 @@ run_tests() {
 		"${ns[@]}" bash -c "$IN_NAMESPACE" bash "${packages[@]}"
 }
 
+# Fuzz targets, each for a few seconds on top of its seed corpus (which every go test runs). A
+# longer run by hand: go test ./PKG -run '^$' -fuzz TARGET -fuzztime 10m
+FUZZ_TARGETS=(
+	"./proxy FuzzParseRoute"
+	"./rewrite FuzzRewrite"
+)
+FUZZ_TIME=10s
+
+run_fuzz() {
+	local target pkg name
+	for target in "${FUZZ_TARGETS[@]}"; do
+		read -r pkg name <<<"$target"
+		log "fuzz $name ($pkg, $FUZZ_TIME)"
+		go test -run '^$' -fuzz "^$name\$" -fuzztime "$FUZZ_TIME" "$pkg"
+	done
+}
+
 install_deps
 prepare_offline
 run_tests
+# Only with the whole suite: a run of some packages is someone's quick check.
+if [ "${packages[*]}" = ./... ]; then
+	run_fuzz
+fi
