@@ -245,8 +245,12 @@ func TestConcurrentClientsOfACorruptBlob(t *testing.T) {
 		statuses[fmt.Sprintf("%d, cut off: %v", r.StatusCode, r.readErr != nil)]++
 	}
 	t.Logf("%d clients of a corrupt blob: %v", clients, statuses)
-	if n := e.up.Count(http.MethodGet, "/blobs/"); n != 1 {
-		t.Errorf("upstream GETs = %d, want 1", n)
+	// The clients share one fill. On a loaded machine a client can still be
+	// on its way to the fill (access checks, the link lookup) when the fill
+	// fails; it then starts the retry that a later client would, which is
+	// right. More than that means the fill was not shared.
+	if n := e.up.Count(http.MethodGet, "/blobs/"); n < 1 || n > 2 {
+		t.Errorf("upstream GETs = %d, want 1 (2 when a client arrived after the shared fill failed)", n)
 	}
 	if _, err := e.store.StatBlob(t.Context(), d); !errors.Is(err, cache.ErrNotFound) {
 		t.Errorf("corrupt blob cached (stat: %v)", err)
