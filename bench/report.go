@@ -268,9 +268,14 @@ func (r *results) write(w io.Writer) {
 	m := r.machine
 	p("# Benchmark: pullbroker against distribution's pull-through proxy\n\n")
 	p("Written by `go run ./bench` (see [README.md](README.md)) on %s. All traffic on 127.0.0.1; one upstream\n", m.Date.UTC().Format("2006-01-02 15:04 MST"))
-	p("(distribution `registry`, filesystem storage) behind a counting reverse proxy, with pullbroker and\n")
-	p("distribution's proxy (`proxy.remoteurl`) both in front of it, each with an empty filesystem cache\n")
-	p("at the start. Ratios compare numbers measured in this same run.\n\n")
+	if r.only == "" {
+		p("(distribution `registry`, filesystem storage) behind a counting reverse proxy, with pullbroker and\n")
+		p("distribution's proxy (`proxy.remoteurl`) both in front of it, each with an empty filesystem cache\n")
+		p("at the start. Ratios compare numbers measured in this same run.\n\n")
+	} else {
+		p("(distribution `registry`, filesystem storage) behind a counting reverse proxy, with pullbroker in\n")
+		p("front of it, its filesystem cache empty at the start.\n\n")
+	}
 	if r.quick {
 		p("**Quick mode (`-quick`): small sizes, one round. Not the numbers of record.**\n\n")
 	}
@@ -384,13 +389,12 @@ func (r *results) writeLoad(p func(format string, args ...any)) {
 	l := r.load
 	p("## (6) Load: %d concurrent clients over cached content\n\n", l.clients)
 	p("%d keep-alive clients sharing one `http.Transport` (an idle connection kept for each) send one\n", l.clients)
-	p("request after another for %s (or until a request cap), rotating through the kinds below, to\n", l.duration)
-	p("pullbroker alone. Content: %d images in `%s`, each under a pinned tag (a `sticky` rule) and a tag\n", l.images, loadRepo)
-	p("within its `tagTTL`; %d blobs (each image's config and layers of %s), all pulled once before the\n", l.blobs, blobSizesText())
-	p("clock starts.")
-	p(" Every answer is checked: status 200, `Docker-Content-Digest`, and for GETs the body's length and\n")
-	p("sha256. Latency runs from sending the request to the last body byte, over successful requests;\n")
-	p("the clients share the machine's cores with pullbroker.\n\n")
+	p("request after another for %.0f s (or until a request cap), rotating through the kinds below, to\n", l.duration.Seconds())
+	p("pullbroker alone. Content: %d images in `%s`, each under a pinned tag (a `sticky` rule) and\n", l.images, loadRepo)
+	p("a tag within its `tagTTL`; %d blobs (configs, and layers of %s), all pulled once\n", l.blobs, blobSizesText())
+	p("before the clock starts. Every answer is checked: status 200, `Docker-Content-Digest`, and for\n")
+	p("GETs the body's length and sha256. Latency runs from sending the request to the last body byte,\n")
+	p("over successful requests; the clients share the machine's cores with pullbroker.\n\n")
 	p("| request | requests | req/s | p50 | p99 | max | errors |\n|---|---|---|---|---|---|---|\n")
 	for _, row := range append(slices.Clone(l.rows), l.total) {
 		p("| %s | %d | %.0f | %s | %s | %s | %d |\n", row.kind, row.requests, l.rate(row), ms(row.p50), ms(row.p99), ms(row.max), row.errors)
