@@ -63,7 +63,11 @@ func randomFile(path string, size int64, seed uint64) (*fileLayer, error) {
 // to check a pull of it.
 type benchImage struct {
 	repo, tag string
-	layers    []*fileLayer
+	// digest is the manifest's; config is the config blob's digest.
+	digest, config string
+	manifestSize   int64
+	configSize     int64
+	layers         []*fileLayer
 	// total is the bytes of manifest, config and layers: what one full
 	// pull transfers.
 	total int64
@@ -91,7 +95,10 @@ func pushImage(ctx context.Context, host, repo string, tags []string, layers []*
 	if err != nil {
 		return nil, err
 	}
-	bi := &benchImage{repo: repo, tag: tags[0], layers: layers, total: int64(len(manifest) + len(config))}
+	bi := &benchImage{
+		repo: repo, tag: tags[0], layers: layers, total: int64(len(manifest) + len(config)),
+		digest: digestOf(manifest), config: digestOf(config), manifestSize: int64(len(manifest)), configSize: int64(len(config)),
+	}
 	for _, l := range layers {
 		bi.total += l.size
 	}
@@ -105,6 +112,11 @@ func pushImage(ctx context.Context, host, repo string, tags []string, layers []*
 		}
 	}
 	return bi, nil
+}
+
+func digestOf(b []byte) string {
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // blobFile is where pullbroker's filesystem cache keeps a blob.

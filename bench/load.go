@@ -44,7 +44,11 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
 func drain(body io.Reader, h hash.Hash) (int64, error) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
-	buf := *bp
+	return drainWith(body, h, *bp)
+}
+
+// drainWith is drain with the caller's buffer.
+func drainWith(body io.Reader, h hash.Hash, buf []byte) (int64, error) {
 	var n int64
 	for {
 		m, err := body.Read(buf)

@@ -1,14 +1,15 @@
 // Command bench measures pullbroker against distribution's pull-through
 // proxy on this machine, all on 127.0.0.1, and writes bench/RESULTS.md.
 //
-//	go run ./bench            # the numbers of record (about 3 min, plus the registry build once)
-//	go run ./bench -quick     # small sizes, one round: checks the harness itself
+//	go run ./bench              # the numbers of record (about 4 min, plus the registry build once)
+//	go run ./bench -quick       # small sizes, one round: checks the harness itself
+//	go run ./bench -only load   # measurement (6) alone
 //
 // It builds pullbroker from this checkout and distribution v3.1.2's
 // registry (cached under ~/.cache/pullbroker-test/), starts an upstream
 // registry, a counting reverse proxy in front of it, and both proxies in
-// front of that, then runs the five measurements of issue 6. See
-// README.md.
+// front of that, then runs the five measurements of issue 6 and the load
+// test of issue 12. See README.md.
 package main
 
 import (
@@ -37,6 +38,8 @@ type options struct {
 	out, results  string
 	quick         bool
 	pullbrokerBin string
+	// only is "" (every measurement) or "load" (measurement (6) alone).
+	only string
 }
 
 func main() {
@@ -59,9 +62,15 @@ func main() {
 	flag.StringVar(&o.results, "results", filepath.Join(root, "bench", "RESULTS.md"), "where to write the report")
 	flag.BoolVar(&o.quick, "quick", false, "small sizes and one round, to check the harness (writes RESULTS-quick.md unless -results is given)")
 	flag.StringVar(&o.pullbrokerBin, "pullbroker", "", "use this pullbroker binary instead of building ./cmd/pullbroker")
+	flag.StringVar(&o.only, "only", "", `"load" runs only measurement (6), the load test over cached content (writes RESULTS-load.md unless -results is given)`)
 	flag.Parse()
-	if o.quick && !flagSet("results") {
-		o.results = filepath.Join(root, "bench", "out", "RESULTS-quick.md")
+	if o.only != "" && o.only != "load" {
+		log.Fatalf("-only %q: the one measurement that runs alone is \"load\"", o.only)
+	}
+	// Anything but the full run writes beside the working files, so that
+	// RESULTS.md keeps the numbers of record.
+	if name := resultsName(o); name != "RESULTS" && !flagSet("results") {
+		o.results = filepath.Join(root, "bench", "out", name+".md")
 	}
 	log.SetFlags(log.Ltime)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -69,6 +78,19 @@ func main() {
 	if err := run(ctx, root, o); err != nil {
 		log.Fatal(err)
 	}
+}
+
+// resultsName is the report's file name without .md: RESULTS, or
+// RESULTS-quick, RESULTS-load, RESULTS-quick-load.
+func resultsName(o options) string {
+	name := "RESULTS"
+	if o.quick {
+		name += "-quick"
+	}
+	if o.only != "" {
+		name += "-" + o.only
+	}
+	return name
 }
 
 func flagSet(name string) bool {
@@ -101,6 +123,11 @@ type sizes struct {
 	headMax               time.Duration
 	rounds                int
 	perClient             map[int]int
+	// Measurement (6): loadClients clients for loadDuration, or until
+	// loadMaxRequests requests were sent.
+	loadClients     int
+	loadDuration    time.Duration
+	loadMaxRequests int
 }
 
 func sizesFor(quick bool) sizes {
@@ -108,13 +135,15 @@ func sizesFor(quick bool) sizes {
 		return sizes{
 			big: 32 << 20, coldLayers: 3, coldLayer: 8 << 20, ttfbLayers: 3, ttfbLayer: 4 << 20,
 			coldClients: 32, headWorkers: 16, headReqs: 2000, headMax: 10 * time.Second, rounds: 1,
-			perClient: map[int]int{1: 2, 8: 1},
+			perClient:   map[int]int{1: 2, 8: 1},
+			loadClients: 50, loadDuration: 5 * time.Second, loadMaxRequests: 200_000,
 		}
 	}
 	return sizes{
 		big: 256 << 20, coldLayers: 3, coldLayer: 50 << 20, ttfbLayers: 5, ttfbLayer: 32 << 20,
 		coldClients: 32, headWorkers: 32, headReqs: 20000, headMax: 20 * time.Second, rounds: 7,
-		perClient: map[int]int{1: 6, 8: 2},
+		perClient:   map[int]int{1: 6, 8: 2},
+		loadClients: 500, loadDuration: 60 * time.Second, loadMaxRequests: 5_000_000,
 	}
 }
 
@@ -123,7 +152,12 @@ type env struct {
 	root   string
 	dirs   map[string]string
 	procs  []*proc
+	self   string // the harness binary, re-executed for its helper servers
+	regBin string // distribution's registry
+	upHost string // the upstream's host:port
 	counts string // base URL of the counting proxy
+	pb     *proc
+	pbURL  string
 }
 
 func (e *env) start(name, bin string, args []string, env ...string) (*proc, error) {
@@ -158,7 +192,7 @@ func run(ctx context.Context, root string, o options) error {
 	defer e.stopAll()
 
 	r := &results{
-		quick: o.quick, bigSize: sz.big, coldLayers: sz.coldLayers, coldLayerSize: sz.coldLayer,
+		quick: o.quick, only: o.only, bigSize: sz.big, coldLayers: sz.coldLayers, coldLayerSize: sz.coldLayer,
 		coldClients: sz.coldClients, ttfbLayerSize: sz.ttfbLayer, ttfbLayers: sz.ttfbLayers,
 		headWorkers: sz.headWorkers, rounds: sz.rounds, perClient: sz.perClient,
 		throughput: map[int]map[string][]float64{}, ttfb: map[string][]time.Duration{},
@@ -175,12 +209,96 @@ func run(ctx context.Context, root string, o options) error {
 	} else {
 		r.machine.Pullbroker = checkoutRevision(root)
 	}
-	regBin, err := ensureRegistry(ctx)
+	e.regBin, err = ensureRegistry(ctx)
 	if err != nil {
 		return err
 	}
 	r.machine.Registry = "distribution " + registryVersion + " (`registry`, built with " + runtime.Version() + ")"
+	if e.self, err = os.Executable(); err != nil {
+		return err
+	}
+	if err := e.startUpstream(ctx); err != nil {
+		return err
+	}
+	if err := e.startPullbroker(ctx, pbBin); err != nil {
+		return err
+	}
+	if o.only == "" {
+		if err := e.compare(ctx, r, sz); err != nil {
+			return err
+		}
+	}
+	// (6) Many clients over cached content, last: it leaves pullbroker's
+	// memory and connections as they are after a busy minute.
+	if err := e.cachedLoad(ctx, r, sz); err != nil {
+		return err
+	}
 
+	e.stopAll()
+	r.machine.LoadEnd = loadAverage()
+	var buf bytes.Buffer
+	r.write(&buf)
+	buf.Write(nodeSection(o.results))
+	if err := os.WriteFile(o.results, buf.Bytes(), 0o644); err != nil {
+		return err
+	}
+	os.Stdout.Write(buf.Bytes())
+	log.Printf("wrote %s", o.results)
+	return nil
+}
+
+// startUpstream starts the upstream registry and the counting proxy in
+// front of it.
+func (e *env) startUpstream(ctx context.Context) error {
+	upPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	upCfg := filepath.Join(e.o.out, "upstream.yml")
+	if err := os.WriteFile(upCfg, []byte(distributionConfig(upPort, e.dirs["upstream-data"], "", "warn")), 0o644); err != nil {
+		return err
+	}
+	up, err := e.start("upstream", e.regBin, []string{"serve", upCfg}, "OTEL_TRACES_EXPORTER=none")
+	if err != nil {
+		return err
+	}
+	upURL := fmt.Sprintf("http://127.0.0.1:%d", upPort)
+	if err := waitHTTP(ctx, up, upURL+"/v2/"); err != nil {
+		return err
+	}
+	e.upHost = fmt.Sprintf("127.0.0.1:%d", upPort)
+
+	countPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	counter, err := e.start("countproxy", e.self, []string{"countproxy", "-listen", fmt.Sprintf("127.0.0.1:%d", countPort), "-target", upURL})
+	if err != nil {
+		return err
+	}
+	e.counts = fmt.Sprintf("http://127.0.0.1:%d", countPort)
+	return waitHTTP(ctx, counter, e.counts+"/__bench/stats")
+}
+
+// startPullbroker starts pullbroker in front of the counting proxy.
+func (e *env) startPullbroker(ctx context.Context, bin string) error {
+	pbPort, pbAdmin := mustPort(), mustPort()
+	pbCfg := filepath.Join(e.o.out, "pullbroker.yaml")
+	if err := os.WriteFile(pbCfg, []byte(pullbrokerConfig(pbPort, pbAdmin, e.dirs["pullbroker-data"], e.counts)), 0o644); err != nil {
+		return err
+	}
+	pb, err := e.start("pullbroker", bin, []string{"serve", "--config", pbCfg})
+	if err != nil {
+		return err
+	}
+	e.pb, e.pbURL = pb, fmt.Sprintf("http://127.0.0.1:%d", pbPort)
+	return waitHTTP(ctx, pb, fmt.Sprintf("http://127.0.0.1:%d/readyz", pbAdmin))
+}
+
+// compare runs measurements (1) to (5): pullbroker against distribution's
+// proxy, both in front of the counting proxy.
+func (e *env) compare(ctx context.Context, r *results, sz sizes) error {
+	pb, pbURL := e.pb, e.pbURL
 	// Test data: seeded pseudo-random layers.
 	log.Printf("writing test data to %s", e.dirs["data"])
 	mk := func(name string, size int64, seed uint64) (*fileLayer, error) {
@@ -210,25 +328,8 @@ func run(ctx context.Context, root string, o options) error {
 		return err
 	}
 
-	// The upstream, and the counting proxy in front of it.
-	upPort, err := freePort()
-	if err != nil {
-		return err
-	}
-	upCfg := filepath.Join(o.out, "upstream.yml")
-	if err := os.WriteFile(upCfg, []byte(distributionConfig(upPort, e.dirs["upstream-data"], "", "warn")), 0o644); err != nil {
-		return err
-	}
-	up, err := e.start("upstream", regBin, []string{"serve", upCfg}, "OTEL_TRACES_EXPORTER=none")
-	if err != nil {
-		return err
-	}
-	upURL := fmt.Sprintf("http://127.0.0.1:%d", upPort)
-	if err := waitHTTP(ctx, up, upURL+"/v2/"); err != nil {
-		return err
-	}
 	log.Printf("pushing the test images to the upstream")
-	upHost := fmt.Sprintf("127.0.0.1:%d", upPort)
+	upHost := e.upHost
 	bigImg, err := pushImage(ctx, upHost, "bench/big", []string{"v1"}, []*fileLayer{big})
 	if err != nil {
 		return err
@@ -246,46 +347,17 @@ func run(ctx context.Context, root string, o options) error {
 		return err
 	}
 
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	countPort, err := freePort()
-	if err != nil {
-		return err
-	}
-	counter, err := e.start("countproxy", self, []string{"countproxy", "-listen", fmt.Sprintf("127.0.0.1:%d", countPort), "-target", upURL})
-	if err != nil {
-		return err
-	}
-	e.counts = fmt.Sprintf("http://127.0.0.1:%d", countPort)
-	if err := waitHTTP(ctx, counter, e.counts+"/__bench/stats"); err != nil {
-		return err
-	}
-
-	// The two proxies under test.
-	pbPort, pbAdmin, distPort := mustPort(), mustPort(), mustPort()
-	pbCfg := filepath.Join(o.out, "pullbroker.yaml")
-	if err := os.WriteFile(pbCfg, []byte(pullbrokerConfig(pbPort, pbAdmin, e.dirs["pullbroker-data"], e.counts)), 0o644); err != nil {
-		return err
-	}
-	pb, err := e.start("pullbroker", pbBin, []string{"serve", "--config", pbCfg})
-	if err != nil {
-		return err
-	}
-	distCfg := filepath.Join(o.out, "distribution-proxy.yml")
+	// distribution's proxy, the reference.
+	distPort := mustPort()
+	distCfg := filepath.Join(e.o.out, "distribution-proxy.yml")
 	if err := os.WriteFile(distCfg, []byte(distributionConfig(distPort, e.dirs["distribution-data"], e.counts, "info")), 0o644); err != nil {
 		return err
 	}
-	dist, err := e.start("distribution-proxy", regBin, []string{"serve", distCfg}, "OTEL_TRACES_EXPORTER=none")
+	dist, err := e.start("distribution-proxy", e.regBin, []string{"serve", distCfg}, "OTEL_TRACES_EXPORTER=none")
 	if err != nil {
 		return err
 	}
-	pbURL := fmt.Sprintf("http://127.0.0.1:%d", pbPort)
 	distURL := fmt.Sprintf("http://127.0.0.1:%d", distPort)
-	if err := waitHTTP(ctx, pb, fmt.Sprintf("http://127.0.0.1:%d/readyz", pbAdmin)); err != nil {
-		return err
-	}
 	if err := waitHTTP(ctx, dist, distURL+"/v2/"); err != nil {
 		return err
 	}
@@ -339,7 +411,7 @@ func run(ctx context.Context, root string, o options) error {
 		return fmt.Errorf("pullbroker's cached copy of the big blob: %w", err)
 	}
 	filePort := mustPort()
-	fsrv, err := e.start("fileserver", self, []string{"fileserver", "-listen", fmt.Sprintf("127.0.0.1:%d", filePort), "-file", cachedFile})
+	fsrv, err := e.start("fileserver", e.self, []string{"fileserver", "-listen", fmt.Sprintf("127.0.0.1:%d", filePort), "-file", cachedFile})
 	if err != nil {
 		return err
 	}
@@ -433,17 +505,6 @@ func run(ctx context.Context, root string, o options) error {
 			ratio: float64(image) / float64(coldImg.total),
 		})
 	}
-
-	e.stopAll()
-	r.machine.LoadEnd = loadAverage()
-	var buf bytes.Buffer
-	r.write(&buf)
-	buf.Write(nodeSection(o.results))
-	if err := os.WriteFile(o.results, buf.Bytes(), 0o644); err != nil {
-		return err
-	}
-	os.Stdout.Write(buf.Bytes())
-	log.Printf("wrote %s", o.results)
 	return nil
 }
 
@@ -566,7 +627,8 @@ http:
 
 // pullbrokerConfig fronts one upstream, the default for bare names so that
 // both proxies are asked the same paths. Tags under bench/head named
-// "pinned" are pinned on first resolution; others are fresh for an hour.
+// "pinned", and under bench/load named "pinned-*", are pinned on first
+// resolution; others are fresh for an hour.
 func pullbrokerConfig(port, admin int, root, upstream string) string {
 	return fmt.Sprintf(`listen:
   addr: 127.0.0.1:%d
@@ -589,6 +651,10 @@ pins:
   - registry: upstream.bench
     repository: bench/head
     tag: pinned
+    policy: sticky
+  - registry: upstream.bench
+    repository: bench/load
+    tag: pinned-*
     policy: sticky
 `, port, admin, root, upstream)
 }

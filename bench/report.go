@@ -51,6 +51,7 @@ type coldRow struct {
 
 type results struct {
 	quick   bool
+	only    string // "" or the one measurement that ran (-only)
 	machine machine
 
 	bigSize       int64
@@ -73,7 +74,34 @@ type results struct {
 	rss map[string]map[string]int64
 	// coldFill[server] is the time of the first, cold GET of the big blob.
 	coldFill map[string]time.Duration
+	// load is measurement (6), when it ran.
+	load *loadResult
 }
+
+// loadRow is one request kind of the load (or all of them): requests
+// answered, of which errors failed; latencies of the others.
+type loadRow struct {
+	kind             string
+	requests, errors int
+	p50, p99, max    time.Duration
+}
+
+type loadResult struct {
+	clients  int
+	duration time.Duration // asked for
+	elapsed  time.Duration // from the first request to the last answer
+	images   int
+	blobs    int
+	rows     []loadRow
+	total    loadRow
+	// errorSamples are the first error messages.
+	errorSamples []string
+	upstream     int64 // upstream requests during the load
+	byMethod     map[string]int64
+	rss          int64 // pullbroker's peak resident memory during the load
+}
+
+func (l *loadResult) rate(row loadRow) float64 { return float64(row.requests) / l.elapsed.Seconds() }
 
 // RSS phases.
 const (
@@ -221,6 +249,17 @@ func (r *results) targets() []target {
 		}
 		out = append(out, t)
 	}
+	if l := r.load; l != nil {
+		t := target{goal: fmt.Sprintf("load, %d clients over cached manifests and blobs: zero errors", l.clients), met: l.total.errors == 0}
+		t.detail = fmt.Sprintf("%d errors in %d requests in %s (%.0f req/s; p99 %s, max %s; peak RSS %s)",
+			l.total.errors, l.total.requests, l.elapsed.Round(time.Second), l.rate(l.total), ms(l.total.p99), ms(l.total.max), mib(l.rss))
+		out = append(out, t)
+		out = append(out, target{
+			goal:   fmt.Sprintf("load, %d clients over pinned and fresh tags, digests and blobs: zero upstream requests", l.clients),
+			met:    l.upstream == 0,
+			detail: fmt.Sprintf("%d upstream requests for %d requests", l.upstream, l.total.requests),
+		})
+	}
 	return out
 }
 
@@ -229,11 +268,19 @@ func (r *results) write(w io.Writer) {
 	m := r.machine
 	p("# Benchmark: pullbroker against distribution's pull-through proxy\n\n")
 	p("Written by `go run ./bench` (see [README.md](README.md)) on %s. All traffic on 127.0.0.1; one upstream\n", m.Date.UTC().Format("2006-01-02 15:04 MST"))
-	p("(distribution `registry`, filesystem storage) behind a counting reverse proxy, with pullbroker and\n")
-	p("distribution's proxy (`proxy.remoteurl`) both in front of it, each with an empty filesystem cache\n")
-	p("at the start. Ratios compare numbers measured in this same run.\n\n")
+	if r.only == "" {
+		p("(distribution `registry`, filesystem storage) behind a counting reverse proxy, with pullbroker and\n")
+		p("distribution's proxy (`proxy.remoteurl`) both in front of it, each with an empty filesystem cache\n")
+		p("at the start. Ratios compare numbers measured in this same run.\n\n")
+	} else {
+		p("(distribution `registry`, filesystem storage) behind a counting reverse proxy, with pullbroker in\n")
+		p("front of it, its filesystem cache empty at the start.\n\n")
+	}
 	if r.quick {
 		p("**Quick mode (`-quick`): small sizes, one round. Not the numbers of record.**\n\n")
+	}
+	if r.only != "" {
+		p("**Only measurement %q ran (`-only %s`).**\n\n", r.only, r.only)
 	}
 	p("## Machine\n\n")
 	p("| | |\n|---|---|\n")
@@ -251,6 +298,16 @@ func (r *results) write(w io.Writer) {
 	}
 	p("\n")
 
+	if r.only == "" {
+		r.writeComparison(p)
+	}
+	if r.load != nil {
+		r.writeLoad(p)
+	}
+}
+
+// writeComparison writes measurements (1) to (5).
+func (r *results) writeComparison(p func(format string, args ...any)) {
 	p("## (1) Cached blob throughput\n\n")
 	p("One %s blob already in both caches, GET by concurrent keep-alive clients (each client %s);\n", mib(r.bigSize), perClientText(r.perClient))
 	p("%d rounds; in each, the three servers one after the other, in an order rotated every round. The\n", r.rounds)
@@ -326,6 +383,47 @@ func (r *results) write(w io.Writer) {
 		p("| %s | %s | %s | %s | %s |\n", s, ms(medianDuration(ds)), ms(slices.Min(ds)), ms(slices.Max(ds)), fill)
 	}
 	p("\n")
+}
+
+func (r *results) writeLoad(p func(format string, args ...any)) {
+	l := r.load
+	p("## (6) Load: %d concurrent clients over cached content\n\n", l.clients)
+	p("%d keep-alive clients sharing one `http.Transport` (an idle connection kept for each) send one\n", l.clients)
+	p("request after another for %.0f s (or until a request cap), rotating through the kinds below, to\n", l.duration.Seconds())
+	p("pullbroker alone. Content: %d images in `%s`, each under a pinned tag (a `sticky` rule) and\n", l.images, loadRepo)
+	p("a tag within its `tagTTL`; %d blobs (configs, and layers of %s), all pulled once\n", l.blobs, blobSizesText())
+	p("before the clock starts. Every answer is checked: status 200, `Docker-Content-Digest`, and for\n")
+	p("GETs the body's length and sha256. Latency runs from sending the request to the last body byte,\n")
+	p("over successful requests; the clients share the machine's cores with pullbroker.\n\n")
+	p("| request | requests | req/s | p50 | p99 | max | errors |\n|---|---|---|---|---|---|---|\n")
+	for _, row := range append(slices.Clone(l.rows), l.total) {
+		p("| %s | %d | %.0f | %s | %s | %s | %d |\n", row.kind, row.requests, l.rate(row), ms(row.p50), ms(row.p99), ms(row.max), row.errors)
+	}
+	var parts []string
+	for _, m := range slices.Sorted(maps.Keys(l.byMethod)) {
+		parts = append(parts, fmt.Sprintf("%s %d", m, l.byMethod[m]))
+	}
+	p("\nElapsed %s. Peak resident memory of pullbroker during the load (VmHWM, reset at its start): %s.\n", l.elapsed.Round(time.Millisecond), mib(l.rss))
+	p("Upstream requests during the load: %d", l.upstream)
+	if len(parts) > 0 {
+		p(" (%s)", strings.Join(parts, ", "))
+	}
+	p(".\n")
+	if len(l.errorSamples) > 0 {
+		p("\nFirst errors:\n\n")
+		for _, e := range l.errorSamples {
+			p("- `%s`\n", e)
+		}
+	}
+	p("\n")
+}
+
+func blobSizesText() string {
+	var parts []string
+	for _, s := range loadLayerSizes {
+		parts = append(parts, fmt.Sprintf("%d KiB", s>>10))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func perClientText(pc map[int]int) string {
