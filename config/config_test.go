@@ -85,6 +85,10 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		{`upstreams: [{name: "docker.io", endpoint: "https://a.io"}, {name: "y.io", aliases: [index.docker.io], endpoint: "https://y.io"}]`, "index.docker.io"},
 		{`upstreams: [{name: "[::1]:5000", endpoint: "http://[::1]:5000"}]`, "cannot be the first path component"},
 		{`access: {allowedNetworks: ["10.0.0.0/33"]}`, "access.allowedNetworks[0]"},
+		{`storage: {fills: {stallTimeout: 2h}}`, "storage.fills.stallTimeout"},
+		{`storage: {fills: {maxConcurrent: -1}}`, "storage.fills.maxConcurrent"},
+		{`storage: {scrub: {interval: -1s}}`, "storage.scrub.interval"},
+		{`storage: {scrub: {interval: 1h, bytesPerSecond: 0}}`, "storage.scrub.bytesPerSecond"},
 		{`pins: [{policy: forever}]`, "pins[0].policy"},
 		{`pins: [{policy: locked}]`, "pins[0].lockFile"},
 	}
