@@ -22,18 +22,6 @@ type Blob struct {
 	Content io.ReadSeekCloser
 }
 
-// StatBlob returns the size of a committed blob.
-func (s *Store) StatBlob(ctx context.Context, dgst digest.Digest) (int64, error) {
-	fi, err := s.driver.Stat(ctx, blobPath(dgst))
-	if isPathNotFound(err) {
-		return 0, ErrNotFound
-	}
-	if err != nil {
-		return 0, err
-	}
-	return fi.Size(), nil
-}
-
 // OpenBlob opens a committed blob.
 func (s *Store) OpenBlob(ctx context.Context, dgst digest.Digest) (*Blob, error) {
 	if s.localRoot != "" {

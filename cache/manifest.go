@@ -97,18 +97,9 @@ func (s *Store) LinkBlob(ctx context.Context, registry, repo string, dgst digest
 
 // GetLink returns ErrNotFound when the repository is not known to hold dgst.
 func (s *Store) GetLink(ctx context.Context, registry, repo string, dgst digest.Digest) (Link, error) {
-	b, err := s.driver.GetContent(ctx, linkPath(registry, repo, dgst))
-	if isPathNotFound(err) {
-		return Link{}, ErrNotFound
-	}
-	if err != nil {
-		return Link{}, err
-	}
 	var l Link
-	if err := json.Unmarshal(b, &l); err != nil {
-		return Link{}, fmt.Errorf("link %s in %s/%s is corrupt: %w", dgst, registry, repo, err)
-	}
-	return l, nil
+	err := s.getJSON(ctx, linkPath(registry, repo, dgst), fmt.Sprintf("link %s in %s/%s", dgst, registry, repo), &l)
+	return l, err
 }
 
 func (s *Store) link(ctx context.Context, registry, repo string, dgst digest.Digest, l Link) error {
@@ -116,11 +107,7 @@ func (s *Store) link(ctx context.Context, registry, repo string, dgst digest.Dig
 		return nil
 	}
 	l.LinkedAt = time.Now().UTC()
-	b, err := json.Marshal(l)
-	if err != nil {
-		return err
-	}
-	return s.putAtomic(ctx, linkPath(registry, repo, dgst), b)
+	return s.putJSON(ctx, linkPath(registry, repo, dgst), l)
 }
 
 // references lists the digests an image manifest or index points at. It

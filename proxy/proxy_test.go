@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -301,6 +302,20 @@ func (e *env) gauge(name string) float64 {
 }
 
 // eventually polls cond until it holds or 10 s pass.
+// committed reports whether the cache holds the blob d.
+func committed(t *testing.T, s *cache.Store, d digest.Digest) bool {
+	t.Helper()
+	b, err := s.OpenBlob(t.Context(), d)
+	if errors.Is(err, cache.ErrNotFound) {
+		return false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Content.Close()
+	return true
+}
+
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
