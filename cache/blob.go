@@ -22,8 +22,30 @@ type Blob struct {
 	Content io.ReadSeekCloser
 }
 
-// OpenBlob opens a committed blob.
-func (s *Store) OpenBlob(ctx context.Context, dgst digest.Digest) (*Blob, error) {
+// OpenBlob opens a committed blob. size is the size its descriptor gives
+// (-1 unknown): a stored blob of another size is re-hashed, and removed
+// as corrupt (ErrNotFound, so that it is fetched again) unless it still
+// matches its digest.
+func (s *Store) OpenBlob(ctx context.Context, dgst digest.Digest, size int64) (*Blob, error) {
+	b, err := s.openBlob(ctx, dgst)
+	if err != nil || size < 0 || b.Size == size {
+		return b, err
+	}
+	b.Content.Close()
+	intact, err := s.removeIfCorrupt(ctx, dgst, nil, "size")
+	if err != nil {
+		return nil, err
+	}
+	if !intact {
+		return nil, ErrNotFound
+	}
+	// The bytes match the digest: the descriptor that gave size is wrong,
+	// not the cache.
+	s.log.Warn("a descriptor's size disagrees with a verified cached blob", "digest", dgst, "descriptorSize", size, "storedSize", b.Size)
+	return s.openBlob(ctx, dgst)
+}
+
+func (s *Store) openBlob(ctx context.Context, dgst digest.Digest) (*Blob, error) {
 	if s.localRoot != "" {
 		f, err := os.Open(s.localPath(blobPath(dgst)))
 		if errors.Is(err, os.ErrNotExist) {

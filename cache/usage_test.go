@@ -18,7 +18,7 @@ import (
 func fillBlob(t *testing.T, s *Store, content []byte) digest.Digest {
 	t.Helper()
 	dgst := digest.FromBytes(content)
-	f, cached, err := s.Fill(dgst, func(context.Context) (io.ReadCloser, int64, error) {
+	f, cached, err := s.Fill(dgst, -1, func(context.Context) (io.ReadCloser, int64, error) {
 		return io.NopCloser(bytes.NewReader(content)), int64(len(content)), nil
 	})
 	if err != nil {
@@ -166,7 +166,7 @@ func TestEvictionRemovesLeastRecentlyReadBlobs(t *testing.T) {
 			b := fillBlob(t, s, randomBytes(t, 1000))
 			time.Sleep(time.Millisecond)
 			// Reading a makes b the least recently used.
-			blob, err := s.OpenBlob(ctx, a)
+			blob, err := s.OpenBlob(ctx, a, -1)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -101,7 +101,7 @@ func TestSyncExportImport(t *testing.T) {
 	layers, _ := img.Layers()
 	for _, l := range layers {
 		d, _ := l.Digest()
-		b, err := offStore.OpenBlob(t.Context(), digest.Digest(d.String()))
+		b, err := offStore.OpenBlob(t.Context(), digest.Digest(d.String()), -1)
 		if err != nil {
 			t.Fatalf("layer %s not imported: %v", d, err)
 		}
@@ -136,7 +136,7 @@ func TestImportRejectsTamperedBlob(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "does not match its digest") {
 		t.Fatalf("Import of a tampered layout = %v, want a digest mismatch", err)
 	}
-	if _, err := offStore.OpenBlob(t.Context(), digest.Digest(d.String())); !errors.Is(err, cache.ErrNotFound) {
+	if _, err := offStore.OpenBlob(t.Context(), digest.Digest(d.String()), -1); !errors.Is(err, cache.ErrNotFound) {
 		t.Fatalf("the tampered blob was committed (open: %v)", err)
 	}
 	if _, err := offStore.GetPin(t.Context(), upstreamName, "team/app", "v1"); err == nil {

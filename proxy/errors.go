@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	v2 "github.com/distribution/distribution/v3/registry/api/v2"
@@ -17,6 +19,8 @@ import (
 type apiError struct {
 	status int
 	err    errcode.Error
+	// retryAfter, when set, is sent as Retry-After.
+	retryAfter time.Duration
 }
 
 func (e *apiError) Error() string { return e.err.Error() }
@@ -30,6 +34,9 @@ func newAPIError(status int, code errcode.ErrorCode, format string, args ...any)
 func writeError(w http.ResponseWriter, r *http.Request, e *apiError) {
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	if e.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(e.retryAfter.Seconds())))
+	}
 	w.WriteHeader(e.status)
 	if r.Method == http.MethodHead {
 		return

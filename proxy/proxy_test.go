@@ -305,7 +305,7 @@ func (e *env) gauge(name string) float64 {
 // committed reports whether the cache holds the blob d.
 func committed(t *testing.T, s *cache.Store, d digest.Digest) bool {
 	t.Helper()
-	b, err := s.OpenBlob(t.Context(), d)
+	b, err := s.OpenBlob(t.Context(), d, -1)
 	if errors.Is(err, cache.ErrNotFound) {
 		return false
 	}
