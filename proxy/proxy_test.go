@@ -115,24 +115,12 @@ func newEnvWithConfig(t *testing.T, driver string, configure func(*config.Config
 	if driver == "filesystem" {
 		storage.Parameters = map[string]any{"rootdirectory": t.TempDir()}
 	}
-	drv, localRoot, err := cache.OpenDriver(t.Context(), storage)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.store, err = cache.New(drv, cache.Options{Registerer: e.metrics, LocalRoot: localRoot, SpoolDir: storage.SpoolDir})
-	if err != nil {
-		t.Fatal(err)
-	}
 	u := config.Upstream{
 		Name:            upstreamName,
 		Endpoint:        e.up.URL(),
 		TagTTL:          tagTTL,
 		DialTimeout:     time.Second,
 		ResponseTimeout: 5 * time.Second,
-	}
-	client, err := upstream.New(u, upstream.Options{Authenticator: e.up.Authenticator(), Registerer: e.metrics})
-	if err != nil {
-		t.Fatal(err)
 	}
 	cfg := &config.Config{
 		Mode:            config.ModeOnline,
@@ -142,6 +130,19 @@ func newEnvWithConfig(t *testing.T, driver string, configure func(*config.Config
 	}
 	if configure != nil {
 		configure(cfg)
+	}
+	drv, localRoot, err := cache.OpenDriver(t.Context(), cfg.Storage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.store, err = cache.New(drv, cache.Options{Registerer: e.metrics, LocalRoot: localRoot, SpoolDir: cfg.Storage.SpoolDir,
+		FillTimeout: cfg.Storage.Fills.Timeout, FillStallTimeout: cfg.Storage.Fills.StallTimeout, MaxConcurrentFills: cfg.Storage.Fills.MaxConcurrent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := upstream.New(u, upstream.Options{Authenticator: e.up.Authenticator(), Registerer: e.metrics})
+	if err != nil {
+		t.Fatal(err)
 	}
 	e.handler, err = proxy.New(proxy.Options{
 		Config:     cfg,
@@ -301,7 +302,6 @@ func (e *env) gauge(name string) float64 {
 	return 0
 }
 
-// eventually polls cond until it holds or 10 s pass.
 // committed reports whether the cache holds the blob d.
 func committed(t *testing.T, s *cache.Store, d digest.Digest) bool {
 	t.Helper()
@@ -316,6 +316,7 @@ func committed(t *testing.T, s *cache.Store, d digest.Digest) bool {
 	return true
 }
 
+// eventually polls cond until it holds or 10 s pass.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
