@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
@@ -15,41 +14,6 @@ import (
 
 	"github.com/pullbroker/pullbroker/internal/testenv"
 )
-
-// mountTmpfs mounts a tmpfs of size ("4m") on a fresh directory. It needs
-// root: without it the test skips, or fails when every tool is required.
-func mountTmpfs(t *testing.T, size string) string {
-	t.Helper()
-	dir := t.TempDir()
-	err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+size)
-	if err != nil {
-		msg := "mounting a tmpfs for a full disk needs root: " + err.Error()
-		if os.Getenv(testenv.RequireToolsEnv) != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
-	return dir
-}
-
-// fillDisk writes a file in dir until the disk is full and returns it.
-func fillDisk(t *testing.T, dir string, leave int64) string {
-	t.Helper()
-	p := filepath.Join(dir, "filler")
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	chunk := make([]byte, 4096)
-	for freeBytes(dir) > leave {
-		if _, err := f.Write(chunk); err != nil {
-			break
-		}
-	}
-	return p
-}
 
 // TestDiskFull (issue 12): with the cache on a full tmpfs, what is cached
 // keeps being served; a fill that cannot spool fails before any byte with
@@ -59,7 +23,7 @@ func fillDisk(t *testing.T, dir string, leave int64) string {
 // probe fail with ErrNotStored and leave no temporary file; and once
 // space is back, fills cache again.
 func TestDiskFull(t *testing.T) {
-	root := mountTmpfs(t, "4m")
+	root := testenv.MountTmpfs(t, "4m")
 	s, err := New(filesystem.New(filesystem.DriverParameters{RootDirectory: root, MaxThreads: 10}), Options{LocalRoot: root})
 	if err != nil {
 		t.Fatal(err)
@@ -81,7 +45,7 @@ func TestDiskFull(t *testing.T) {
 	}
 
 	// Some room left: the first chunk spools, the rest does not fit.
-	filler := fillDisk(t, root, 64<<10)
+	filler := testenv.FillDisk(t, root, 64<<10)
 	big := randomBytes(t, 1<<20)
 	bigDigest := digest.FromBytes(big)
 	gate := make(chan struct{})
@@ -115,7 +79,7 @@ func TestDiskFull(t *testing.T) {
 	}
 
 	// Every write fails cleanly once the disk is completely full.
-	fillDisk(t, root, 0) // the same filler file, grown
+	testenv.FillDisk(t, root, 0) // the same filler file, grown
 	other := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[],"annotations":{"a":"b"}}`)
 	if err := s.PutManifest(ctx, "docker.io", "team/app", Manifest{Digest: digest.FromBytes(other), Body: other}); !errors.Is(err, ErrNotStored) {
 		t.Errorf("PutManifest on a full disk: %v, want ErrNotStored", err)
