@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
@@ -81,8 +83,11 @@ func TestDiskFull(t *testing.T) {
 	// Every write fails cleanly once the disk is completely full.
 	testenv.FillDisk(t, root, 0) // the same filler file, grown
 	other := []byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[],"annotations":{"a":"b"}}`)
-	if err := s.PutManifest(ctx, "docker.io", "team/app", Manifest{Digest: digest.FromBytes(other), Body: other}); !errors.Is(err, ErrNotStored) {
-		t.Errorf("PutManifest on a full disk: %v, want ErrNotStored", err)
+	err = s.PutManifest(ctx, "docker.io", "team/app", Manifest{Digest: digest.FromBytes(other), Body: other})
+	if !errors.Is(err, ErrNotStored) || !errors.Is(err, syscall.ENOSPC) {
+		t.Errorf("PutManifest on a full disk: %v, want ErrNotStored for ENOSPC", err)
+	} else if strings.Contains(err.Error(), root) {
+		t.Errorf("the error names where the storage lives on the host: %v", err)
 	}
 	if err := s.PutTag(ctx, "docker.io", "team/app", "v2", Tag{Digest: digest.FromBytes(other)}); !errors.Is(err, ErrNotStored) {
 		t.Errorf("PutTag on a full disk: %v, want ErrNotStored", err)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -416,13 +417,31 @@ func (s *Store) createSpool(size int64) (*os.File, error) {
 }
 
 // notStored marks err, a failed write to storage, as ErrNotStored, and
-// holds back new fills for a while when it says storage is full.
+// holds back new fills for a while when it says storage is full. Its
+// message leaves out where the storage lives on this host.
 func (s *Store) notStored(err error) error {
+	if errors.Is(err, ErrNotStored) {
+		return err
+	}
 	if isNoSpace(err) {
 		s.markFull()
 	}
-	return fmt.Errorf("%w: %w", ErrNotStored, err)
+	msg := err.Error()
+	for _, dir := range []string{s.localRoot, s.spoolDir} {
+		if dir != "" {
+			msg = strings.ReplaceAll(msg, dir, "")
+		}
+	}
+	return &notStoredError{cause: err, msg: ErrNotStored.Error() + ": " + msg}
 }
+
+type notStoredError struct {
+	cause error
+	msg   string
+}
+
+func (e *notStoredError) Error() string   { return e.msg }
+func (e *notStoredError) Unwrap() []error { return []error{ErrNotStored, e.cause} }
 
 // commit makes the verified spool durable and moves it under its digest.
 // The spool file stays open for readers that are still following the

@@ -3,7 +3,6 @@ package cache
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -50,10 +49,7 @@ func (s *Store) PutManifest(ctx context.Context, registry, repo string, m Manife
 		return fmt.Errorf("manifest %s: %w (got %s)", m.Digest, ErrDigestMismatch, got)
 	}
 	if err := s.storeManifest(ctx, registry, repo, m); err != nil {
-		if !errors.Is(err, ErrNotStored) {
-			err = fmt.Errorf("%w: %w", ErrNotStored, err)
-		}
-		return fmt.Errorf("storing manifest %s: %w", m.Digest, err)
+		return fmt.Errorf("storing manifest %s: %w", m.Digest, s.notStored(err))
 	}
 	return nil
 }

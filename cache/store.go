@@ -196,15 +196,13 @@ func randomID() string {
 
 // putAtomic writes content under a temporary name and moves it into place,
 // so a reader (in this or another replica) never sees a partial object.
-// A failed write leaves no temporary object behind; one that failed for
-// want of space is ErrNotStored and holds back fills for a while.
+// A failed write is ErrNotStored and leaves no temporary object behind;
+// one that failed for want of space holds back fills for a while.
 func (s *Store) putAtomic(ctx context.Context, p string, content []byte) error {
-	err := s.putAtomicOnce(ctx, p, content)
-	if err != nil && isNoSpace(err) {
-		s.markFull()
-		return fmt.Errorf("%w: %w", ErrNotStored, err)
+	if err := s.putAtomicOnce(ctx, p, content); err != nil {
+		return s.notStored(err)
 	}
-	return err
+	return nil
 }
 
 func (s *Store) putAtomicOnce(ctx context.Context, p string, content []byte) error {

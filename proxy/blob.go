@@ -151,7 +151,11 @@ func (h *Handler) followFill(w http.ResponseWriter, r *http.Request, rt *route, 
 		// A range of a blob still arriving is answered once it is whole
 		// and verified, from the cache.
 		if err := fill.Done(ctx); err != nil {
-			if ctx.Err() == nil {
+			switch {
+			case ctx.Err() != nil:
+			case errors.Is(err, cache.ErrNotStored) && fetch != nil:
+				h.streamUncached(w, r, rt, dgst, size, fetch, err)
+			default:
 				writeError(w, r, fillError(rt, err))
 			}
 			return
