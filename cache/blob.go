@@ -28,8 +28,12 @@ type Blob struct {
 // matches its digest.
 func (s *Store) OpenBlob(ctx context.Context, dgst digest.Digest, size int64) (*Blob, error) {
 	b, err := s.openBlob(ctx, dgst)
-	if err != nil || size < 0 || b.Size == size {
-		return b, err
+	if err != nil {
+		return nil, err
+	}
+	s.touch(dgst)
+	if size < 0 || b.Size == size {
+		return b, nil
 	}
 	b.Content.Close()
 	intact, err := s.removeIfCorrupt(ctx, dgst, nil, "size")
@@ -45,6 +49,8 @@ func (s *Store) OpenBlob(ctx context.Context, dgst digest.Digest, size int64) (*
 	return s.openBlob(ctx, dgst)
 }
 
+// openBlob opens a committed blob without counting it as a read for
+// eviction (the scrub reads every blob).
 func (s *Store) openBlob(ctx context.Context, dgst digest.Digest) (*Blob, error) {
 	if s.localRoot != "" {
 		f, err := os.Open(s.localPath(blobPath(dgst)))
@@ -59,7 +65,6 @@ func (s *Store) openBlob(ctx context.Context, dgst digest.Digest) (*Blob, error)
 			f.Close()
 			return nil, err
 		}
-		s.touch(dgst)
 		return &Blob{Size: fi.Size(), ModTime: fi.ModTime(), Content: f}, nil
 	}
 	fi, err := s.driver.Stat(ctx, blobPath(dgst))
@@ -69,7 +74,6 @@ func (s *Store) openBlob(ctx context.Context, dgst digest.Digest) (*Blob, error)
 	if err != nil {
 		return nil, err
 	}
-	s.touch(dgst)
 	return &Blob{
 		Size:    fi.Size(),
 		ModTime: fi.ModTime(),

@@ -194,9 +194,18 @@ func TestScrubRemovesCorruptBlobs(t *testing.T) {
 	flipped[10] ^= 1
 	corruptOnDisk(t, s, badDigest, flipped) // same size: only a re-hash sees it
 
+	lastRead := func() int64 {
+		s.usage.mu.Lock()
+		defer s.usage.mu.Unlock()
+		return s.usage.blobs[good].access
+	}
+	before := lastRead()
 	report, err := s.Scrub(t.Context(), 10<<20)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if lastRead() != before {
+		t.Error("the scrub counted as a read: eviction would keep what nobody pulls")
 	}
 	if report.Blobs != 2 || len(report.Corrupt) != 1 || report.Corrupt[0] != badDigest || report.Bytes != 120<<10 {
 		t.Fatalf("scrub report %+v, want 2 blobs, 120 KiB, corrupt %s", report, badDigest)
