@@ -22,20 +22,36 @@ type Blob struct {
 	Content io.ReadSeekCloser
 }
 
-// StatBlob returns the size of a committed blob.
-func (s *Store) StatBlob(ctx context.Context, dgst digest.Digest) (int64, error) {
-	fi, err := s.driver.Stat(ctx, blobPath(dgst))
-	if isPathNotFound(err) {
-		return 0, ErrNotFound
-	}
+// OpenBlob opens a committed blob. size is the size its descriptor gives
+// (-1 unknown): a stored blob of another size is re-hashed, and removed
+// as corrupt (ErrNotFound, so that it is fetched again) unless it still
+// matches its digest.
+func (s *Store) OpenBlob(ctx context.Context, dgst digest.Digest, size int64) (*Blob, error) {
+	b, err := s.openBlob(ctx, dgst)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	return fi.Size(), nil
+	s.touch(dgst)
+	if size < 0 || b.Size == size {
+		return b, nil
+	}
+	b.Content.Close()
+	intact, err := s.removeIfCorrupt(ctx, dgst, nil, "size")
+	if err != nil {
+		return nil, err
+	}
+	if !intact {
+		return nil, ErrNotFound
+	}
+	// The bytes match the digest: the descriptor that gave size is wrong,
+	// not the cache.
+	s.log.Warn("a descriptor's size disagrees with a verified cached blob", "digest", dgst, "descriptorSize", size, "storedSize", b.Size)
+	return s.openBlob(ctx, dgst)
 }
 
-// OpenBlob opens a committed blob.
-func (s *Store) OpenBlob(ctx context.Context, dgst digest.Digest) (*Blob, error) {
+// openBlob opens a committed blob without counting it as a read for
+// eviction (the scrub reads every blob).
+func (s *Store) openBlob(ctx context.Context, dgst digest.Digest) (*Blob, error) {
 	if s.localRoot != "" {
 		f, err := os.Open(s.localPath(blobPath(dgst)))
 		if errors.Is(err, os.ErrNotExist) {
@@ -49,7 +65,6 @@ func (s *Store) OpenBlob(ctx context.Context, dgst digest.Digest) (*Blob, error)
 			f.Close()
 			return nil, err
 		}
-		s.touch(dgst)
 		return &Blob{Size: fi.Size(), ModTime: fi.ModTime(), Content: f}, nil
 	}
 	fi, err := s.driver.Stat(ctx, blobPath(dgst))
@@ -59,7 +74,6 @@ func (s *Store) OpenBlob(ctx context.Context, dgst digest.Digest) (*Blob, error)
 	if err != nil {
 		return nil, err
 	}
-	s.touch(dgst)
 	return &Blob{
 		Size:    fi.Size(),
 		ModTime: fi.ModTime(),

@@ -7,7 +7,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -16,31 +18,42 @@ import (
 )
 
 // Fetcher opens the upstream stream of a blob. size is -1 when unknown.
-// The context is the fill's own, not a client's.
+// The context is the fill's own, not a client's: it ends at the fill's
+// deadline, or when the upstream stalls.
 type Fetcher func(ctx context.Context) (body io.ReadCloser, size int64, err error)
-
-// StallTimeout aborts a fill whose upstream sends nothing for this long.
-var StallTimeout = 60 * time.Second
 
 const fillBufferSize = 256 << 10
 
+// stallMinBytes is the least a fill must receive within its stall
+// timeout: an upstream that trickles a byte a second is stalled too.
+const stallMinBytes = 32 << 10
+
+// spoolPrefix names fill spools, so that the sweep at start knows its own
+// files in a spool directory shared with others (the system temp dir).
+const spoolPrefix = "pullbroker-fill-"
+
 // Fill is one upstream fetch of a blob that any number of readers follow
-// while it runs. It spools to a local file, verifies the digest at the
-// end, and only then commits the blob to storage. Readers get every byte
-// but the last as it arrives; the last one only once the digest is
+// while it runs. It spools to a local file, verifies the size and digest
+// at the end, and only then commits the blob to storage. Readers get every
+// byte but the last as it arrives; the last one only once the digest is
 // verified, so no client ever receives a whole response of unverified
-// bytes. A reader that goes away does not stop the fill.
+// bytes. A reader that goes away does not stop the fill. A failed fill
+// removes its spool file.
 type Fill struct {
 	store  *Store
 	digest digest.Digest
+	spool  *os.File
 
-	started chan struct{} // closed once size is known or the fill failed early
-	size    int64
+	// started is closed once the first bytes are spooled or the fill
+	// ended: a failure before it (storage full, upstream refused) reaches
+	// clients before any response header.
+	started   chan struct{}
+	startOnce sync.Once
 
 	mu       sync.Mutex
 	cond     *sync.Cond
-	spool    *os.File
-	refs     int // the fill itself plus each open reader
+	size     int64 // expected, then as announced; -1 unknown
+	refs     int   // the fill itself plus each open reader
 	written  int64
 	verified bool
 	done     bool
@@ -49,8 +62,14 @@ type Fill struct {
 
 // Fill returns the fill in progress for dgst, starting one with fetch if
 // there is none. cached is true instead when the blob is already
-// committed: open it with OpenBlob.
-func (s *Store) Fill(dgst digest.Digest, fetch Fetcher) (f *Fill, cached bool, err error) {
+// committed: open it with OpenBlob. size is the size the blob's descriptor
+// gives (-1 unknown): an upstream that announces or sends another fails
+// the fill.
+//
+// A new fill is refused with ErrTooManyFills beyond
+// Options.MaxConcurrentFills, and with ErrNotStored when storage cannot
+// take the blob (no space): Stream passes it through uncached.
+func (s *Store) Fill(dgst digest.Digest, size int64, fetch Fetcher) (f *Fill, cached bool, err error) {
 	if err := dgst.Validate(); err != nil {
 		return nil, false, fmt.Errorf("blob digest %q: %w", dgst, err)
 	}
@@ -67,7 +86,21 @@ func (s *Store) Fill(dgst digest.Digest, fetch Fetcher) (f *Fill, cached bool, e
 	} else if !isPathNotFound(err) {
 		return nil, false, err
 	}
-	f = &Fill{store: s, digest: dgst, started: make(chan struct{}), size: -1, refs: 1}
+	select {
+	case s.fillSlots <- struct{}{}:
+	default:
+		s.metrics.fillsRefused.WithLabelValues("concurrency").Inc()
+		return nil, false, fmt.Errorf("%w (%d): retry shortly", ErrTooManyFills, cap(s.fillSlots))
+	}
+	spool, err := s.createSpool(size)
+	if err != nil {
+		<-s.fillSlots
+		if errors.Is(err, ErrNotStored) {
+			s.metrics.fillsRefused.WithLabelValues("storage").Inc()
+		}
+		return nil, false, err
+	}
+	f = &Fill{store: s, digest: dgst, spool: spool, started: make(chan struct{}), size: size, refs: 1}
 	f.cond = sync.NewCond(&f.mu)
 	s.fills[dgst] = f
 	s.metrics.fillsInFlight.Inc()
@@ -125,14 +158,11 @@ func (f *Fill) NewReader(ctx context.Context) (io.ReadCloser, error) {
 	}
 	if f.done {
 		// The spool may be closed already; the blob is committed.
-		b, err := f.store.OpenBlob(ctx, f.digest)
+		b, err := f.store.OpenBlob(ctx, f.digest, f.size)
 		if err != nil {
 			return nil, err
 		}
 		return b.Content, nil
-	}
-	if f.spool == nil {
-		return nil, errors.New("fill has not started")
 	}
 	f.refs++
 	f.store.metrics.fillClients.Inc()
@@ -170,9 +200,10 @@ func (f *Fill) release() {
 
 func (f *Fill) run(fetch Fetcher) {
 	s := f.store
-	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { <-s.fillSlots }()
+	ctx, cancel := s.fillContext(context.Background(), f.digest)
 	defer cancel()
-	err := f.fetch(ctx, cancel, fetch)
+	err := f.fetch(ctx, fetch)
 	if err == nil {
 		err = f.commit(ctx)
 	}
@@ -184,17 +215,18 @@ func (f *Fill) run(fetch Fetcher) {
 		// and get its error.
 		s.forgetFill(f)
 	}
+	// Readers keep their descriptors of the spool; its name goes now (a
+	// committed spool was renamed already).
+	if rmErr := os.Remove(f.spool.Name()); rmErr == nil && err != nil {
+		s.metrics.uploadsRemoved.WithLabelValues("failed").Inc()
+	}
 
 	f.mu.Lock()
 	if err != nil && f.err == nil {
 		f.err = err
 	}
 	f.done = true
-	select {
-	case <-f.started:
-	default:
-		close(f.started)
-	}
+	f.markStarted()
 	f.cond.Broadcast()
 	f.release()
 	f.mu.Unlock()
@@ -206,67 +238,141 @@ func (f *Fill) run(fetch Fetcher) {
 	}
 }
 
+func (f *Fill) markStarted() { f.startOnce.Do(func() { close(f.started) }) }
+
 // fetch streams the upstream body into the spool file and verifies it.
-func (f *Fill) fetch(ctx context.Context, cancel context.CancelFunc, fetch Fetcher) error {
-	body, size, err := fetch(ctx)
+func (f *Fill) fetch(ctx context.Context, fetch Fetcher) error {
+	s := f.store
+	ctx, progress, stopWatch := s.watchStall(ctx, f.digest)
+	defer stopWatch()
+	body, announced, err := fetch(ctx)
 	if err != nil {
-		return err
+		return fillError(ctx, err)
 	}
 	defer body.Close()
-
-	spool, err := f.store.createSpool()
+	f.mu.Lock()
+	size, err := expectedSize(f.digest, f.size, announced)
+	f.size = size
+	f.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	f.mu.Lock()
-	f.spool = spool
-	f.size = size
-	f.mu.Unlock()
-	close(f.started)
-
-	stall := time.AfterFunc(StallTimeout, cancel)
-	defer stall.Stop()
-	digester := f.digest.Algorithm().Digester()
+	checked := newCheckedBody(body, f.digest, size)
 	buf := make([]byte, fillBufferSize)
-	var written int64
 	for {
-		n, rerr := body.Read(buf)
+		n, rerr := checked.Read(buf)
 		if n > 0 {
-			stall.Reset(StallTimeout)
-			if size >= 0 && written+int64(n) > size {
-				return fmt.Errorf("upstream sent more than the %d bytes it announced for %s", size, f.digest)
+			progress(n)
+			if _, err := f.spool.Write(buf[:n]); err != nil {
+				return s.notStored(fmt.Errorf("spooling %s: %w", f.digest, err))
 			}
-			if _, err := spool.Write(buf[:n]); err != nil {
-				return fmt.Errorf("spooling %s: %w", f.digest, err)
-			}
-			digester.Hash().Write(buf[:n])
-			written += int64(n)
 			f.mu.Lock()
-			f.written = written
+			f.written += int64(n)
 			f.cond.Broadcast()
 			f.mu.Unlock()
+			f.markStarted()
 		}
 		if rerr == io.EOF {
 			break
 		}
 		if rerr != nil {
-			if ctx.Err() != nil {
-				return fmt.Errorf("upstream stalled for %s fetching %s", StallTimeout, f.digest)
-			}
-			return fmt.Errorf("reading %s from upstream: %w", f.digest, rerr)
+			return fillError(ctx, rerr)
 		}
-	}
-	if size >= 0 && written != size {
-		return fmt.Errorf("upstream sent %d of the %d bytes it announced for %s", written, size, f.digest)
-	}
-	if got := digester.Digest(); got != f.digest {
-		return fmt.Errorf("blob %s: %w (upstream sent %s)", f.digest, oci.ErrDigestMismatch, got)
 	}
 	f.mu.Lock()
 	f.verified = true
 	f.cond.Broadcast()
 	f.mu.Unlock()
 	return nil
+}
+
+// fillContext is the context a fill or Stream runs on: it ends at the
+// fill deadline, with a cause that says so.
+func (s *Store) fillContext(parent context.Context, dgst digest.Digest) (context.Context, context.CancelFunc) {
+	return context.WithTimeoutCause(parent, s.fillTimeout,
+		fmt.Errorf("fetching %s did not finish within the fill timeout (%s)", dgst, s.fillTimeout))
+}
+
+// watchStall returns a context that ends when fewer than stallMinBytes
+// were reported to progress within the stall timeout; stop ends the watch
+// and the context.
+func (s *Store) watchStall(parent context.Context, dgst digest.Digest) (ctx context.Context, progress func(int), stop func()) {
+	ctx, cancel := context.WithCancelCause(parent)
+	var received atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(s.fillStallTimeout)
+		defer tick.Stop()
+		var last int64
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				n := received.Load()
+				if n-last < stallMinBytes {
+					cancel(fmt.Errorf("upstream stalled: %d bytes of %s in %s", n-last, dgst, s.fillStallTimeout))
+					return
+				}
+				last = n
+			}
+		}
+	}()
+	return ctx, func(n int) { received.Add(int64(n)) }, func() { close(done); cancel(nil) }
+}
+
+// fillError is err, or the reason the fill's context ended (deadline,
+// stall) when that is what cut the upstream stream.
+func fillError(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	return err
+}
+
+// expectedSize is the size a fetch must deliver: the descriptor's, which
+// the upstream's announcement must agree with, or else the announced one.
+func expectedSize(dgst digest.Digest, expected, announced int64) (int64, error) {
+	if expected >= 0 && announced >= 0 && expected != announced {
+		return expected, fmt.Errorf("upstream announced %d bytes for %s, its descriptor says %d", announced, dgst, expected)
+	}
+	if expected >= 0 {
+		return expected, nil
+	}
+	return announced, nil
+}
+
+// checkedBody reads a blob with the checks every fetch makes: never more
+// than the expected size, exactly that size at the end, and the digest.
+// Its io.EOF means the bytes read were verified.
+type checkedBody struct {
+	r        io.Reader
+	dgst     digest.Digest
+	digester digest.Digester
+	limit    int64 // -1: unknown
+	n        int64
+}
+
+func newCheckedBody(r io.Reader, dgst digest.Digest, limit int64) *checkedBody {
+	return &checkedBody{r: r, dgst: dgst, digester: dgst.Algorithm().Digester(), limit: limit}
+}
+
+func (b *checkedBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if b.limit >= 0 && b.n+int64(n) > b.limit {
+		return 0, fmt.Errorf("upstream sent more than the %d bytes of %s", b.limit, b.dgst)
+	}
+	b.n += int64(n)
+	b.digester.Hash().Write(p[:n])
+	if err == io.EOF {
+		if b.limit >= 0 && b.n != b.limit {
+			return n, fmt.Errorf("upstream sent %d of the %d bytes of %s", b.n, b.limit, b.dgst)
+		}
+		if got := b.digester.Digest(); got != b.dgst {
+			return n, fmt.Errorf("blob %s: %w (upstream sent %s)", b.dgst, oci.ErrDigestMismatch, got)
+		}
+	}
+	return n, err
 }
 
 // forgetFill removes f from the fills in progress, unless a newer fill of
@@ -279,51 +385,107 @@ func (s *Store) forgetFill(f *Fill) {
 	s.mu.Unlock()
 }
 
-func (s *Store) createSpool() (*os.File, error) {
-	dir := s.spoolDir
+// spoolDirectory is where fills spool: under the filesystem driver's
+// root (so commit is a rename), else Options.SpoolDir.
+func (s *Store) spoolDirectory() string {
 	if s.localRoot != "" {
-		// Same filesystem as the blobs, so commit is a rename.
-		dir = s.localPath("/uploads")
+		return s.localPath("/uploads")
 	}
-	if dir == "" {
-		dir = os.TempDir()
+	if s.spoolDir != "" {
+		return s.spoolDir
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("creating spool directory: %w", err)
-	}
-	return os.CreateTemp(dir, "fill-*")
+	return os.TempDir()
 }
 
-// commit moves the verified spool file under its digest. The spool file
-// stays open for readers that are still following the fill.
+// createSpool creates the spool file of a fill of size bytes (-1
+// unknown). It refuses with ErrNotStored when storage ran out of space
+// moments ago or the local disk has not room for size.
+func (s *Store) createSpool(size int64) (*os.File, error) {
+	if s.recentlyFull() {
+		return nil, fmt.Errorf("%w: storage ran out of space less than %s ago", ErrNotStored, fullBackoff)
+	}
+	dir := s.spoolDirectory()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, s.notStored(fmt.Errorf("creating the spool directory: %w", err))
+	}
+	if free := freeBytes(dir); free >= 0 && size >= 0 && free < size+freeSpaceReserve {
+		return nil, fmt.Errorf("%w: %d bytes free for spooling, the blob has %d", ErrNotStored, free, size)
+	}
+	f, err := os.CreateTemp(dir, spoolPrefix+"*")
+	if err != nil {
+		return nil, s.notStored(fmt.Errorf("creating a spool file: %w", err))
+	}
+	return f, nil
+}
+
+// notStored marks err, a failed write to storage, as ErrNotStored, and
+// holds back new fills for a while when it says storage is full. Its
+// message leaves out where the storage lives on this host.
+func (s *Store) notStored(err error) error {
+	if errors.Is(err, ErrNotStored) {
+		return err
+	}
+	if isNoSpace(err) {
+		s.markFull()
+	}
+	msg := err.Error()
+	for _, dir := range []string{s.localRoot, s.spoolDir} {
+		if dir != "" {
+			msg = strings.ReplaceAll(msg, dir, "")
+		}
+	}
+	return &notStoredError{cause: err, msg: ErrNotStored.Error() + ": " + msg}
+}
+
+type notStoredError struct {
+	cause error
+	msg   string
+}
+
+func (e *notStoredError) Error() string   { return e.msg }
+func (e *notStoredError) Unwrap() []error { return []error{ErrNotStored, e.cause} }
+
+// commit makes the verified spool durable and moves it under its digest.
+// The spool file stays open for readers that are still following the
+// fill.
 func (f *Fill) commit(ctx context.Context) error {
 	s := f.store
-	spoolName := f.spool.Name()
-	defer os.Remove(spoolName)
 	if s.localRoot != "" {
+		// Without the sync, a power loss after the rename could leave a
+		// truncated file under the digest.
+		if err := f.spool.Sync(); err != nil {
+			return s.notStored(fmt.Errorf("syncing %s: %w", f.digest, err))
+		}
 		dst := s.localPath(blobPath(f.digest))
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return err
+			return s.notStored(err)
 		}
-		return os.Rename(spoolName, dst)
+		if err := os.Rename(f.spool.Name(), dst); err != nil {
+			return s.notStored(err)
+		}
+		return syncDir(filepath.Dir(dst))
 	}
 	tmp := uploadPath()
 	w, err := s.driver.Writer(ctx, tmp, false)
 	if err != nil {
-		return err
+		return s.notStored(err)
 	}
 	if _, err := io.Copy(w, io.NewSectionReader(f.spool, 0, f.written)); err != nil {
 		_ = w.Cancel(ctx)
-		return fmt.Errorf("writing %s to storage: %w", f.digest, err)
+		return s.notStored(fmt.Errorf("writing %s to storage: %w", f.digest, err))
 	}
 	if err := w.Commit(ctx); err != nil {
 		_ = w.Cancel(ctx)
-		return fmt.Errorf("committing %s to storage: %w", f.digest, err)
+		return s.notStored(fmt.Errorf("committing %s to storage: %w", f.digest, err))
 	}
 	if err := w.Close(); err != nil {
-		return err
+		return s.notStored(err)
 	}
-	return s.driver.Move(ctx, tmp, blobPath(f.digest))
+	if err := s.driver.Move(ctx, tmp, blobPath(f.digest)); err != nil {
+		_ = s.driver.Delete(context.WithoutCancel(ctx), tmp)
+		return s.notStored(err)
+	}
+	return nil
 }
 
 type fillReader struct {

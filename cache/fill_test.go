@@ -45,15 +45,22 @@ func randomBytes(t *testing.T, n int) []byte {
 	return b
 }
 
-// gatedBody releases its content only when told, so a test can observe
-// readers while the fill is still running.
+// gatedBody releases its first chunk at once and the rest only when
+// told, so a test can observe readers while the fill is still running.
 type gatedBody struct {
-	r    io.Reader
-	gate chan struct{}
+	r      io.Reader
+	gate   chan struct{}
+	opened bool
 }
 
 func (g *gatedBody) Read(p []byte) (int, error) {
-	<-g.gate
+	if g.opened {
+		<-g.gate
+	}
+	g.opened = true
+	if len(p) > 1024 {
+		p = p[:1024]
+	}
 	return g.r.Read(p)
 }
 func (g *gatedBody) Close() error { return nil }
@@ -87,7 +94,7 @@ func TestFillServesManyReadersFromOneFetch(t *testing.T) {
 			if n := fetches.Load(); n != 1 {
 				t.Fatalf("upstream fetched %d times, want 1", n)
 			}
-			b, err := s.OpenBlob(context.Background(), dgst)
+			b, err := s.OpenBlob(context.Background(), dgst, -1)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -104,12 +111,12 @@ func TestFillServesManyReadersFromOneFetch(t *testing.T) {
 // response does, with WriteTo.
 func readThroughFill(s *Store, dgst digest.Digest, fetch Fetcher, want []byte, viaWriteTo bool) error {
 	ctx := context.Background()
-	f, cached, err := s.Fill(dgst, fetch)
+	f, cached, err := s.Fill(dgst, -1, fetch)
 	if err != nil {
 		return err
 	}
 	if cached {
-		b, err := s.OpenBlob(ctx, dgst)
+		b, err := s.OpenBlob(ctx, dgst, -1)
 		if err != nil {
 			return err
 		}
@@ -157,7 +164,7 @@ func TestFillWithholdsLastByteUntilVerifiedAndRejectsMismatch(t *testing.T) {
 				return &gatedBody{r: bytes.NewReader(lie), gate: gate}, int64(len(lie)), nil
 			}
 			ctx := context.Background()
-			f, _, err := s.Fill(dgst, fetch)
+			f, _, err := s.Fill(dgst, -1, fetch)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -195,11 +202,11 @@ func TestFillWithholdsLastByteUntilVerifiedAndRejectsMismatch(t *testing.T) {
 			if len(got) >= len(lie) {
 				t.Fatalf("reader received all %d bytes of unverified content", len(got))
 			}
-			if _, err := s.OpenBlob(ctx, dgst); !errors.Is(err, ErrNotFound) {
+			if _, err := s.OpenBlob(ctx, dgst, -1); !errors.Is(err, ErrNotFound) {
 				t.Fatalf("mismatched blob became visible: %v", err)
 			}
 			// The failed fill is gone: a new request fetches again.
-			f2, cached, err := s.Fill(dgst, func(ctx context.Context) (io.ReadCloser, int64, error) {
+			f2, cached, err := s.Fill(dgst, -1, func(ctx context.Context) (io.ReadCloser, int64, error) {
 				return io.NopCloser(bytes.NewReader(announced)), int64(len(announced)), nil
 			})
 			if err != nil || cached {
@@ -216,7 +223,7 @@ func TestFillRejectsTruncatedUpstream(t *testing.T) {
 	s := newStores(t)["filesystem"]
 	content := randomBytes(t, 1<<20)
 	dgst := digest.FromBytes(content)
-	f, _, err := s.Fill(dgst, func(ctx context.Context) (io.ReadCloser, int64, error) {
+	f, _, err := s.Fill(dgst, -1, func(ctx context.Context) (io.ReadCloser, int64, error) {
 		return io.NopCloser(bytes.NewReader(content[:len(content)/2])), int64(len(content)), nil
 	})
 	if err != nil {
@@ -225,7 +232,7 @@ func TestFillRejectsTruncatedUpstream(t *testing.T) {
 	if err := f.Done(context.Background()); err == nil {
 		t.Fatal("truncated fill succeeded")
 	}
-	if _, err := s.OpenBlob(context.Background(), dgst); !errors.Is(err, ErrNotFound) {
+	if _, err := s.OpenBlob(context.Background(), dgst, -1); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("truncated blob became visible: %v", err)
 	}
 }
@@ -235,7 +242,7 @@ func TestFillOutlivesItsReaders(t *testing.T) {
 	content := randomBytes(t, 1<<20)
 	dgst := digest.FromBytes(content)
 	gate := make(chan struct{})
-	f, _, err := s.Fill(dgst, func(ctx context.Context) (io.ReadCloser, int64, error) {
+	f, _, err := s.Fill(dgst, -1, func(ctx context.Context) (io.ReadCloser, int64, error) {
 		return &gatedBody{r: bytes.NewReader(content), gate: gate}, int64(len(content)), nil
 	})
 	if err != nil {
@@ -247,6 +254,11 @@ func TestFillOutlivesItsReaders(t *testing.T) {
 	clientCtx, disconnect := context.WithCancel(context.Background())
 	r, err := f.NewReader(clientCtx)
 	if err != nil {
+		t.Fatal(err)
+	}
+	// The first chunk but its last byte is readable at once; the next
+	// read blocks.
+	if _, err := io.ReadFull(r, make([]byte, 1023)); err != nil {
 		t.Fatal(err)
 	}
 	readErr := make(chan error, 1)
@@ -264,7 +276,7 @@ func TestFillOutlivesItsReaders(t *testing.T) {
 	if err := f.Done(context.Background()); err != nil {
 		t.Fatalf("fill failed after its only reader left: %v", err)
 	}
-	if _, err := s.StatBlob(context.Background(), dgst); err != nil {
-		t.Fatalf("blob not committed: %v", err)
+	if !holds(t, s, dgst) {
+		t.Fatal("blob not committed")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/pullbroker/pullbroker/internal/oci"
 )
@@ -19,17 +20,23 @@ type Manifest struct {
 }
 
 // Link records that a repository is known to hold a digest. For manifests
-// it also keeps the media type the upstream served it with.
+// it also keeps the media type the upstream served it with; for blobs the
+// size the descriptor (or the upstream's HEAD) gave, which a fill must
+// deliver and a cached blob must have.
 type Link struct {
-	MediaType string    `json:"mediaType,omitempty"`
-	Manifest  bool      `json:"manifest,omitempty"`
-	LinkedAt  time.Time `json:"linkedAt"`
+	MediaType string `json:"mediaType,omitempty"`
+	Manifest  bool   `json:"manifest,omitempty"`
+	// Size is -1 when unknown (links written before sizes were kept).
+	Size     int64     `json:"size"`
+	LinkedAt time.Time `json:"linkedAt"`
 }
 
 // PutManifest verifies m against its digest, stores its bytes unchanged,
-// links it to the repository, and links what it references (layers,
-// config, child manifests) so that later blob requests for this repository
-// may be answered from the cache.
+// links it to the repository, and links what it references (an image's
+// config and layers, an index's manifests, and a subject) with their
+// sizes, so that later blob requests for this repository may be answered
+// from the cache. When storage fails after m was verified, the error is
+// ErrNotStored: m may still be served, uncached.
 func (s *Store) PutManifest(ctx context.Context, registry, repo string, m Manifest) error {
 	if len(m.Body) > oci.MaxManifestSize {
 		return fmt.Errorf("manifest %s is %d bytes, over the %d byte limit", m.Digest, len(m.Body), oci.MaxManifestSize)
@@ -40,24 +47,32 @@ func (s *Store) PutManifest(ctx context.Context, registry, repo string, m Manife
 	if got := m.Digest.Algorithm().FromBytes(m.Body); got != m.Digest {
 		return fmt.Errorf("manifest %s: %w (got %s)", m.Digest, oci.ErrDigestMismatch, got)
 	}
+	if err := s.storeManifest(ctx, registry, repo, m); err != nil {
+		return fmt.Errorf("storing manifest %s: %w", m.Digest, s.notStored(err))
+	}
+	return nil
+}
+
+// storeManifest writes a verified manifest and its links.
+func (s *Store) storeManifest(ctx context.Context, registry, repo string, m Manifest) error {
 	if _, err := s.driver.Stat(ctx, blobPath(m.Digest)); err != nil {
 		if !isPathNotFound(err) {
 			return err
 		}
 		if err := s.putAtomic(ctx, blobPath(m.Digest), m.Body); err != nil {
-			return fmt.Errorf("storing manifest %s: %w", m.Digest, err)
+			return err
 		}
 		s.accountCommit(m.Digest, int64(len(m.Body)))
 	}
-	for _, ref := range references(m.Body) {
-		if ref.Validate() != nil {
+	for _, ref := range references(m.MediaType, m.Body) {
+		if ref.Digest.Validate() != nil {
 			continue
 		}
-		if err := s.link(ctx, registry, repo, ref, Link{}); err != nil {
+		if err := s.link(ctx, registry, repo, ref.Digest, Link{Size: ref.Size}); err != nil {
 			return err
 		}
 	}
-	return s.link(ctx, registry, repo, m.Digest, Link{MediaType: m.MediaType, Manifest: true})
+	return s.link(ctx, registry, repo, m.Digest, Link{MediaType: m.MediaType, Manifest: true, Size: int64(len(m.Body))})
 }
 
 // GetManifest returns the manifest dgst if the repository is known to hold
@@ -88,64 +103,80 @@ func (s *Store) GetManifest(ctx context.Context, registry, repo string, dgst dig
 	return Manifest{Digest: dgst, MediaType: l.MediaType, Body: body}, nil
 }
 
-// LinkBlob records that the repository holds the blob, once the upstream
-// confirmed it.
-func (s *Store) LinkBlob(ctx context.Context, registry, repo string, dgst digest.Digest) error {
-	return s.link(ctx, registry, repo, dgst, Link{})
+// LinkBlob records that the repository holds the blob of size bytes (-1
+// unknown), once the upstream confirmed it.
+func (s *Store) LinkBlob(ctx context.Context, registry, repo string, dgst digest.Digest, size int64) error {
+	return s.link(ctx, registry, repo, dgst, Link{Size: size})
 }
 
 // GetLink returns ErrNotFound when the repository is not known to hold dgst.
 func (s *Store) GetLink(ctx context.Context, registry, repo string, dgst digest.Digest) (Link, error) {
-	b, err := s.driver.GetContent(ctx, linkPath(registry, repo, dgst))
-	if isPathNotFound(err) {
-		return Link{}, ErrNotFound
-	}
-	if err != nil {
-		return Link{}, err
-	}
-	var l Link
-	if err := json.Unmarshal(b, &l); err != nil {
-		return Link{}, fmt.Errorf("link %s in %s/%s is corrupt: %w", dgst, registry, repo, err)
-	}
-	return l, nil
+	l := Link{Size: -1} // kept by links that recorded no size
+	err := s.getJSON(ctx, linkPath(registry, repo, dgst), fmt.Sprintf("link %s in %s/%s", dgst, registry, repo), &l)
+	return l, err
 }
 
 func (s *Store) link(ctx context.Context, registry, repo string, dgst digest.Digest, l Link) error {
-	if existing, err := s.GetLink(ctx, registry, repo, dgst); err == nil && (existing.Manifest || !l.Manifest) {
-		return nil
+	if existing, err := s.GetLink(ctx, registry, repo, dgst); err == nil {
+		// Add what the existing link lacks; never take anything away.
+		merged := existing
+		if l.Manifest && !existing.Manifest {
+			merged.Manifest, merged.MediaType = true, l.MediaType
+		}
+		if merged.Size < 0 {
+			merged.Size = l.Size
+		}
+		if merged == existing {
+			return nil
+		}
+		l = merged
 	}
 	l.LinkedAt = time.Now().UTC()
-	b, err := json.Marshal(l)
-	if err != nil {
-		return err
-	}
-	return s.putAtomic(ctx, linkPath(registry, repo, dgst), b)
+	return s.putJSON(ctx, linkPath(registry, repo, dgst), l)
 }
 
-// references lists the digests an image manifest or index points at. It
-// reads only the fields both OCI and Docker formats share, so unknown
-// media types simply reference nothing.
-func references(body []byte) []digest.Digest {
-	type descriptor struct {
-		Digest digest.Digest `json:"digest"`
+// references lists the descriptors a manifest points at, by its media
+// type (the one the body declares, else the one it was served with): an
+// image manifest's config, layers and subject; an index's manifests and
+// subject. Other fields, and other media types, reference nothing: a
+// manifest cannot make a repository hold a blob by naming it elsewhere.
+func references(servedType string, body []byte) []ocispec.Descriptor {
+	var declared struct {
+		MediaType string `json:"mediaType"`
 	}
-	var m struct {
-		Config    *descriptor  `json:"config"`
-		Layers    []descriptor `json:"layers"`
-		Manifests []descriptor `json:"manifests"`
-		Blobs     []descriptor `json:"blobs"`
-	}
-	if json.Unmarshal(body, &m) != nil {
+	if json.Unmarshal(body, &declared) != nil {
 		return nil
 	}
-	var out []digest.Digest
-	if m.Config != nil {
-		out = append(out, m.Config.Digest)
+	mediaType := declared.MediaType
+	if mediaType == "" {
+		mediaType = servedType
 	}
-	for _, list := range [][]descriptor{m.Layers, m.Manifests, m.Blobs} {
-		for _, d := range list {
-			out = append(out, d.Digest)
+	var out []ocispec.Descriptor
+	switch mediaType {
+	case ocispec.MediaTypeImageManifest, mediaTypeDockerManifest:
+		var m ocispec.Manifest
+		if json.Unmarshal(body, &m) != nil {
+			return nil
+		}
+		out = append([]ocispec.Descriptor{m.Config}, m.Layers...)
+		if m.Subject != nil {
+			out = append(out, *m.Subject)
+		}
+	case ocispec.MediaTypeImageIndex, mediaTypeDockerManifestList:
+		var idx ocispec.Index
+		if json.Unmarshal(body, &idx) != nil {
+			return nil
+		}
+		out = idx.Manifests
+		if idx.Subject != nil {
+			out = append(out, *idx.Subject)
 		}
 	}
 	return out
 }
+
+// Docker's manifest media types, which image-spec does not define.
+const (
+	mediaTypeDockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
+	mediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
+)

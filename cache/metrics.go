@@ -7,13 +7,18 @@ import (
 )
 
 type metrics struct {
-	fillsInFlight prometheus.Gauge
-	fillClients   prometheus.Gauge
-	sizeBytes     prometheus.Gauge
-	objects       prometheus.Gauge
-	evictions     prometheus.Counter
-	evictedBytes  prometheus.Counter
-	pins          *prometheus.GaugeVec
+	fillsInFlight  prometheus.Gauge
+	fillClients    prometheus.Gauge
+	sizeBytes      prometheus.Gauge
+	objects        prometheus.Gauge
+	evictions      prometheus.Counter
+	evictedBytes   prometheus.Counter
+	pins           *prometheus.GaugeVec
+	fillsRefused   *prometheus.CounterVec
+	streams        prometheus.Counter
+	uploadsRemoved *prometheus.CounterVec
+	corruptRemoved *prometheus.CounterVec
+	scrubbedBytes  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -47,11 +52,41 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Tags pinned to a digest in storage, by the policy that pinned them (sticky, manual).",
 		}, []string{"policy"}),
 	}
+	m.fillsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pullbroker_fills_refused_total",
+		Help: "Blob fills not started: concurrency (storage.fills.maxConcurrent reached; the client got 503), storage (no room to store the blob; it was streamed uncached).",
+	}, []string{"reason"})
+	m.streams = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pullbroker_uncached_streams_total",
+		Help: "Blobs passed from an upstream to a client verified but not stored, because storage could not take them.",
+	})
+	m.uploadsRemoved = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pullbroker_uploads_removed_total",
+		Help: "Temporary files removed from uploads/: failed (a failed fill's spool), stale (left by a crash; removed at start).",
+	}, []string{"reason"})
+	m.corruptRemoved = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "pullbroker_corrupt_blobs_removed_total",
+		Help: "Cached blobs found corrupt and removed (they are fetched again when next pulled): size (found on open), scrub (re-hashed by the scrub or pullbroker verify).",
+	}, []string{"check"})
+	m.scrubbedBytes = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "pullbroker_scrubbed_bytes_total",
+		Help: "Bytes of cached blobs re-hashed by the scrub.",
+	})
 	// Zero series from the start, so that dashboards show 0 and not "no data".
 	m.pins.WithLabelValues(config.PolicySticky)
 	m.pins.WithLabelValues(config.PolicyManual)
+	for _, r := range []string{"concurrency", "storage"} {
+		m.fillsRefused.WithLabelValues(r)
+	}
+	for _, r := range []string{"failed", "stale"} {
+		m.uploadsRemoved.WithLabelValues(r)
+	}
+	for _, c := range []string{"size", "scrub"} {
+		m.corruptRemoved.WithLabelValues(c)
+	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.fillsInFlight, m.fillClients, m.sizeBytes, m.objects, m.evictions, m.evictedBytes, m.pins} {
+		for _, c := range []prometheus.Collector{m.fillsInFlight, m.fillClients, m.sizeBytes, m.objects, m.evictions, m.evictedBytes, m.pins,
+			m.fillsRefused, m.streams, m.uploadsRemoved, m.corruptRemoved, m.scrubbedBytes} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"path"
 	"sort"
@@ -36,16 +35,13 @@ func pinPath(registry, repo, tag string) string {
 
 // GetPin returns the pin of a tag, or ErrNotFound.
 func (s *Store) GetPin(ctx context.Context, registry, repo, tag string) (Pin, error) {
-	b, err := s.driver.GetContent(ctx, pinPath(registry, repo, tag))
-	if isPathNotFound(err) {
-		return Pin{}, ErrNotFound
-	}
-	if err != nil {
+	var p Pin
+	what := fmt.Sprintf("pin %s/%s:%s", registry, repo, tag)
+	if err := s.getJSON(ctx, pinPath(registry, repo, tag), what, &p); err != nil {
 		return Pin{}, err
 	}
-	var p Pin
-	if err := json.Unmarshal(b, &p); err != nil || p.Digest.Validate() != nil {
-		return Pin{}, fmt.Errorf("pin %s/%s:%s is corrupt", registry, repo, tag)
+	if err := p.Digest.Validate(); err != nil {
+		return Pin{}, fmt.Errorf("%s is corrupt: %w", what, err)
 	}
 	return p, nil
 }
@@ -55,11 +51,7 @@ func (s *Store) PutPin(ctx context.Context, p Pin) error {
 	if err := p.Digest.Validate(); err != nil {
 		return fmt.Errorf("pin %s: %w", p.Image(), err)
 	}
-	b, err := json.Marshal(p)
-	if err != nil {
-		return err
-	}
-	if err := s.putAtomic(ctx, pinPath(p.Registry, p.Repository, p.Tag), b); err != nil {
+	if err := s.putJSON(ctx, pinPath(p.Registry, p.Repository, p.Tag), p); err != nil {
 		return err
 	}
 	s.accountPin(p.Image(), p.Policy)

@@ -14,19 +14,33 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path"
+	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pullbroker/pullbroker/config"
 	"github.com/pullbroker/pullbroker/internal/registryname"
 )
 
 // ErrNotFound means the cache does not hold what was asked for.
 var ErrNotFound = errors.New("not in cache")
+
+// ErrNotStored means content could not be written to storage (no space
+// left, a failing disk): nothing was cached. A manifest that PutManifest
+// refuses with it was verified first, so it may still be served; a blob
+// may be passed through with Stream.
+var ErrNotStored = errors.New("content could not be stored in the cache")
+
+// ErrTooManyFills means Options.MaxConcurrentFills fills are running and
+// none of them is for this blob: retry shortly.
+var ErrTooManyFills = errors.New("too many blob fills running")
 
 // Options tune a Store.
 type Options struct {
@@ -41,6 +55,20 @@ type Options struct {
 	// MaxSizeBytes, when positive, makes Start evict the blobs read least
 	// recently once the cache holds more than this.
 	MaxSizeBytes int64
+	// FillTimeout bounds one fill (or Stream) from the upstream request to
+	// the commit; a spool file under uploads/ older than this is left by a
+	// crash, and Start removes it. Default config.DefaultFillTimeout.
+	FillTimeout time.Duration
+	// FillStallTimeout cuts a fill that received less than stallMinBytes
+	// within it. Default config.DefaultFillStallTimeout.
+	FillStallTimeout time.Duration
+	// MaxConcurrentFills caps the fills and Streams running at once.
+	// Default config.DefaultMaxConcurrentFills.
+	MaxConcurrentFills int
+	// ScrubInterval, when positive, makes Start re-hash every cached blob
+	// this often, at ScrubBytesPerSecond, and remove corrupt ones.
+	ScrubInterval       time.Duration
+	ScrubBytesPerSecond int64
 }
 
 // Store is the cache. It is safe for concurrent use, and several processes
@@ -58,6 +86,16 @@ type Store struct {
 	usage        *usage
 	scanned      chan struct{} // closed when Start's walk of storage ended
 
+	fillTimeout      time.Duration
+	fillStallTimeout time.Duration
+	// fillSlots holds a token for each fill or Stream running.
+	fillSlots     chan struct{}
+	scrubInterval time.Duration
+	scrubRate     int64
+	// fullUntil (unix nanoseconds): storage ran out of space recently;
+	// until then no fill is started, blobs are streamed uncached.
+	fullUntil atomic.Int64
+
 	mu    sync.Mutex
 	fills map[digest.Digest]*Fill
 }
@@ -66,6 +104,15 @@ type Store struct {
 func New(driver storagedriver.StorageDriver, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.FillTimeout <= 0 {
+		opts.FillTimeout = config.DefaultFillTimeout
+	}
+	if opts.FillStallTimeout <= 0 {
+		opts.FillStallTimeout = config.DefaultFillStallTimeout
+	}
+	if opts.MaxConcurrentFills <= 0 {
+		opts.MaxConcurrentFills = config.DefaultMaxConcurrentFills
 	}
 	s := &Store{
 		driver:       driver,
@@ -77,6 +124,12 @@ func New(driver storagedriver.StorageDriver, opts Options) (*Store, error) {
 		evictMinIdle: defaultEvictMinIdle,
 		usage:        newUsage(),
 		scanned:      make(chan struct{}),
+
+		fillTimeout:      opts.FillTimeout,
+		fillStallTimeout: opts.FillStallTimeout,
+		fillSlots:        make(chan struct{}, opts.MaxConcurrentFills),
+		scrubInterval:    opts.ScrubInterval,
+		scrubRate:        opts.ScrubBytesPerSecond,
 	}
 	m, err := newMetrics(opts.Registerer)
 	if err != nil {
@@ -90,10 +143,11 @@ func New(driver storagedriver.StorageDriver, opts Options) (*Store, error) {
 // state beside the cache (pins) and for readiness checks.
 func (s *Store) Driver() storagedriver.StorageDriver { return s.driver }
 
-// CheckWritable writes and removes a probe object; /readyz uses it.
+// CheckWritable writes and removes a probe object; /readyz uses it. A
+// failed probe leaves nothing behind.
 func (s *Store) CheckWritable(ctx context.Context) error {
 	p := "/uploads/readyz-" + randomID()
-	if err := s.driver.PutContent(ctx, p, []byte("ok")); err != nil {
+	if err := s.putAtomic(ctx, p, []byte("ok")); err != nil {
 		return fmt.Errorf("storage %s is not writable: %w", s.driver.Name(), err)
 	}
 	return s.driver.Delete(ctx, p)
@@ -138,9 +192,25 @@ func randomID() string {
 
 // putAtomic writes content under a temporary name and moves it into place,
 // so a reader (in this or another replica) never sees a partial object.
+// A failed write is ErrNotStored and leaves no temporary object behind;
+// one that failed for want of space holds back fills for a while.
 func (s *Store) putAtomic(ctx context.Context, p string, content []byte) error {
+	if err := s.putAtomicOnce(ctx, p, content); err != nil {
+		return s.notStored(err)
+	}
+	return nil
+}
+
+func (s *Store) putAtomicOnce(ctx context.Context, p string, content []byte) error {
+	if s.localRoot != "" {
+		// The filesystem driver's PutContent leaves its own temporary
+		// file behind when the final flush fails (a full disk): write
+		// the local file directly instead.
+		return s.putLocal(p, content)
+	}
 	tmp := uploadPath()
 	if err := s.driver.PutContent(ctx, tmp, content); err != nil {
+		_ = s.driver.Delete(context.WithoutCancel(ctx), tmp)
 		return err
 	}
 	if err := s.driver.Move(ctx, tmp, p); err != nil {
@@ -148,6 +218,52 @@ func (s *Store) putAtomic(ctx context.Context, p string, content []byte) error {
 		return err
 	}
 	return nil
+}
+
+// putLocal writes a file under uploads/, syncs it and renames it into
+// place; on any error the temporary file is removed.
+func (s *Store) putLocal(p string, content []byte) (err error) {
+	dir := s.localPath("/uploads")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, "put-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if _, err := f.Write(content); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	dst := s.localPath(p)
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), dst); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(dst))
+}
+
+// syncDir makes a rename into dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 func isPathNotFound(err error) bool {

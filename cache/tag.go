@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"path"
 	"sort"
@@ -28,16 +27,13 @@ func (t Tag) Fresh(ttl time.Duration, now time.Time) bool {
 
 // GetTag returns the tag record, or ErrNotFound.
 func (s *Store) GetTag(ctx context.Context, registry, repo, tag string) (Tag, error) {
-	b, err := s.driver.GetContent(ctx, tagPath(registry, repo, tag))
-	if isPathNotFound(err) {
-		return Tag{}, ErrNotFound
-	}
-	if err != nil {
+	var t Tag
+	what := fmt.Sprintf("tag record %s/%s:%s", registry, repo, tag)
+	if err := s.getJSON(ctx, tagPath(registry, repo, tag), what, &t); err != nil {
 		return Tag{}, err
 	}
-	var t Tag
-	if err := json.Unmarshal(b, &t); err != nil || t.Digest.Validate() != nil {
-		return Tag{}, fmt.Errorf("tag record %s/%s:%s is corrupt", registry, repo, tag)
+	if err := t.Digest.Validate(); err != nil {
+		return Tag{}, fmt.Errorf("%s is corrupt: %w", what, err)
 	}
 	return t, nil
 }
@@ -45,11 +41,7 @@ func (s *Store) GetTag(ctx context.Context, registry, repo, tag string) (Tag, er
 // PutTag records a tag resolution. Callers store the manifest first, so a
 // record never points at content the cache lacks.
 func (s *Store) PutTag(ctx context.Context, registry, repo, tag string, t Tag) error {
-	b, err := json.Marshal(t)
-	if err != nil {
-		return err
-	}
-	return s.putAtomic(ctx, tagPath(registry, repo, tag), b)
+	return s.putJSON(ctx, tagPath(registry, repo, tag), t)
 }
 
 // Tags lists the tags the cache holds records for, sorted.

@@ -98,6 +98,35 @@ type Storage struct {
 	// walking storage at start; replicas sharing one storage each account
 	// only for what they stored, read and evicted themselves.
 	MaxSizeBytes int64 `mapstructure:"maxSizeBytes"`
+	// Fills bound the fetches of missing blobs from upstreams.
+	Fills Fills `mapstructure:"fills"`
+	// Scrub is the background re-hash of cached blobs that removes corrupt
+	// ones (they are fetched again when next pulled).
+	Scrub Scrub `mapstructure:"scrub"`
+}
+
+// Fills bound the fetches of missing blobs. Replicas sharing one storage
+// should use the same values: a spool left under uploads/ is removed at
+// start once it is older than Timeout.
+type Fills struct {
+	// Timeout bounds one fill from the upstream request to the commit; it
+	// must be generous enough for the largest layer on the slowest link.
+	Timeout time.Duration `mapstructure:"timeout"`
+	// StallTimeout cuts a fill that received less than 32 KiB within it.
+	StallTimeout time.Duration `mapstructure:"stallTimeout"`
+	// MaxConcurrent caps the fills running at once; a client whose blob
+	// would need one more gets 503 with Retry-After.
+	MaxConcurrent int `mapstructure:"maxConcurrent"`
+}
+
+// Scrub schedules the re-hash of every cached blob.
+type Scrub struct {
+	// Interval is the time between the starts of two passes; 0 disables
+	// the schedule (`pullbroker verify` still runs one pass).
+	Interval time.Duration `mapstructure:"interval"`
+	// BytesPerSecond caps the read rate of a pass, so that it does not
+	// compete with pulls for the disk.
+	BytesPerSecond int64 `mapstructure:"bytesPerSecond"`
 }
 
 // Log configures the process logger.

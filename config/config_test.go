@@ -88,6 +88,10 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		{`upstreams: [{name: "x.io", endpoint: "https://x.io", allowedRealmHosts: [auth.x.io, "auth.x.io:443"]}]`, "upstreams[x.io].allowedRealmHosts[1]"},
 		{`upstreams: [{name: "x.io", endpoint: "https://x.io", allowedRealmHosts: ["*"]}]`, "upstreams[x.io].allowedRealmHosts[0]"},
 		{`access: {allowedNetworks: ["10.0.0.0/33"]}`, "access.allowedNetworks[0]"},
+		{`storage: {fills: {stallTimeout: 2h}}`, "storage.fills.stallTimeout"},
+		{`storage: {fills: {maxConcurrent: -1}}`, "storage.fills.maxConcurrent"},
+		{`storage: {scrub: {interval: -1s}}`, "storage.scrub.interval"},
+		{`storage: {scrub: {interval: 1h, bytesPerSecond: 0}}`, "storage.scrub.bytesPerSecond"},
 		{`pins: [{policy: forever}]`, "pins[0].policy"},
 		{`pins: [{policy: locked}]`, "pins[0].lockFile"},
 	}

@@ -12,6 +12,13 @@ const (
 	DefaultCatalogCacheTTL = 30 * time.Second
 )
 
+// Default bounds of blob fills, applied when storage.fills leaves them unset.
+const (
+	DefaultFillTimeout        = time.Hour
+	DefaultFillStallTimeout   = time.Minute
+	DefaultMaxConcurrentFills = 64
+)
+
 // PublicUpstreams are the registries known anonymously out of the box.
 func PublicUpstreams() []Upstream {
 	return []Upstream{

@@ -86,6 +86,15 @@ func (c *Config) applyDefaults() {
 		}
 		c.Upstreams = merged
 	}
+	if c.Storage.Fills.Timeout == 0 {
+		c.Storage.Fills.Timeout = DefaultFillTimeout
+	}
+	if c.Storage.Fills.StallTimeout == 0 {
+		c.Storage.Fills.StallTimeout = DefaultFillStallTimeout
+	}
+	if c.Storage.Fills.MaxConcurrent == 0 {
+		c.Storage.Fills.MaxConcurrent = DefaultMaxConcurrentFills
+	}
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		if u.TagTTL == 0 {

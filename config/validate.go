@@ -41,6 +41,21 @@ func (c *Config) Validate() error {
 	if c.Storage.MaxSizeBytes < 0 {
 		bad("storage.maxSizeBytes", "must not be negative (0 means unbounded)")
 	}
+	if c.Storage.Fills.Timeout < 0 {
+		bad("storage.fills.timeout", "must be positive")
+	}
+	if c.Storage.Fills.StallTimeout < 0 || c.Storage.Fills.StallTimeout > c.Storage.Fills.Timeout {
+		bad("storage.fills.stallTimeout", "must be positive and at most storage.fills.timeout")
+	}
+	if c.Storage.Fills.MaxConcurrent < 0 {
+		bad("storage.fills.maxConcurrent", "must be positive")
+	}
+	if c.Storage.Scrub.Interval < 0 {
+		bad("storage.scrub.interval", "must not be negative (0 disables the schedule)")
+	}
+	if c.Storage.Scrub.Interval > 0 && c.Storage.Scrub.BytesPerSecond <= 0 {
+		bad("storage.scrub.bytesPerSecond", "must be positive when storage.scrub.interval is set")
+	}
 	switch c.Log.Format {
 	case "text", "json":
 	default:

@@ -48,6 +48,8 @@ type pbConfig struct {
 	DrainTimeout   time.Duration // 0: 30s
 	// Access is the access section's body, as YAML indented under "access:".
 	Access string
+	// Fills is storage.fills as a YAML flow mapping ("{stallTimeout: 2s}"); "" for the defaults.
+	Fills string
 }
 
 // pullbroker is a running `pullbroker serve`.
@@ -56,8 +58,16 @@ type pullbroker struct {
 	Admin      string // admin listener, 127.0.0.1:PORT
 	ConfigPath string
 	StorageDir string
+	// killed: the test killed it on purpose, so its exit status says nothing.
+	killed bool
 
 	*testenv.Process
+}
+
+// kill9 ends pullbroker at once with SIGKILL, as a crash or the OOM killer would.
+func (p *pullbroker) kill9() {
+	p.killed = true
+	p.Kill()
 }
 
 // writeConfig renders cfg with the given listeners and returns the file's path.
@@ -75,6 +85,9 @@ func writeConfig(t *testing.T, cfg pbConfig, listen, admin string) string {
 	fmt.Fprintf(&b, "listen:\n  addr: %q\n  drainTimeout: %s\n", listen, drain)
 	fmt.Fprintf(&b, "admin:\n  addr: %q\n  tokenFile: %q\n", admin, cfg.AdminTokenFile)
 	fmt.Fprintf(&b, "storage:\n  driver: filesystem\n  parameters:\n    rootdirectory: %q\n", cfg.StorageDir)
+	if cfg.Fills != "" {
+		fmt.Fprintf(&b, "  fills: %s\n", cfg.Fills)
+	}
 	// debug: the more the proxy logs, the more the leak checks see.
 	fmt.Fprintf(&b, "log:\n  format: json\n  level: debug\n")
 	fmt.Fprintf(&b, "mode: %s\ndefaultUpstream: \"\"\ndisableDefaultUpstreams: true\nupstreams:\n", mode)
@@ -164,7 +177,7 @@ func (p *pullbroker) answers() bool {
 }
 
 func (p *pullbroker) cleanup(t *testing.T, sec *secrets) {
-	if err := p.Terminate(45 * time.Second); err != nil {
+	if err := p.Terminate(45 * time.Second); err != nil && !p.killed {
 		t.Errorf("pullbroker on %s did not exit with status 0 after SIGTERM: %v", p.Addr, err)
 	}
 	log := p.logs(t)

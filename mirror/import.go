@@ -121,7 +121,7 @@ func (imp importer) manifest(ctx context.Context, desc v1.Descriptor) error {
 // as a blob from an upstream.
 func (imp importer) blob(ctx context.Context, desc v1.Descriptor) error {
 	dgst := digest.Digest(desc.Digest.String())
-	f, cached, err := imp.store.Fill(dgst, func(context.Context) (io.ReadCloser, int64, error) {
+	f, cached, err := imp.store.Fill(dgst, desc.Size, func(context.Context) (io.ReadCloser, int64, error) {
 		rc, err := imp.layout.Blob(desc.Digest)
 		return rc, desc.Size, err
 	})
@@ -133,7 +133,7 @@ func (imp importer) blob(ctx context.Context, desc v1.Descriptor) error {
 			return fmt.Errorf("blob %s: %w", dgst, err)
 		}
 	}
-	return imp.store.LinkBlob(ctx, imp.registry, imp.repo, dgst)
+	return imp.store.LinkBlob(ctx, imp.registry, imp.repo, dgst, desc.Size)
 }
 
 func extractTar(src, dir string) error {

@@ -2,6 +2,7 @@ package mirror_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -120,9 +121,11 @@ func TestSyncExportImport(t *testing.T) {
 	layers, _ := img.Layers()
 	for _, l := range layers {
 		d, _ := l.Digest()
-		if _, err := off.store.StatBlob(t.Context(), digest.Digest(d.String())); err != nil {
+		b, err := off.store.OpenBlob(t.Context(), digest.Digest(d.String()), -1)
+		if err != nil {
 			t.Fatalf("layer %s not imported: %v", d, err)
 		}
+		b.Content.Close()
 	}
 }
 
@@ -153,8 +156,8 @@ func TestImportRejectsTamperedBlob(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "does not match its digest") {
 		t.Fatalf("Import of a tampered layout = %v, want a digest mismatch", err)
 	}
-	if _, err := off.store.StatBlob(t.Context(), digest.Digest(d.String())); err == nil {
-		t.Fatal("the tampered blob was committed")
+	if _, err := off.store.OpenBlob(t.Context(), digest.Digest(d.String()), -1); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("the tampered blob was committed (open: %v)", err)
 	}
 	if _, err := off.store.GetPin(t.Context(), upstreamName, "team/app", "v1"); err == nil {
 		t.Fatal("the tag was pinned although its image did not import")
@@ -197,9 +200,11 @@ func TestScheduledSyncFollowsTheUpstream(t *testing.T) {
 	}
 	layers, _ := second.Layers()
 	d, _ := layers[0].Digest()
-	if _, err := p.store.OpenBlob(t.Context(), digest.Digest(d.String())); err != nil {
+	b, err := p.store.OpenBlob(t.Context(), digest.Digest(d.String()), -1)
+	if err != nil {
 		t.Fatalf("the moved tag's layer was not fetched: %v", err)
 	}
+	b.Content.Close()
 }
 
 // waitForRuns waits until the scheduled sync has counted n successful runs.

@@ -7,7 +7,9 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"time"
 
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/pullbroker/pullbroker/cache"
@@ -19,12 +21,13 @@ import (
 func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, rt *route, info *requestInfo) {
 	ctx := r.Context()
 	dgst := digest.Digest(rt.reference)
-	if apiErr := h.confirmBlobInRepository(ctx, rt, dgst); apiErr != nil {
+	size, apiErr := h.confirmBlobInRepository(ctx, rt, dgst)
+	if apiErr != nil {
 		writeError(w, r, apiErr)
 		return
 	}
 
-	blob, err := h.store.OpenBlob(ctx, dgst)
+	blob, err := h.store.OpenBlob(ctx, dgst, size)
 	if err == nil {
 		h.cacheResult(info, "blob", rt.registry, tags.Hit)
 		defer blob.Content.Close()
@@ -37,7 +40,7 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, rt *route, i
 	}
 	if h.offline(rt) {
 		if fill := h.store.RunningFill(dgst); fill != nil && r.Method == http.MethodGet {
-			h.followFill(w, r, rt, dgst, fill)
+			h.followFill(w, r, rt, dgst, size, fill, nil)
 			return
 		}
 		writeError(w, r, fromUpstream(rt, upstream.ErrOffline))
@@ -55,35 +58,44 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, rt *route, i
 		w.WriteHeader(http.StatusOK)
 		return
 	}
-	h.serveThroughFill(w, r, rt, dgst)
+	h.serveThroughFill(w, r, rt, dgst, size)
 }
 
 // confirmBlobInRepository enforces that a blob cached for one repository
 // is served for another only once that one is known to hold it: linked by
-// a manifest fetched for it, or confirmed by the upstream now.
-func (h *Handler) confirmBlobInRepository(ctx context.Context, rt *route, dgst digest.Digest) *apiError {
-	_, err := h.store.GetLink(ctx, rt.registry, rt.repository, dgst)
+// a manifest fetched for it, or confirmed by the upstream now. It returns
+// the blob's size as the link or the upstream gave it (-1 unknown).
+func (h *Handler) confirmBlobInRepository(ctx context.Context, rt *route, dgst digest.Digest) (int64, *apiError) {
+	link, err := h.store.GetLink(ctx, rt.registry, rt.repository, dgst)
 	if err == nil {
-		return nil
+		return link.Size, nil
 	}
 	if !errors.Is(err, cache.ErrNotFound) {
-		return internalError(err)
+		return 0, internalError(err)
 	}
 	if h.offline(rt) {
-		return fromUpstream(rt, upstream.ErrOffline)
+		return 0, fromUpstream(rt, upstream.ErrOffline)
 	}
 	// Concurrent requests for the same unlinked blob share one HEAD.
 	key := rt.registry + "\x00" + rt.repository + "\x00" + dgst.String()
-	_, err = h.blobConfirmFlight.Do(ctx, key, cmp.Or(rt.upstream.WorkTimeout, config.DefaultWorkTimeout), func(ctx context.Context) (struct{}, error) {
-		if _, err := h.client(rt).HeadBlob(ctx, rt.repository, dgst); err != nil {
-			return struct{}{}, err
+	size, err := h.blobConfirmFlight.Do(ctx, key, cmp.Or(rt.upstream.WorkTimeout, config.DefaultWorkTimeout), func(ctx context.Context) (int64, error) {
+		size, err := h.client(rt).HeadBlob(ctx, rt.repository, dgst)
+		if err != nil {
+			return 0, err
 		}
-		return struct{}{}, h.store.LinkBlob(ctx, rt.registry, rt.repository, dgst)
+		if err := h.store.LinkBlob(ctx, rt.registry, rt.repository, dgst, size); err != nil {
+			if !errors.Is(err, cache.ErrNotStored) {
+				return 0, err
+			}
+			// The upstream confirmed it: serve now, confirm again next time.
+			h.log.Warn("could not record that a repository holds a blob", "registry", rt.registry, "repository", rt.repository, "digest", dgst, "error", err)
+		}
+		return size, nil
 	})
 	if err != nil {
-		return fromUpstream(rt, err)
+		return 0, fromUpstream(rt, err)
 	}
-	return nil
+	return size, nil
 }
 
 func (h *Handler) serveCachedBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest, blob *cache.Blob) {
@@ -95,67 +107,117 @@ func (h *Handler) serveCachedBlob(w http.ResponseWriter, r *http.Request, dgst d
 }
 
 // serveThroughFill joins (or starts) the one upstream fetch of the blob
-// and streams it as it arrives.
-func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, rt *route, dgst digest.Digest) {
+// and streams it as it arrives. size is the descriptor's (-1 unknown).
+func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, rt *route, dgst digest.Digest, size int64) {
 	client := h.client(rt)
 	repo := rt.repository
-	fill, cached, err := h.store.Fill(dgst, func(ctx context.Context) (io.ReadCloser, int64, error) {
+	fetch := func(ctx context.Context) (io.ReadCloser, int64, error) {
 		return client.GetBlob(ctx, repo, dgst)
-	})
-	if err != nil {
-		writeError(w, r, internalError(err))
-		return
 	}
-	if cached {
-		h.serveFromCache(w, r, dgst)
-		return
+	fill, cached, err := h.store.Fill(dgst, size, fetch)
+	switch {
+	case errors.Is(err, cache.ErrNotStored):
+		h.streamUncached(w, r, rt, dgst, size, fetch, err)
+	case err != nil:
+		writeError(w, r, fillError(rt, err))
+	case cached:
+		h.serveFromCache(w, r, dgst, size)
+	default:
+		h.followFill(w, r, rt, dgst, size, fill, fetch)
 	}
-	h.followFill(w, r, rt, dgst, fill)
 }
 
-// followFill streams a fill to the client as its bytes arrive.
-func (h *Handler) followFill(w http.ResponseWriter, r *http.Request, rt *route, dgst digest.Digest, fill *cache.Fill) {
+// followFill streams a fill to the client as its bytes arrive. fetch,
+// when not nil, passes the blob through uncached should the fill find
+// that storage cannot take it before it handed out any byte.
+func (h *Handler) followFill(w http.ResponseWriter, r *http.Request, rt *route, dgst digest.Digest, size int64, fill *cache.Fill, fetch cache.Fetcher) {
 	ctx := r.Context()
-	size, err := fill.Wait(ctx)
+	announced, err := fill.Wait(ctx)
 	if err != nil {
-		if ctx.Err() != nil {
-			return
+		switch {
+		case ctx.Err() != nil:
+		case errors.Is(err, cache.ErrNotStored) && fetch != nil:
+			h.streamUncached(w, r, rt, dgst, size, fetch, err)
+		default:
+			writeError(w, r, fillError(rt, err))
 		}
-		writeError(w, r, fromUpstream(rt, err))
 		return
 	}
 	if r.Header.Get("Range") != "" {
 		// A range of a blob still arriving is answered once it is whole
 		// and verified, from the cache.
 		if err := fill.Done(ctx); err != nil {
-			if ctx.Err() == nil {
-				writeError(w, r, fromUpstream(rt, err))
+			switch {
+			case ctx.Err() != nil:
+			case errors.Is(err, cache.ErrNotStored) && fetch != nil:
+				h.streamUncached(w, r, rt, dgst, size, fetch, err)
+			default:
+				writeError(w, r, fillError(rt, err))
 			}
 			return
 		}
-		h.serveFromCache(w, r, dgst)
+		h.serveFromCache(w, r, dgst, size)
 		return
 	}
 	body, err := fill.NewReader(ctx)
 	if err != nil {
-		writeError(w, r, fromUpstream(rt, err))
+		writeError(w, r, fillError(rt, err))
 		return
 	}
 	defer body.Close()
+	h.copyBlob(w, dgst, announced, body)
+}
+
+// streamUncached passes a blob that storage cannot take straight from the
+// upstream, verified as a fill verifies it. A Range is answered with the
+// whole blob (200), which HTTP allows.
+func (h *Handler) streamUncached(w http.ResponseWriter, r *http.Request, rt *route, dgst digest.Digest, size int64, fetch cache.Fetcher, why error) {
+	h.log.Warn("streaming a blob uncached: storage cannot take it", "digest", dgst, "reason", why)
+	body, n, err := h.store.Stream(r.Context(), dgst, size, fetch)
+	if err != nil {
+		if r.Context().Err() == nil {
+			writeError(w, r, fillError(rt, err))
+		}
+		return
+	}
+	defer body.Close()
+	h.copyBlob(w, dgst, n, body)
+}
+
+// copyBlob answers 200 with a blob that is still arriving. The body
+// withholds its last byte until the digest is verified and fails instead
+// when it is not: then the connection is cut, so the client cannot take
+// what it got for the whole blob.
+func (h *Handler) copyBlob(w http.ResponseWriter, dgst digest.Digest, size int64, body io.Reader) {
 	setBlobHeaders(w, dgst, size)
 	w.WriteHeader(http.StatusOK)
 	n, err := io.Copy(w, body)
 	h.metrics.servedBytes.WithLabelValues("upstream").Add(float64(n))
 	if err != nil {
-		// Cut the connection so the client cannot take what it got for
-		// the whole blob.
 		h.log.Warn("aborting blob response", "digest", dgst, "sent", n, "error", err)
 		panic(http.ErrAbortHandler)
 	}
 }
 
-func (h *Handler) serveFromCache(w http.ResponseWriter, r *http.Request, dgst digest.Digest) {
-	blob, err := h.store.OpenBlob(r.Context(), dgst)
+// fillError answers a fill that could not start or failed before any
+// byte went out: too many fills is 503 with Retry-After, the rest is the
+// upstream's failure.
+func fillError(rt *route, err error) *apiError {
+	if errors.Is(err, cache.ErrTooManyFills) {
+		e := newAPIError(http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable,
+			"too many blobs are being fetched from upstreams right now and %s is not cached; retry shortly", rt.describe())
+		e.retryAfter = fillRetryAfter
+		return e
+	}
+	return fromUpstream(rt, err)
+}
+
+// fillRetryAfter is what a client refused for too many fills is told to
+// wait: about as long as a small layer takes.
+const fillRetryAfter = 5 * time.Second
+
+func (h *Handler) serveFromCache(w http.ResponseWriter, r *http.Request, dgst digest.Digest, size int64) {
+	blob, err := h.store.OpenBlob(r.Context(), dgst, size)
 	if err != nil {
 		writeError(w, r, internalError(err))
 		return

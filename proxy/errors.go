@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	v2 "github.com/distribution/distribution/v3/registry/api/v2"
@@ -22,6 +24,8 @@ type apiError struct {
 	// cause is the detail behind a generic message: logged, never sent,
 	// since it can hold internal addresses and storage paths.
 	cause error
+	// retryAfter, when set, is sent as Retry-After.
+	retryAfter time.Duration
 }
 
 // withCause keeps err as the logged detail of e.
@@ -48,6 +52,9 @@ func writeError(w http.ResponseWriter, r *http.Request, e *apiError) {
 	}
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	if e.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(e.retryAfter.Seconds())))
+	}
 	w.WriteHeader(e.status)
 	if r.Method == http.MethodHead {
 		return

@@ -163,7 +163,7 @@ func TestOfflineModeOpensNoConnection(t *testing.T) {
 	if r := e.do(http.MethodGet, blobPath("team/app", d)); r.StatusCode != http.StatusOK {
 		t.Fatalf("warming: status %d", r.StatusCode)
 	}
-	eventually(t, "the blob is committed", func() bool { _, err := e.store.StatBlob(t.Context(), d); return err == nil })
+	eventually(t, "the blob is committed", func() bool { return committed(t, e.store, d) })
 
 	e = e.restarted(cfg, func(c *config.Config) { c.Mode = config.ModeOffline })
 	conns := e.up.Connections()

@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -121,14 +122,6 @@ func newEnvWithConfig(t *testing.T, driver string, configure func(*config.Config
 	if driver == "filesystem" {
 		storage.Parameters = map[string]any{"rootdirectory": t.TempDir()}
 	}
-	drv, localRoot, err := cache.OpenDriver(t.Context(), storage)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.store, err = cache.New(drv, cache.Options{Registerer: e.metrics, LocalRoot: localRoot, SpoolDir: storage.SpoolDir})
-	if err != nil {
-		t.Fatal(err)
-	}
 	u := config.Upstream{
 		Name:            upstreamName,
 		Endpoint:        e.up.URL(),
@@ -146,6 +139,15 @@ func newEnvWithConfig(t *testing.T, driver string, configure func(*config.Config
 	}
 	if configure != nil {
 		configure(cfg)
+	}
+	drv, localRoot, err := cache.OpenDriver(t.Context(), cfg.Storage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.store, err = cache.New(drv, cache.Options{Registerer: e.metrics, LocalRoot: localRoot, SpoolDir: cfg.Storage.SpoolDir,
+		FillTimeout: cfg.Storage.Fills.Timeout, FillStallTimeout: cfg.Storage.Fills.StallTimeout, MaxConcurrentFills: cfg.Storage.Fills.MaxConcurrent})
+	if err != nil {
+		t.Fatal(err)
 	}
 	e.serve(cfg)
 	return e
@@ -335,6 +337,20 @@ func (e *env) gauge(name string) float64 {
 	}
 	e.t.Fatalf("no gauge %s", name)
 	return 0
+}
+
+// committed reports whether the cache holds the blob d.
+func committed(t *testing.T, s *cache.Store, d digest.Digest) bool {
+	t.Helper()
+	b, err := s.OpenBlob(t.Context(), d, -1)
+	if errors.Is(err, cache.ErrNotFound) {
+		return false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Content.Close()
+	return true
 }
 
 // eventually polls cond until it holds or 10 s pass.

@@ -50,7 +50,7 @@ type Handler struct {
 
 	// Concurrent requests for a blob not yet linked to its repository
 	// share one confirming HEAD.
-	blobConfirmFlight flight.Group[struct{}]
+	blobConfirmFlight flight.Group[int64]
 	catalog           catalogListing
 }
 

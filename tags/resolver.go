@@ -249,8 +249,9 @@ func (r *Resolver) resolveTag(ctx context.Context, u config.Upstream, img Image,
 }
 
 // fetchManifest GETs a manifest by digest and stores it. The upstream
-// client verifies the bytes against the digest, so a manifest the cache
-// cannot store (a full disk) is still answered, uncached.
+// client and PutManifest verify the bytes against the digest before any
+// write, so a manifest the storage cannot take (cache.ErrNotStored: a full
+// disk) is still answered, uncached.
 func (r *Resolver) fetchManifest(ctx context.Context, u config.Upstream, repo string, dgst digest.Digest, accept []string) (cache.Manifest, error) {
 	um, err := r.upstreams[u.Name].GetManifest(ctx, repo, dgst.String(), withDefaultTypes(accept))
 	if err != nil {
@@ -258,6 +259,9 @@ func (r *Resolver) fetchManifest(ctx context.Context, u config.Upstream, repo st
 	}
 	m := cache.Manifest{Digest: um.Digest, MediaType: um.MediaType, Body: um.Body}
 	if err := r.store.PutManifest(ctx, u.Name, repo, m); err != nil {
+		if !errors.Is(err, cache.ErrNotStored) {
+			return cache.Manifest{}, err
+		}
 		r.log.Error("could not cache a verified manifest; answering it uncached", "registry", u.Name, "repository", repo, "digest", dgst, "error", err)
 	}
 	return m, nil

@@ -33,6 +33,7 @@ func newRootCmd() *cobra.Command {
 		newWebhookCmd(),
 		newHostsCmd(),
 		newRewriteCmd(),
+		newVerifyCmd(),
 	)
 	return root
 }

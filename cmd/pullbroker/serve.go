@@ -95,7 +95,12 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 	a.store, err = cache.New(driver, cache.Options{
 		Logger: log.With("component", "cache"), Registerer: a.registry,
 		LocalRoot: localRoot, SpoolDir: cfg.Storage.SpoolDir,
-		MaxSizeBytes: cfg.Storage.MaxSizeBytes,
+		MaxSizeBytes:        cfg.Storage.MaxSizeBytes,
+		FillTimeout:         cfg.Storage.Fills.Timeout,
+		FillStallTimeout:    cfg.Storage.Fills.StallTimeout,
+		MaxConcurrentFills:  cfg.Storage.Fills.MaxConcurrent,
+		ScrubInterval:       cfg.Storage.Scrub.Interval,
+		ScrubBytesPerSecond: cfg.Storage.Scrub.BytesPerSecond,
 	})
 	if err != nil {
 		return nil, err
@@ -150,7 +155,9 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	defer a.Close()
-	// Measures the cache for the metrics and runs eviction (storage.maxSizeBytes).
+	// Removes what a crash left under uploads/, measures the cache for the
+	// metrics, runs eviction (storage.maxSizeBytes) and the scrub
+	// (storage.scrub).
 	a.store.Start(ctx)
 	if cfg.Sync.ImagesFile != "" {
 		// Checked now, so a bad list fails the start rather than a run hours later.
