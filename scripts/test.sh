@@ -99,6 +99,7 @@ run_tests() {
 # longer run by hand: go test ./PKG -run '^$' -fuzz TARGET -fuzztime 10m
 FUZZ_TARGETS=(
 	"./proxy FuzzParseRoute"
+	"./cache FuzzManifestLinks"
 	"./rewrite FuzzRewrite"
 )
 FUZZ_TIME=10s
