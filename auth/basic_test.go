@@ -128,7 +128,7 @@ func TestBasicPasswordFileRotation(t *testing.T) {
 	assertNoSecrets(t, []string{"pw-one", "pw-two-longer", "pw-3", "pw-5"}, logs.String(), metricsText(t, reg))
 }
 
-// TestFileCheckInterval: with the default interval the file is stat'ed at
+// TestFileCheckInterval: with an interval the file is looked at
 // most once a second, and a change is picked up after that.
 func TestFileCheckInterval(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "password")
