@@ -12,6 +12,9 @@ type metrics struct {
 	duration      *prometheus.HistogramVec
 	cacheRequests *prometheus.CounterVec
 	servedBytes   *prometheus.CounterVec
+	// clientAuthFailures has no user or address label: those are
+	// unbounded and the user names are the attacker's to choose.
+	clientAuthFailures *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -33,9 +36,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "pullbroker_served_bytes_total",
 			Help: "Blob bytes sent to clients by source (cache, upstream).",
 		}, []string{"source"}),
+		clientAuthFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullbroker_client_auth_failures_total",
+			Help: "Client logins refused, by reason: invalid (unknown user, wrong password or token), throttled (too many failures from the source address, answered 429).",
+		}, []string{"reason"}),
 	}
+	m.clientAuthFailures.WithLabelValues("invalid")
+	m.clientAuthFailures.WithLabelValues("throttled")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.duration, m.cacheRequests, m.servedBytes} {
+		for _, c := range []prometheus.Collector{m.requests, m.duration, m.cacheRequests, m.servedBytes, m.clientAuthFailures} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -193,7 +193,11 @@ func TestAdminAPIRequiresItsToken(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte("admin-secret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	admin := httptest.NewServer(e.handler.AdminHandler(tokenFile))
+	adminHandler, err := e.handler.AdminHandler(tokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := httptest.NewServer(adminHandler)
 	t.Cleanup(admin.Close)
 	for _, auth := range []string{"", "Bearer wrong", "Basic YWRtaW4tc2VjcmV0"} {
 		var header []string

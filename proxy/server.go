@@ -69,11 +69,11 @@ func New(opts Options) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	acc, err := newAccess(opts.Config)
+	m, err := newMetrics(opts.Registerer)
 	if err != nil {
 		return nil, err
 	}
-	m, err := newMetrics(opts.Registerer)
+	acc, err := newAccess(opts.Config, opts.Logger, m)
 	if err != nil {
 		return nil, err
 	}
@@ -115,11 +115,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request, info *requestInfo) {
-	if apiErr := h.access.checkClient(r); apiErr != nil {
+	if apiErr := h.access.checkClient(w, r); apiErr != nil {
 		info.kind = "denied"
-		if apiErr.status == http.StatusUnauthorized {
-			w.Header().Set("WWW-Authenticate", `Basic realm="pullbroker"`)
-		}
 		writeError(w, r, apiErr)
 		return
 	}

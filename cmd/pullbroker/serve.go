@@ -156,7 +156,11 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		// ServeTLS adds h2 to NextProtos, so clients get HTTP/2.
 		registrySrv.TLSConfig = certs.TLSConfig()
 	}
-	adminSrv := &http.Server{Handler: adminMux(a, cfg), ReadHeaderTimeout: 10 * time.Second}
+	admin, err := adminMux(a, cfg)
+	if err != nil {
+		return err
+	}
+	adminSrv := &http.Server{Handler: admin, ReadHeaderTimeout: 10 * time.Second}
 
 	ln, err := net.Listen("tcp", cfg.Listen.Addr)
 	if err != nil {
@@ -202,10 +206,14 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	return nil
 }
 
-func adminMux(a *app, cfg *config.Config) *http.ServeMux {
+func adminMux(a *app, cfg *config.Config) (*http.ServeMux, error) {
+	api, err := a.handler.AdminHandler(cfg.Admin.TokenFile)
+	if err != nil {
+		return nil, err
+	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}))
-	mux.Handle("/api/", a.handler.AdminHandler(cfg.Admin.TokenFile))
+	mux.Handle("/api/", api)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
@@ -225,7 +233,7 @@ func adminMux(a *app, cfg *config.Config) *http.ServeMux {
 		}
 		_, _ = io.WriteString(w, "ok\n")
 	})
-	return mux
+	return mux, nil
 }
 
 func upstreamNames(cfg *config.Config) string {
