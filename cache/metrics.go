@@ -1,6 +1,10 @@
 package cache
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pullbroker/pullbroker/internal/metricsreg"
+)
 
 type metrics struct {
 	fillsInFlight prometheus.Gauge
@@ -12,7 +16,7 @@ type metrics struct {
 	pins          *prometheus.GaugeVec
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		fillsInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pullbroker_fills_in_flight",
@@ -43,15 +47,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Tags pinned to a digest in storage, by the policy that pinned them (sticky, manual).",
 		}, []string{"policy"}),
 	}
+	m.fillsInFlight = metricsreg.Shared(reg, m.fillsInFlight)
+	m.fillClients = metricsreg.Shared(reg, m.fillClients)
+	m.sizeBytes = metricsreg.Shared(reg, m.sizeBytes)
+	m.objects = metricsreg.Shared(reg, m.objects)
+	m.evictions = metricsreg.Shared(reg, m.evictions)
+	m.evictedBytes = metricsreg.Shared(reg, m.evictedBytes)
+	m.pins = metricsreg.Shared(reg, m.pins)
 	// Zero series from the start, so that dashboards show 0 and not "no data".
 	m.pins.WithLabelValues("sticky")
 	m.pins.WithLabelValues("manual")
-	if reg != nil {
-		for _, c := range []prometheus.Collector{m.fillsInFlight, m.fillClients, m.sizeBytes, m.objects, m.evictions, m.evictedBytes, m.pins} {
-			if err := reg.Register(c); err != nil {
-				return nil, err
-			}
-		}
-	}
-	return m, nil
+	return m
 }

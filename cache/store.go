@@ -82,11 +82,7 @@ func New(driver storagedriver.StorageDriver, opts Options) (*Store, error) {
 		usage:        newUsage(),
 		scanned:      make(chan struct{}),
 	}
-	m, err := newMetrics(opts.Registerer)
-	if err != nil {
-		return nil, err
-	}
-	s.metrics = m
+	s.metrics = newMetrics(opts.Registerer)
 	return s, nil
 }
 

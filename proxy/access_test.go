@@ -38,11 +38,7 @@ func htpasswdLine(t *testing.T, user, pass string) string {
 
 func testAccess(t *testing.T, cfg *config.Config) *access {
 	t.Helper()
-	m, err := newMetrics(prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := newAccess(cfg, slog.New(slog.DiscardHandler), m)
+	a, err := newAccess(cfg, slog.New(slog.DiscardHandler), newMetrics(prometheus.NewRegistry()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,10 +86,7 @@ func TestUnknownUserCostsABcryptCompare(t *testing.T) {
 func TestFailedLoginsThrottled(t *testing.T) {
 	htpasswd := writeFile(t, htpasswdLine(t, "alice", "wonderland"))
 	reg := prometheus.NewRegistry()
-	m, err := newMetrics(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := newMetrics(reg)
 	a, err := newAccess(&config.Config{Access: config.Access{HtpasswdFile: htpasswd}}, slog.New(slog.DiscardHandler), m)
 	if err != nil {
 		t.Fatal(err)
@@ -144,7 +137,7 @@ func TestHtpasswdRefusesWhatItCannotCheck(t *testing.T) {
 		"no hash":    "alice\n",
 		"not bcrypt": "alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n",
 	} {
-		_, err := newAccess(&config.Config{Access: config.Access{HtpasswdFile: writeFile(t, content)}}, slog.New(slog.DiscardHandler), nil)
+		_, err := newAccess(&config.Config{Access: config.Access{HtpasswdFile: writeFile(t, content)}}, slog.New(slog.DiscardHandler), newMetrics(nil))
 		if err == nil || strings.Contains(err.Error(), "W6ph5") {
 			t.Errorf("%s: %v", name, err)
 		}

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pullbroker/pullbroker/internal/metricsreg"
 )
 
 type metrics struct {
@@ -17,7 +19,7 @@ type metrics struct {
 	clientAuthFailures *prometheus.CounterVec
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pullbroker_http_requests_total",
@@ -41,16 +43,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Client logins refused, by reason: invalid (unknown user, wrong password or token), throttled (too many failures from the source address, answered 429).",
 		}, []string{"reason"}),
 	}
+	m.requests = metricsreg.Shared(reg, m.requests)
+	m.duration = metricsreg.Shared(reg, m.duration)
+	m.cacheRequests = metricsreg.Shared(reg, m.cacheRequests)
+	m.servedBytes = metricsreg.Shared(reg, m.servedBytes)
+	m.clientAuthFailures = metricsreg.Shared(reg, m.clientAuthFailures)
 	m.clientAuthFailures.WithLabelValues("invalid")
 	m.clientAuthFailures.WithLabelValues("throttled")
-	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.duration, m.cacheRequests, m.servedBytes, m.clientAuthFailures} {
-			if err := reg.Register(c); err != nil {
-				return nil, err
-			}
-		}
-	}
-	return m, nil
+	return m
 }
 
 func (m *metrics) observeRequest(route, method string, code int, d time.Duration) {

@@ -69,10 +69,7 @@ func New(opts Options) (*Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, err := newMetrics(opts.Registerer)
-	if err != nil {
-		return nil, err
-	}
+	m := newMetrics(opts.Registerer)
 	acc, err := newAccess(opts.Config, opts.Logger, m)
 	if err != nil {
 		return nil, err
