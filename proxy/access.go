@@ -8,6 +8,7 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -108,7 +109,7 @@ func (a *access) checkClient(w http.ResponseWriter, r *http.Request) *apiError {
 		src := loginSource(r.RemoteAddr)
 		if wait, limited := a.logins.limited(src); limited {
 			a.metrics.clientAuthFailures.WithLabelValues("throttled").Inc()
-			w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds()+0.999)))
+			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 			return newAPIError(http.StatusTooManyRequests, errcode.ErrorCodeTooManyRequests,
 				"too many failed logins from this address; retry in %s", wait.Round(time.Second))
 		}
