@@ -217,6 +217,29 @@ func TestAdminAPIRequiresItsToken(t *testing.T) {
 	if r.StatusCode != http.StatusOK || !strings.Contains(string(r.body), "team/app") {
 		t.Fatalf("list pins: status %d body %s", r.StatusCode, r.body)
 	}
+
+	// A rotated token replaces the old one without a restart; an emptied
+	// file keeps the last good token.
+	if err := os.WriteFile(tokenFile, []byte("rotated-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	listWith := func(token string) int {
+		return doRequest(t, t.Context(), http.MethodGet, admin.URL+"/api/v1/pins", "Authorization", "Bearer "+token).StatusCode
+	}
+	eventually(t, "the rotated admin token is accepted", func() bool { return listWith("rotated-secret") == http.StatusOK })
+	if code := listWith("admin-secret"); code != http.StatusUnauthorized {
+		t.Fatalf("the old admin token after rotation: status %d, want 401", code)
+	}
+	if err := os.WriteFile(tokenFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // past the watch interval
+	if code := listWith("rotated-secret"); code != http.StatusOK {
+		t.Fatalf("with the token file emptied: status %d, want the last good token to work", code)
+	}
+	if code := listWith(""); code != http.StatusUnauthorized {
+		t.Fatalf("empty bearer token: status %d, want 401", code)
+	}
 }
 
 // TestOfflineFollowsARunningFill: a blob whose fill began before the
