@@ -59,7 +59,7 @@ type Options struct {
 	HTTPClient *http.Client
 	// LookupEnv resolves basic.passwordEnv. Nil means os.LookupEnv.
 	LookupEnv func(string) (string, bool)
-	// FileCheckInterval bounds how often a credential file is stat'ed to
+	// FileCheckInterval bounds how often a credential file is read to
 	// notice that it changed. Zero means one second; negative means on
 	// every Authorization call.
 	FileCheckInterval time.Duration

@@ -128,8 +128,8 @@ func TestBasicPasswordFileRotation(t *testing.T) {
 	assertNoSecrets(t, []string{"pw-one", "pw-two-longer", "pw-3", "pw-5"}, logs.String(), metricsText(t, reg))
 }
 
-// TestFileCheckInterval: with the default interval the file is stat'ed at
-// most once a second, and a change is picked up after that.
+// TestFileCheckInterval: with an interval the file is looked at most once
+// per interval, and a change is picked up after that.
 func TestFileCheckInterval(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "password")
 	if err := os.WriteFile(file, []byte("a"), 0o600); err != nil {

@@ -37,9 +37,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "New upstream credentials taken into use: first load, rotation of a file or Secret, token refresh (GCP OAuth2, ECR).",
 		}, []string{"upstream"}),
 	}
-	if reg == nil {
-		return m
-	}
 	m.errors = metricsreg.Shared(reg, m.errors)
 	m.healthy = metricsreg.Shared(reg, m.healthy)
 	m.reloads = metricsreg.Shared(reg, m.reloads)

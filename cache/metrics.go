@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/internal/metricsreg"
 )
 
 type metrics struct {
@@ -21,7 +22,7 @@ type metrics struct {
 	scrubbedBytes  prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		fillsInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pullbroker_fills_in_flight",
@@ -72,6 +73,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		Name: "pullbroker_scrubbed_bytes_total",
 		Help: "Bytes of cached blobs re-hashed by the scrub.",
 	})
+	m.fillsInFlight = metricsreg.Shared(reg, m.fillsInFlight)
+	m.fillClients = metricsreg.Shared(reg, m.fillClients)
+	m.sizeBytes = metricsreg.Shared(reg, m.sizeBytes)
+	m.objects = metricsreg.Shared(reg, m.objects)
+	m.evictions = metricsreg.Shared(reg, m.evictions)
+	m.evictedBytes = metricsreg.Shared(reg, m.evictedBytes)
+	m.pins = metricsreg.Shared(reg, m.pins)
+	m.fillsRefused = metricsreg.Shared(reg, m.fillsRefused)
+	m.streams = metricsreg.Shared(reg, m.streams)
+	m.uploadsRemoved = metricsreg.Shared(reg, m.uploadsRemoved)
+	m.corruptRemoved = metricsreg.Shared(reg, m.corruptRemoved)
+	m.scrubbedBytes = metricsreg.Shared(reg, m.scrubbedBytes)
 	// Zero series from the start, so that dashboards show 0 and not "no data".
 	m.pins.WithLabelValues(config.PolicySticky)
 	m.pins.WithLabelValues(config.PolicyManual)
@@ -84,13 +97,5 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, c := range []string{"size", "scrub"} {
 		m.corruptRemoved.WithLabelValues(c)
 	}
-	if reg != nil {
-		for _, c := range []prometheus.Collector{m.fillsInFlight, m.fillClients, m.sizeBytes, m.objects, m.evictions, m.evictedBytes, m.pins,
-			m.fillsRefused, m.streams, m.uploadsRemoved, m.corruptRemoved, m.scrubbedBytes} {
-			if err := reg.Register(c); err != nil {
-				return nil, err
-			}
-		}
-	}
-	return m, nil
+	return m
 }

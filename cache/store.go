@@ -131,11 +131,7 @@ func New(driver storagedriver.StorageDriver, opts Options) (*Store, error) {
 		scrubInterval:    opts.ScrubInterval,
 		scrubRate:        opts.ScrubBytesPerSecond,
 	}
-	m, err := newMetrics(opts.Registerer)
-	if err != nil {
-		return nil, err
-	}
-	s.metrics = m
+	s.metrics = newMetrics(opts.Registerer)
 	return s, nil
 }
 

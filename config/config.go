@@ -71,6 +71,17 @@ type Listener struct {
 	TLSKeyFile  string `mapstructure:"tlsKeyFile"`
 	// DrainTimeout bounds how long SIGTERM waits for in-flight pulls.
 	DrainTimeout time.Duration `mapstructure:"drainTimeout"`
+	// MaxHeaderBytes bounds a request's header block, on this and the
+	// admin listener. Registry clients send a few KiB at most (a bearer
+	// token included); larger requests get 431.
+	MaxHeaderBytes int `mapstructure:"maxHeaderBytes"`
+	// ReadHeaderTimeout bounds how long a client may take to send a
+	// request's headers, on this and the admin listener. Requests have no
+	// body (pushes are refused), so this is all a client sends.
+	ReadHeaderTimeout time.Duration `mapstructure:"readHeaderTimeout"`
+	// IdleTimeout closes a keep-alive connection that carried no request
+	// for this long, on this and the admin listener.
+	IdleTimeout time.Duration `mapstructure:"idleTimeout"`
 }
 
 // TLSEnabled reports whether the listener serves TLS.
@@ -82,7 +93,13 @@ type Admin struct {
 	// TokenFile holds the bearer token that guards the admin API (not
 	// /metrics or the health endpoints). Empty disables the admin API.
 	TokenFile string `mapstructure:"tokenFile"`
+	// TLS is off when both files are empty; reloaded as for Listener.
+	TLSCertFile string `mapstructure:"tlsCertFile"`
+	TLSKeyFile  string `mapstructure:"tlsKeyFile"`
 }
+
+// TLSEnabled reports whether the admin listener serves TLS.
+func (a Admin) TLSEnabled() bool { return a.TLSCertFile != "" || a.TLSKeyFile != "" }
 
 // Storage names a distribution storage driver and its parameters, exactly
 // as distribution's own configuration does.

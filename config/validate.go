@@ -30,10 +30,22 @@ func (c *Config) Validate() error {
 	if c.Listen.DrainTimeout < 0 {
 		bad("listen.drainTimeout", "must not be negative")
 	}
+	if c.Listen.MaxHeaderBytes < 4096 {
+		bad("listen.maxHeaderBytes", "%d is too small for registry clients; use at least 4096 (default 65536)", c.Listen.MaxHeaderBytes)
+	}
+	if c.Listen.ReadHeaderTimeout <= 0 {
+		bad("listen.readHeaderTimeout", "must be positive, for example 30s")
+	}
+	if c.Listen.IdleTimeout <= 0 {
+		bad("listen.idleTimeout", "must be positive, for example 2m")
+	}
 	if c.Admin.Addr != "" {
 		if _, _, err := net.SplitHostPort(c.Admin.Addr); err != nil {
 			bad("admin.addr", "%q is not host:port (%v)", c.Admin.Addr, err)
 		}
+	}
+	if (c.Admin.TLSCertFile == "") != (c.Admin.TLSKeyFile == "") {
+		bad("admin.tlsCertFile", "tlsCertFile and tlsKeyFile must be set together")
 	}
 	if c.Storage.Driver == "" {
 		bad("storage.driver", "must be set (filesystem, inmemory, s3)")

@@ -3,14 +3,17 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
+	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -19,6 +22,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/internal/filewatch"
 	"github.com/pullbroker/pullbroker/internal/glob"
 )
 
@@ -28,13 +32,23 @@ import (
 // repositories each upstream may serve.
 type access struct {
 	networks     []netip.Prefix
-	htpasswd     *credentialFile
-	tokens       *credentialFile
-	repositories map[string][]glob.Pattern // by upstream name; absent = all
+	htpasswd     *filewatch.Value[*htpasswdUsers] // nil: not configured
+	tokens       *filewatch.Value[[]string]       // nil: not configured
+	repositories map[string][]glob.Pattern        // by upstream name; absent = all
+	logins       *loginLimiter
+	metrics      *metrics
+	// compareHash is bcrypt.CompareHashAndPassword; tests see through it
+	// which hash a login was checked against.
+	compareHash func(hash, password []byte) error
 }
 
-func newAccess(cfg *config.Config) (*access, error) {
-	a := &access{repositories: map[string][]glob.Pattern{}}
+func newAccess(cfg *config.Config, log *slog.Logger, m *metrics) (*access, error) {
+	a := &access{
+		repositories: map[string][]glob.Pattern{},
+		logins:       newLoginLimiter(time.Now),
+		metrics:      m,
+		compareHash:  bcrypt.CompareHashAndPassword,
+	}
 	for i, cidr := range cfg.Access.AllowedNetworks {
 		p, err := netip.ParsePrefix(cidr)
 		if err != nil {
@@ -42,15 +56,14 @@ func newAccess(cfg *config.Config) (*access, error) {
 		}
 		a.networks = append(a.networks, p.Masked())
 	}
+	var err error
 	if f := cfg.Access.HtpasswdFile; f != "" {
-		a.htpasswd = &credentialFile{path: f}
-		if _, err := a.htpasswd.load(); err != nil {
+		if a.htpasswd, err = filewatch.New(f, parseHtpasswd, keepLastGood[*htpasswdUsers](log, "access.htpasswdFile", f)); err != nil {
 			return nil, fmt.Errorf("access.htpasswdFile: %w", err)
 		}
 	}
 	if f := cfg.Access.TokensFile; f != "" {
-		a.tokens = &credentialFile{path: f}
-		if _, err := a.tokens.load(); err != nil {
+		if a.tokens, err = filewatch.New(f, parseTokens, keepLastGood[[]string](log, "access.tokensFile", f)); err != nil {
 			return nil, fmt.Errorf("access.tokensFile: %w", err)
 		}
 	}
@@ -66,12 +79,25 @@ func newAccess(cfg *config.Config) (*access, error) {
 	return a, nil
 }
 
+// keepLastGood logs a client credential file that changed and does not
+// load; the users or tokens loaded before stay in use.
+func keepLastGood[T any](log *slog.Logger, key, path string) filewatch.Options[T] {
+	return filewatch.Options[T]{
+		OnReload: func(T) { log.Info("client credentials reloaded", "config", key, "file", path) },
+		OnError: func(err error) {
+			log.Warn("client credential file does not load; keeping the previous content", "config", key, "file", path, "err", err)
+		},
+	}
+}
+
 func (a *access) credentialsConfigured() bool { return a.htpasswd != nil || a.tokens != nil }
 
 // checkClient admits a client from an allowed network, or one that
 // presents valid client credentials. Only the connection's own address
-// counts: forwarding headers are the client's to forge.
-func (a *access) checkClient(r *http.Request) *apiError {
+// counts: forwarding headers are the client's to forge. A source whose
+// logins failed too often is refused for a while before its credentials
+// are even looked at (answered with Retry-After).
+func (a *access) checkClient(w http.ResponseWriter, r *http.Request) *apiError {
 	if a.inAllowedNetwork(r.RemoteAddr) {
 		return nil
 	}
@@ -79,9 +105,22 @@ func (a *access) checkClient(r *http.Request) *apiError {
 		return newAPIError(http.StatusForbidden, errcode.ErrorCodeDenied,
 			"pulls from %s are not allowed: the address is outside access.allowedNetworks", hostOf(r.RemoteAddr))
 	}
-	if a.validCredentials(r) {
-		return nil
+	check, presented := a.presentedCredentials(r)
+	if presented {
+		src := loginSource(r.RemoteAddr)
+		if wait, limited := a.logins.limited(src); limited {
+			a.metrics.clientAuthFailures.WithLabelValues("throttled").Inc()
+			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+			return newAPIError(http.StatusTooManyRequests, errcode.ErrorCodeTooManyRequests,
+				"too many failed logins from this address; retry in %s", wait.Round(time.Second))
+		}
+		if check() {
+			return nil
+		}
+		a.logins.failed(src)
+		a.metrics.clientAuthFailures.WithLabelValues("invalid").Inc()
 	}
+	w.Header().Set("WWW-Authenticate", `Basic realm="pullbroker"`)
 	return newAPIError(http.StatusUnauthorized, errcode.ErrorCodeUnauthorized,
 		"authentication required: log in with a pullbroker client user or send a client bearer token")
 }
@@ -103,14 +142,16 @@ func (a *access) inAllowedNetwork(remoteAddr string) bool {
 	return false
 }
 
-func (a *access) validCredentials(r *http.Request) bool {
+// presentedCredentials returns the check of the credentials r carries, if
+// it carries any of a configured kind.
+func (a *access) presentedCredentials(r *http.Request) (check func() bool, presented bool) {
 	if user, pass, ok := r.BasicAuth(); ok && a.htpasswd != nil {
-		return a.htpasswd.checkPassword(user, pass)
+		return func() bool { return a.htpasswd.Get().check(user, pass, a.compareHash) }, true
 	}
 	if token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && a.tokens != nil {
-		return a.tokens.checkToken(token)
+		return func() bool { return validToken(a.tokens.Get(), token) }, true
 	}
-	return false
+	return nil, false
 }
 
 // allowRepository applies the upstream's repository globs.
@@ -135,87 +176,178 @@ func hostOf(addr string) string {
 	return addr
 }
 
-// credentialFile is an htpasswd or token file, re-read when it changes so
-// that users and tokens rotate without a restart.
-type credentialFile struct {
-	path string
+// htpasswdUsers is a parsed htpasswd file: bcrypt hashes by user name.
+type htpasswdUsers struct {
+	hashes map[string][]byte
+	// unknownUser is compared for a user the file does not name, at the
+	// cost its hashes use, so that the answer takes as long as for a
+	// known user with a wrong password and does not tell who exists.
+	unknownUser []byte
 
-	mu      sync.Mutex
-	modTime time.Time
-	size    int64
-	lines   []string
+	mu sync.Mutex
 	// verified caches bcrypt successes: bcrypt costs tens of
 	// milliseconds, and a pull makes dozens of requests.
-	verified map[string][32]byte
+	verified map[string][sha256.Size]byte
 }
 
-func (f *credentialFile) load() ([]string, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	fi, err := os.Stat(f.path)
-	if err != nil {
-		if f.lines != nil {
-			return f.lines, nil // keep the last good content
+func parseHtpasswd(data []byte) (*htpasswdUsers, error) {
+	u := &htpasswdUsers{hashes: map[string][]byte{}, verified: map[string][sha256.Size]byte{}}
+	cost := 0
+	for i, line := range contentLines(data) {
+		name, hash, found := strings.Cut(line, ":")
+		if !found || name == "" {
+			return nil, fmt.Errorf("entry %d is not user:hash", i+1)
 		}
+		c, err := bcrypt.Cost([]byte(hash))
+		if err != nil {
+			return nil, fmt.Errorf("user %s: the hash is not bcrypt; make it with htpasswd -B", name)
+		}
+		cost = max(cost, c)
+		u.hashes[name] = []byte(hash)
+	}
+	if cost == 0 {
+		cost = bcrypt.DefaultCost
+	}
+	password := make([]byte, 16)
+	_, _ = rand.Read(password)
+	hash, err := bcrypt.GenerateFromPassword(password, cost)
+	if err != nil {
 		return nil, err
 	}
-	if fi.ModTime().Equal(f.modTime) && fi.Size() == f.size && f.lines != nil {
-		return f.lines, nil
+	u.unknownUser = hash
+	return u, nil
+}
+
+func (u *htpasswdUsers) check(user, pass string, compare func(hash, password []byte) error) bool {
+	sum := sha256.Sum256([]byte(user + "\x00" + pass))
+	u.mu.Lock()
+	cached, ok := u.verified[user]
+	u.mu.Unlock()
+	if ok && subtle.ConstantTimeCompare(cached[:], sum[:]) == 1 {
+		return true
 	}
-	b, err := os.ReadFile(f.path)
-	if err != nil {
-		if f.lines != nil {
-			return f.lines, nil
-		}
-		return nil, err
+	hash, known := u.hashes[user]
+	if !known {
+		hash = u.unknownUser
 	}
+	if compare(hash, []byte(pass)) != nil || !known {
+		return false
+	}
+	u.mu.Lock()
+	u.verified[user] = sum
+	u.mu.Unlock()
+	return true
+}
+
+func parseTokens(data []byte) ([]string, error) { return contentLines(data), nil }
+
+func validToken(tokens []string, token string) bool {
+	if token == "" {
+		return false
+	}
+	ok := 0
+	for _, t := range tokens {
+		ok |= subtle.ConstantTimeCompare([]byte(t), []byte(token))
+	}
+	return ok == 1
+}
+
+// contentLines are the lines of a credential file that are not blank or
+// comments, trimmed.
+func contentLines(data []byte) []string {
 	var lines []string
-	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc := bufio.NewScanner(bytes.NewReader(data))
 	for sc.Scan() {
 		if l := strings.TrimSpace(sc.Text()); l != "" && !strings.HasPrefix(l, "#") {
 			lines = append(lines, l)
 		}
 	}
-	f.lines, f.modTime, f.size, f.verified = lines, fi.ModTime(), fi.Size(), map[string][32]byte{}
-	return lines, nil
+	return lines
 }
 
-func (f *credentialFile) checkPassword(user, pass string) bool {
-	lines, err := f.load()
+// Failed logins are limited per source: after maxFailedLogins within
+// failedLoginWindow, the source's logins are refused until the window
+// ends. Real clients log in with stored credentials and fail only after a
+// rotation; guessing passwords needs many more attempts than this allows.
+const (
+	maxFailedLogins   = 10
+	failedLoginWindow = time.Minute
+	// maxLoginSources bounds the memory an attacker with many addresses
+	// can take; beyond it, sources whose window ended are forgotten.
+	maxLoginSources = 10000
+)
+
+type loginLimiter struct {
+	now func() time.Time
+
+	mu      sync.Mutex
+	sources map[netip.Prefix]*failedLogins
+}
+
+type failedLogins struct {
+	since time.Time
+	count int
+}
+
+func newLoginLimiter(now func() time.Time) *loginLimiter {
+	return &loginLimiter{now: now, sources: map[netip.Prefix]*failedLogins{}}
+}
+
+// loginSource is the address a login is counted under: the host for IPv4,
+// its /64 for IPv6 (one host's share of a network).
+func loginSource(remoteAddr string) netip.Prefix {
+	ip, err := netip.ParseAddr(hostOf(remoteAddr))
 	if err != nil {
-		return false
+		return netip.Prefix{}
 	}
-	sum := sha256.Sum256([]byte(user + "\x00" + pass))
-	f.mu.Lock()
-	cached, ok := f.verified[user]
-	f.mu.Unlock()
-	if ok && subtle.ConstantTimeCompare(cached[:], sum[:]) == 1 {
-		return true
+	ip = ip.Unmap()
+	bits := 32
+	if ip.Is6() {
+		bits = 64
 	}
-	for _, l := range lines {
-		name, hash, found := strings.Cut(l, ":")
-		if !found || name != user {
-			continue
-		}
-		if bcrypt.CompareHashAndPassword([]byte(hash), []byte(pass)) != nil {
-			return false
-		}
-		f.mu.Lock()
-		f.verified[user] = sum
-		f.mu.Unlock()
-		return true
-	}
-	return false
+	p, _ := ip.Prefix(bits)
+	return p
 }
 
-func (f *credentialFile) checkToken(token string) bool {
-	lines, err := f.load()
-	if err != nil || token == "" {
-		return false
+// limited reports whether src must wait, and how long.
+func (l *loginLimiter) limited(src netip.Prefix) (time.Duration, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := l.sources[src]
+	if f == nil || f.count < maxFailedLogins {
+		return 0, false
 	}
-	ok := 0
-	for _, l := range lines {
-		ok |= subtle.ConstantTimeCompare([]byte(l), []byte(token))
+	wait := f.since.Add(failedLoginWindow).Sub(l.now())
+	if wait <= 0 {
+		delete(l.sources, src)
+		return 0, false
 	}
-	return ok == 1
+	return wait, true
+}
+
+func (l *loginLimiter) failed(src netip.Prefix) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	f := l.sources[src]
+	if f == nil || now.Sub(f.since) >= failedLoginWindow {
+		if f == nil && len(l.sources) >= maxLoginSources {
+			l.forgetEnded(now)
+		}
+		f = &failedLogins{since: now}
+		l.sources[src] = f
+	}
+	f.count++
+}
+
+func (l *loginLimiter) forgetEnded(now time.Time) {
+	for src, f := range l.sources {
+		if now.Sub(f.since) >= failedLoginWindow {
+			delete(l.sources, src)
+		}
+	}
+	if len(l.sources) >= maxLoginSources {
+		// Every window still open: start over rather than grow.
+		clear(l.sources)
+	}
 }

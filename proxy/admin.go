@@ -7,18 +7,31 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/pullbroker/pullbroker/internal/filewatch"
 	"github.com/pullbroker/pullbroker/tags"
 )
 
 // AdminHandler serves the pin API under /api/v1/, guarded by the bearer
-// token in tokenFile. The file is read on every request, so a rotated
-// token takes effect at once.
-func (h *Handler) AdminHandler(tokenFile string) http.Handler {
+// token in tokenFile (admin.tokenFile; empty disables the API). The file is
+// watched (internal/filewatch), so a rotated token takes effect within a
+// second; a file that cannot be read at start is an error.
+func (h *Handler) AdminHandler(tokenFile string) (http.Handler, error) {
+	var token *filewatch.Value[string]
+	if tokenFile != "" {
+		var err error
+		token, err = filewatch.New(tokenFile, parseAdminToken, filewatch.Options[string]{
+			OnError: func(err error) {
+				h.log.Warn("admin token file does not load; keeping the previous token", "file", tokenFile, "error", err)
+			},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("admin.tokenFile: %w", err)
+		}
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/pins", h.adminListPins)
 	mux.HandleFunc("GET /api/v1/pins/{image...}", h.adminShowPin)
@@ -26,26 +39,29 @@ func (h *Handler) AdminHandler(tokenFile string) http.Handler {
 	mux.HandleFunc("DELETE /api/v1/pins/{image...}", h.adminDeletePin)
 	mux.HandleFunc("POST /api/v1/refresh/{image...}", h.adminRefreshPin)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := checkBearer(r, tokenFile); err != nil {
+		if err := checkBearer(r, token); err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="pullbroker-admin"`)
 			adminError(w, http.StatusUnauthorized, err)
 			return
 		}
 		mux.ServeHTTP(w, r)
-	})
+	}), nil
 }
 
-func checkBearer(r *http.Request, tokenFile string) error {
-	if tokenFile == "" {
+func parseAdminToken(b []byte) (string, error) {
+	token := strings.TrimSpace(string(b))
+	if token == "" {
+		return "", errors.New("the admin token file is empty")
+	}
+	return token, nil
+}
+
+func checkBearer(r *http.Request, token *filewatch.Value[string]) error {
+	if token == nil {
 		return errors.New("the admin API is disabled: set admin.tokenFile")
 	}
-	b, err := os.ReadFile(tokenFile)
-	if err != nil {
-		return errors.New("the admin token file cannot be read; see the proxy's log")
-	}
-	want := strings.TrimSpace(string(b))
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if want == "" || !ok || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+	if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token.Get())) != 1 {
 		return errors.New("a valid bearer token is required")
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/pullbroker/pullbroker/internal/metricsreg"
 	"github.com/pullbroker/pullbroker/tags"
 )
 
@@ -14,9 +15,12 @@ type metrics struct {
 	duration      *prometheus.HistogramVec
 	cacheRequests *prometheus.CounterVec
 	servedBytes   *prometheus.CounterVec
+	// clientAuthFailures has no user or address label: those are
+	// unbounded and the user names are the attacker's to choose.
+	clientAuthFailures *prometheus.CounterVec
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pullbroker_http_requests_total",
@@ -35,15 +39,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "pullbroker_served_bytes_total",
 			Help: "Blob bytes sent to clients by source (cache, upstream).",
 		}, []string{"source"}),
+		clientAuthFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullbroker_client_auth_failures_total",
+			Help: "Client logins refused, by reason: invalid (unknown user, wrong password or token), throttled (too many failures from the source address, answered 429).",
+		}, []string{"reason"}),
 	}
-	if reg != nil {
-		for _, c := range []prometheus.Collector{m.requests, m.duration, m.cacheRequests, m.servedBytes} {
-			if err := reg.Register(c); err != nil {
-				return nil, err
-			}
-		}
-	}
-	return m, nil
+	m.requests = metricsreg.Shared(reg, m.requests)
+	m.duration = metricsreg.Shared(reg, m.duration)
+	m.cacheRequests = metricsreg.Shared(reg, m.cacheRequests)
+	m.servedBytes = metricsreg.Shared(reg, m.servedBytes)
+	m.clientAuthFailures = metricsreg.Shared(reg, m.clientAuthFailures)
+	m.clientAuthFailures.WithLabelValues("invalid")
+	m.clientAuthFailures.WithLabelValues("throttled")
+	return m
 }
 
 func (m *metrics) observeRequest(route, method string, code int, d time.Duration) {

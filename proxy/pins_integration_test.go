@@ -193,7 +193,11 @@ func TestAdminAPIRequiresItsToken(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte("admin-secret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	admin := httptest.NewServer(e.handler.AdminHandler(tokenFile))
+	adminHandler, err := e.handler.AdminHandler(tokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := httptest.NewServer(adminHandler)
 	t.Cleanup(admin.Close)
 	for _, auth := range []string{"", "Bearer wrong", "Basic YWRtaW4tc2VjcmV0"} {
 		var header []string
@@ -225,6 +229,29 @@ func TestAdminAPIRequiresItsToken(t *testing.T) {
 	r = doRequest(t, t.Context(), http.MethodPut, admin.URL+"/api/v1/pins/elsewhere.example/app:v1", "Authorization", "Bearer admin-secret")
 	if r.StatusCode != http.StatusNotFound || !strings.Contains(string(r.body), "not a configured upstream") {
 		t.Fatalf("pin of an unknown registry: status %d body %s", r.StatusCode, r.body)
+	}
+
+	// A rotated token replaces the old one without a restart; an emptied
+	// file keeps the last good token.
+	if err := os.WriteFile(tokenFile, []byte("rotated-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	listWith := func(token string) int {
+		return doRequest(t, t.Context(), http.MethodGet, admin.URL+"/api/v1/pins", "Authorization", "Bearer "+token).StatusCode
+	}
+	eventually(t, "the rotated admin token is accepted", func() bool { return listWith("rotated-secret") == http.StatusOK })
+	if code := listWith("admin-secret"); code != http.StatusUnauthorized {
+		t.Fatalf("the old admin token after rotation: status %d, want 401", code)
+	}
+	if err := os.WriteFile(tokenFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // past the watch interval
+	if code := listWith("rotated-secret"); code != http.StatusOK {
+		t.Fatalf("with the token file emptied: status %d, want the last good token to work", code)
+	}
+	if code := listWith(""); code != http.StatusUnauthorized {
+		t.Fatalf("empty bearer token: status %d, want 401", code)
 	}
 }
 

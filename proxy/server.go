@@ -70,11 +70,8 @@ func New(opts Options) (*Handler, error) {
 	if opts.Tags == nil {
 		return nil, errors.New("proxy: no tag resolver")
 	}
-	acc, err := newAccess(opts.Config)
-	if err != nil {
-		return nil, err
-	}
-	m, err := newMetrics(opts.Registerer)
+	m := newMetrics(opts.Registerer)
+	acc, err := newAccess(opts.Config, opts.Logger, m)
 	if err != nil {
 		return nil, err
 	}
@@ -130,11 +127,8 @@ func (h *Handler) handle(w http.ResponseWriter, r *http.Request, checkClient boo
 }
 
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request, info *requestInfo, checkClient bool) {
-	if apiErr := h.checkClient(r, checkClient); apiErr != nil {
+	if apiErr := h.checkClient(w, r, checkClient); apiErr != nil {
 		info.kind = "denied"
-		if apiErr.status == http.StatusUnauthorized {
-			w.Header().Set("WWW-Authenticate", `Basic realm="pullbroker"`)
-		}
 		writeError(w, r, apiErr)
 		return
 	}
@@ -180,11 +174,11 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, info *requestInf
 }
 
 // checkClient applies client access rules to a request that they apply to.
-func (h *Handler) checkClient(r *http.Request, applies bool) *apiError {
+func (h *Handler) checkClient(w http.ResponseWriter, r *http.Request, applies bool) *apiError {
 	if !applies {
 		return nil
 	}
-	return h.access.checkClient(r)
+	return h.access.checkClient(w, r)
 }
 
 func (h *Handler) client(rt *route) *upstream.Client { return h.upstreams[rt.registry] }

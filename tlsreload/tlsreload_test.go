@@ -147,18 +147,17 @@ func TestCheckInterval(t *testing.T) {
 	a, b := newPair(t, 1), newPair(t, 2)
 	writeFile(t, certFile, a.certPEM)
 	writeFile(t, keyFile, a.key)
-	r, err := New(certFile, keyFile, WithCheckInterval(time.Minute))
+	const interval = 500 * time.Millisecond
+	r, err := New(certFile, keyFile, WithCheckInterval(interval))
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
-	r.now = func() time.Time { return now }
 	writeFile(t, certFile, b.certPEM)
 	writeFile(t, keyFile, b.key)
 	if got := serialOf(r); got != 1 {
 		t.Fatalf("within the interval: serial %d, want 1 (no look at the files yet)", got)
 	}
-	now = now.Add(2 * time.Minute)
+	time.Sleep(interval + 100*time.Millisecond)
 	if got := serialOf(r); got != 2 {
 		t.Fatalf("after the interval: serial %d, want 2", got)
 	}

@@ -30,28 +30,28 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "pullbroker", Subsystem: "upstream", Name: "requests_total",
+			Name: "pullbroker_upstream_requests_total",
 			Help: "HTTP requests sent to upstream registries, their token servers and blob storage, by status code (\"error\" when no response arrived).",
 		}, []string{"upstream", "method", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Namespace: "pullbroker", Subsystem: "upstream", Name: "request_duration_seconds",
+			Name:    "pullbroker_upstream_request_duration_seconds",
 			Help:    "Time from sending an upstream request to its response headers (blob bodies are not included).",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"upstream", "method"}),
 		rateRemaining: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: "pullbroker", Subsystem: "upstream", Name: "ratelimit_remaining",
+			Name: "pullbroker_upstream_ratelimit_remaining",
 			Help: "Pulls left in the current window as last reported by the upstream's ratelimit-remaining header (Docker Hub).",
 		}, []string{"upstream"}),
 		circuitOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: "pullbroker", Subsystem: "upstream", Name: "circuit_open",
+			Name: "pullbroker_upstream_circuit_open",
 			Help: "1 while the upstream's circuit breaker refuses calls (open or waiting for its half-open probe), else 0.",
 		}, []string{"upstream"}),
 		circuitOpens: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "pullbroker", Subsystem: "upstream", Name: "circuit_opens_total",
+			Name: "pullbroker_upstream_circuit_opens_total",
 			Help: "Times the upstream's circuit breaker opened.",
 		}, []string{"upstream"}),
 		transportSetup: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "pullbroker", Subsystem: "upstream", Name: "transport_setups_total",
+			Name: "pullbroker_upstream_transport_setups_total",
 			Help: "Authenticated transports set up (registry ping and token fetch) per repository scope, by result.",
 		}, []string{"upstream", "result"}),
 		tokenRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -59,15 +59,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Requests sent to the upstream's Bearer token endpoint (the realm of its WWW-Authenticate challenge): first tokens and refreshes, whatever the outcome.",
 		}, []string{"upstream"}),
 	}
-	if reg != nil {
-		m.requests = metricsreg.Shared(reg, m.requests)
-		m.duration = metricsreg.Shared(reg, m.duration)
-		m.rateRemaining = metricsreg.Shared(reg, m.rateRemaining)
-		m.circuitOpen = metricsreg.Shared(reg, m.circuitOpen)
-		m.circuitOpens = metricsreg.Shared(reg, m.circuitOpens)
-		m.transportSetup = metricsreg.Shared(reg, m.transportSetup)
-		m.tokenRequests = metricsreg.Shared(reg, m.tokenRequests)
-	}
+	m.requests = metricsreg.Shared(reg, m.requests)
+	m.duration = metricsreg.Shared(reg, m.duration)
+	m.rateRemaining = metricsreg.Shared(reg, m.rateRemaining)
+	m.circuitOpen = metricsreg.Shared(reg, m.circuitOpen)
+	m.circuitOpens = metricsreg.Shared(reg, m.circuitOpens)
+	m.transportSetup = metricsreg.Shared(reg, m.transportSetup)
+	m.tokenRequests = metricsreg.Shared(reg, m.tokenRequests)
 	return m
 }
 

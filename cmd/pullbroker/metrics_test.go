@@ -93,10 +93,14 @@ pins:
 	}
 	t.Cleanup(a.Close)
 	a.store.Start(t.Context())
+	admin, err := adminMux(a, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	w := &wiredApp{
 		app:      a,
 		registry: httptest.NewServer(a.handler),
-		admin:    httptest.NewServer(adminMux(a, cfg)),
+		admin:    httptest.NewServer(admin),
 		log:      logs,
 		upstream: up,
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -168,47 +169,43 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			Logger: log.With("component", "sync"), Registerer: a.registry}.Run(ctx)
 	}
 
-	registrySrv := &http.Server{
-		Handler:           a.handler,
-		ReadHeaderTimeout: 30 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	registrySrv := newServer(cfg.Listen, a.handler, log)
 	if cfg.Listen.TLSEnabled() {
-		certs, err := tlsreload.New(cfg.Listen.TLSCertFile, cfg.Listen.TLSKeyFile, tlsreload.WithLogger(log.With("component", "tls")))
-		if err != nil {
+		if err := serveTLS(registrySrv, cfg.Listen.TLSCertFile, cfg.Listen.TLSKeyFile, log); err != nil {
 			return fmt.Errorf("listen.tlsCertFile: %w", err)
 		}
-		// GetCertificate picks up a renewed pair on the next handshake;
-		// ServeTLS adds h2 to NextProtos, so clients get HTTP/2.
-		registrySrv.TLSConfig = certs.TLSConfig()
 	}
-	adminSrv := &http.Server{Handler: adminMux(a, cfg), ReadHeaderTimeout: 10 * time.Second}
-
 	ln, err := net.Listen("tcp", cfg.Listen.Addr)
 	if err != nil {
 		return fmt.Errorf("listen.addr: %w", err)
 	}
+	defer ln.Close()
+	var adminSrv *http.Server
 	var adminLn net.Listener
 	if cfg.Admin.Addr != "" {
+		admin, err := adminMux(a, cfg)
+		if err != nil {
+			return err
+		}
+		adminSrv = newServer(cfg.Listen, admin, log)
+		if cfg.Admin.TLSEnabled() {
+			if err := serveTLS(adminSrv, cfg.Admin.TLSCertFile, cfg.Admin.TLSKeyFile, log); err != nil {
+				return fmt.Errorf("admin.tlsCertFile: %w", err)
+			}
+		}
 		if adminLn, err = net.Listen("tcp", cfg.Admin.Addr); err != nil {
-			ln.Close()
 			return fmt.Errorf("admin.addr: %w", err)
 		}
+		defer adminLn.Close()
 	}
 
 	errc := make(chan error, 2)
-	go func() {
-		if registrySrv.TLSConfig != nil {
-			errc <- registrySrv.ServeTLS(ln, "", "")
-		} else {
-			errc <- registrySrv.Serve(ln)
-		}
-	}()
-	if adminLn != nil {
-		go func() { errc <- adminSrv.Serve(adminLn) }()
+	go func() { errc <- run(registrySrv, ln) }()
+	if adminSrv != nil {
+		go func() { errc <- run(adminSrv, adminLn) }()
 	}
 	log.Info("pullbroker serving", "addr", ln.Addr().String(), "tls", cfg.Listen.TLSEnabled(),
-		"admin", cfg.Admin.Addr, "storage", cfg.Storage.Driver, "upstreams", upstreamNames(cfg))
+		"admin", cfg.Admin.Addr, "adminTLS", cfg.Admin.TLSEnabled(), "storage", cfg.Storage.Driver, "upstreams", upstreamNames(cfg))
 
 	select {
 	case err := <-errc:
@@ -220,7 +217,9 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.Listen.DrainTimeout)
 	defer cancel()
 	err = registrySrv.Shutdown(drainCtx)
-	_ = adminSrv.Shutdown(drainCtx)
+	if adminSrv != nil {
+		_ = adminSrv.Shutdown(drainCtx)
+	}
 	if err != nil {
 		return fmt.Errorf("drain did not finish within listen.drainTimeout (%s): %w", cfg.Listen.DrainTimeout, err)
 	}
@@ -228,10 +227,50 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	return nil
 }
 
-func adminMux(a *app, cfg *config.Config) *http.ServeMux {
+// newServer applies the listen settings that protect every listener from
+// clients that hold connections or memory: a bounded header block, a
+// deadline for sending it, and idle keep-alive connections closed.
+// ReadTimeout stays unset: requests have no body, and once it expired
+// net/http would cancel the context of a long blob download.
+func newServer(l config.Listener, h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		MaxHeaderBytes:    l.MaxHeaderBytes,
+		ReadHeaderTimeout: l.ReadHeaderTimeout,
+		IdleTimeout:       l.IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
+
+// serveTLS makes srv serve the pair, re-read when the files change: the
+// next handshake picks up a renewed pair.
+func serveTLS(srv *http.Server, certFile, keyFile string, log *slog.Logger) error {
+	certs, err := tlsreload.New(certFile, keyFile, tlsreload.WithLogger(log.With("component", "tls", "cert", certFile)))
+	if err != nil {
+		return err
+	}
+	srv.TLSConfig = certs.TLSConfig()
+	return nil
+}
+
+// run serves srv on ln, with TLS when srv has a TLS config; ServeTLS adds
+// h2 to NextProtos, so clients get HTTP/2.
+func run(srv *http.Server, ln net.Listener) error {
+	if srv.TLSConfig != nil {
+		return srv.ServeTLS(ln, "", "")
+	}
+	return srv.Serve(ln)
+}
+
+func adminMux(a *app, cfg *config.Config) (*http.ServeMux, error) {
+	api, err := a.handler.AdminHandler(cfg.Admin.TokenFile)
+	if err != nil {
+		return nil, err
+	}
+	ready := &readiness{check: a.store.CheckWritable, now: time.Now}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}))
-	mux.Handle("/api/", a.handler.AdminHandler(cfg.Admin.TokenFile))
+	mux.Handle("/api/", api)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
@@ -243,15 +282,43 @@ func adminMux(a *app, cfg *config.Config) *http.ServeMux {
 			http.Error(w, "not ready: draining", http.StatusServiceUnavailable)
 			return
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-		defer cancel()
-		if err := a.store.CheckWritable(ctx); err != nil {
+		if err := ready.storageWritable(r.Context()); err != nil {
 			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = io.WriteString(w, "ok\n")
 	})
-	return mux
+	return mux, nil
+}
+
+// readinessValidFor is how long a storage probe's answer is reused: every
+// kubelet probe, and every probe of every replica on shared storage, would
+// otherwise write to storage.
+const readinessValidFor = 5 * time.Second
+
+// readiness runs the storage write probe at most once per readinessValidFor.
+type readiness struct {
+	check func(context.Context) error
+	now   func() time.Time
+
+	mu      sync.Mutex // held while probing, so concurrent probes share one
+	checked time.Time
+	err     error
+}
+
+func (r *readiness) storageWritable(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if now := r.now(); !r.checked.IsZero() && now.Sub(r.checked) < readinessValidFor {
+		return r.err
+	}
+	// Not the probe's own context: a prober that gave up must not be
+	// remembered as storage that failed.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	r.err = r.check(ctx)
+	r.checked = r.now()
+	return r.err
 }
 
 func upstreamNames(cfg *config.Config) string {

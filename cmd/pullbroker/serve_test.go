@@ -1,13 +1,18 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,13 +42,13 @@ func TestServeTLSWithHTTP2AndCertificateReload(t *testing.T) {
 	dir := t.TempDir()
 	firstCA := writePair(t, dir)
 	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	addr := freeAddr(t)
+	addr, adminAddr := freeAddr(t), freeAddr(t)
 	cfgFile := filepath.Join(dir, "config.yaml")
 	err := os.WriteFile(cfgFile, []byte(fmt.Sprintf(`
 listen: {addr: %q, tlsCertFile: %q, tlsKeyFile: %q, drainTimeout: 5s}
-admin: {addr: ""}
+admin: {addr: %q, tlsCertFile: %q, tlsKeyFile: %q}
 storage: {driver: inmemory, parameters: {}}
-`, addr, certFile, keyFile)), 0o600)
+`, addr, certFile, keyFile, adminAddr, certFile, keyFile)), 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,13 +61,14 @@ storage: {driver: inmemory, parameters: {}}
 	logs := &testenv.SyncBuffer{}
 	go func() { done <- serve(ctx, cfg, newLogger(cfg.Log, logs)) }()
 
-	get := func(roots *x509.CertPool) (*http.Response, error) {
+	getURL := func(roots *x509.CertPool, url string) (*http.Response, error) {
 		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 			TLSClientConfig:   &tls.Config{RootCAs: roots},
 			ForceAttemptHTTP2: true,
 		}}
-		return client.Get("https://" + addr + "/v2/")
+		return client.Get(url)
 	}
+	get := func(roots *x509.CertPool) (*http.Response, error) { return getURL(roots, "https://"+addr+"/v2/") }
 	var resp *http.Response
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		if resp, err = get(firstCA); err == nil || time.Now().After(deadline) {
@@ -77,6 +83,20 @@ storage: {driver: inmemory, parameters: {}}
 	if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 {
 		t.Fatalf("GET /v2/: %s over %s, want 200 over HTTP/2", resp.Status, resp.Proto)
 	}
+	// The admin listener serves TLS too (admin.tlsCertFile), and only TLS.
+	if resp, err = getURL(firstCA, "https://"+adminAddr+"/readyz"); err != nil {
+		t.Fatalf("GET /readyz over TLS: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /readyz over TLS: %s", resp.Status)
+	}
+	if resp, err = http.Get("http://" + adminAddr + "/readyz"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Fatal("the TLS admin listener answered plain HTTP")
+		}
+	}
 
 	secondCA := writePair(t, dir)
 	var renewed bool
@@ -90,6 +110,11 @@ storage: {driver: inmemory, parameters: {}}
 	if !renewed {
 		t.Fatal("the renewed certificate was not served within 10s")
 	}
+	if resp, err := getURL(secondCA, "https://"+adminAddr+"/healthz"); err != nil {
+		t.Fatalf("admin listener after renewal: %v", err)
+	} else {
+		resp.Body.Close()
+	}
 
 	stop()
 	select {
@@ -99,5 +124,131 @@ storage: {driver: inmemory, parameters: {}}
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("serve did not return after its context ended")
+	}
+}
+
+// TestServeBoundsHeadersAndIdleConnections runs serve with short timeouts
+// and checks, on both listeners, what a client that sends too much or
+// nothing gets: 431 for an oversized header block, a closed connection
+// after idleTimeout on an idle keep-alive connection and after
+// readHeaderTimeout on a request that never ends its headers.
+func TestServeBoundsHeadersAndIdleConnections(t *testing.T) {
+	addr, adminAddr := freeAddr(t), freeAddr(t)
+	cfgFile := filepath.Join(t.TempDir(), "config.yaml")
+	err := os.WriteFile(cfgFile, []byte(fmt.Sprintf(`
+listen: {addr: %q, drainTimeout: 5s, maxHeaderBytes: 65536, readHeaderTimeout: 500ms, idleTimeout: 500ms}
+admin: {addr: %q}
+storage: {driver: inmemory, parameters: {}}
+`, addr, adminAddr)), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(cfgFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	logs := &testenv.SyncBuffer{}
+	go func() { done <- serve(ctx, cfg, newLogger(cfg.Log, logs)) }()
+	t.Cleanup(func() {
+		stop()
+		<-done
+	})
+
+	for _, tc := range []struct{ addr, path string }{{addr, "/v2/"}, {adminAddr, "/healthz"}} {
+		url := "http://" + tc.addr + tc.path
+		var resp *http.Response
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if resp, err = http.Get(url); err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		if err != nil {
+			t.Fatalf("GET %s: %v\n%s", url, err, logs)
+		}
+		resp.Body.Close()
+
+		// A registry token is a few KiB: accepted. 100 KiB is not.
+		for size, want := range map[int]int{8 << 10: http.StatusOK, 100 << 10: http.StatusRequestHeaderFieldsTooLarge} {
+			req, _ := http.NewRequest(http.MethodGet, url, nil)
+			req.Header.Set("Authorization", "Bearer "+strings.Repeat("t", size))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatalf("GET %s with a %d-byte header: %v", url, size, err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != want {
+				t.Errorf("GET %s with a %d-byte header: %s, want %d", url, size, resp.Status, want)
+			}
+		}
+
+		// An idle keep-alive connection is closed by the server.
+		conn, err := net.Dial("tcp", tc.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", tc.path)
+		br := bufio.NewReader(conn)
+		resp, err = http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if stillOpenAfter(t, conn, br, 5*time.Second) {
+			t.Errorf("%s: idle keep-alive connection still open after 5s, idleTimeout 500ms", tc.addr)
+		}
+
+		// Headers that never end: closed after readHeaderTimeout.
+		conn, err = net.Dial("tcp", tc.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\n", tc.path)
+		if stillOpenAfter(t, conn, bufio.NewReader(conn), 5*time.Second) {
+			t.Errorf("%s: unfinished request still open after 5s, readHeaderTimeout 500ms", tc.addr)
+		}
+	}
+}
+
+// stillOpenAfter reports whether the server left conn open for d
+// (reads until EOF or a reset; a timeout means still open), then closes it.
+func stillOpenAfter(t *testing.T, conn net.Conn, br *bufio.Reader, d time.Duration) (stillOpen bool) {
+	t.Helper()
+	defer conn.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(d))
+	_, err := io.Copy(io.Discard, br)
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// TestReadinessReusesTheStorageProbe: probes within readinessValidFor
+// share one storage write; a failure is reported, and the next probe
+// after the window checks again.
+func TestReadinessReusesTheStorageProbe(t *testing.T) {
+	now := time.Now()
+	var probes int
+	var fail error
+	r := &readiness{
+		check: func(context.Context) error { probes++; return fail },
+		now:   func() time.Time { return now },
+	}
+	for range 5 {
+		if err := r.storageWritable(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if probes != 1 {
+		t.Fatalf("5 readiness checks within the window wrote to storage %d times, want 1", probes)
+	}
+	fail = errors.New("disk full")
+	now = now.Add(readinessValidFor)
+	if err := r.storageWritable(t.Context()); err == nil || probes != 2 {
+		t.Fatalf("after the window: err %v, probes %d, want the new failure from a second probe", err, probes)
+	}
+	now = now.Add(time.Second)
+	if err := r.storageWritable(t.Context()); err == nil || probes != 2 {
+		t.Fatalf("within the window: err %v, probes %d, want the remembered failure", err, probes)
 	}
 }

@@ -92,10 +92,7 @@ func newWebhookCmd() *cobra.Command {
 func runWebhook(ctx context.Context, log *slog.Logger, rf *rewriteFlags, wf *webhookFlags, rw *rewrite.Rewriter) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics, err := webhook.NewMetrics(reg)
-	if err != nil {
-		return err
-	}
+	metrics := webhook.NewMetrics(reg)
 	handler := webhook.NewHandler(webhook.Options{
 		Rewriter:       rw,
 		Filter:         rf.podFilter(),

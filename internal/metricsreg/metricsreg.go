@@ -1,6 +1,10 @@
-// Package metricsreg registers collectors that several instances share:
-// every upstream client, every credential source, registers the same
-// metric families on one Registerer and must count into the same ones.
+// Package metricsreg is how every package registers its metrics: on the
+// Registerer it was handed, through Shared, so that several instances (every
+// upstream client, every credential source, a second store or handler in a
+// test) count into the same families instead of failing on the second
+// registration. Metric names are written whole ("pullbroker_..."), never
+// assembled from Namespace and Subsystem, so that a grep for a name on a
+// dashboard finds the code.
 package metricsreg
 
 import (
@@ -10,8 +14,11 @@ import (
 )
 
 // Shared registers c on reg, or returns the collector already registered
-// under the same description.
+// under the same description. A nil reg leaves c unregistered.
 func Shared[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	if reg == nil {
+		return c
+	}
 	if err := reg.Register(c); err != nil {
 		var are prometheus.AlreadyRegisteredError
 		if errors.As(err, &are) {

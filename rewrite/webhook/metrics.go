@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pullbroker/pullbroker/internal/metricsreg"
 )
 
 // Metrics count what the webhook does. Register them with NewMetrics.
@@ -14,21 +16,10 @@ type Metrics struct {
 	resolveFailures prometheus.Counter
 }
 
-// NewMetrics creates the webhook's metrics and registers them on reg.
-func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
-	m := newUnregisteredMetrics()
-	if reg != nil {
-		for _, c := range []prometheus.Collector{m.admissions, m.duration, m.imagesRewritten, m.resolveFailures} {
-			if err := reg.Register(c); err != nil {
-				return nil, err
-			}
-		}
-	}
-	return m, nil
-}
-
-func newUnregisteredMetrics() *Metrics {
-	return &Metrics{
+// NewMetrics creates the webhook's metrics and registers them on reg
+// (which may be nil).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
 		admissions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pullbroker_webhook_admissions_total",
 			Help: "Admission requests by result: rewritten, unchanged, skipped (a skip rule), ignored (not a Pod create or ephemeral container update), undecodable.",
@@ -47,6 +38,11 @@ func newUnregisteredMetrics() *Metrics {
 			Help: "Tags that could not be pinned to a digest; the image was rewritten with its tag only.",
 		}),
 	}
+	m.admissions = metricsreg.Shared(reg, m.admissions)
+	m.duration = metricsreg.Shared(reg, m.duration)
+	m.imagesRewritten = metricsreg.Shared(reg, m.imagesRewritten)
+	m.resolveFailures = metricsreg.Shared(reg, m.resolveFailures)
+	return m
 }
 
 func (m *Metrics) observe(result string, d time.Duration) {

@@ -82,7 +82,7 @@ func NewHandler(o Options) *Handler {
 		h.log = slog.New(slog.DiscardHandler)
 	}
 	if h.metrics == nil {
-		h.metrics = newUnregisteredMetrics()
+		h.metrics = NewMetrics(nil)
 	}
 	return h
 }

@@ -30,10 +30,7 @@ func newTestHandler(t *testing.T, resolver rewrite.Resolver) (*Handler, *Metrics
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := NewMetrics(prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := NewMetrics(prometheus.NewRegistry())
 	return NewHandler(Options{
 		Rewriter: rw,
 		Filter:   rewrite.PodFilter{ExcludeNamespaces: []string{"kube-system", "pullbroker"}},
