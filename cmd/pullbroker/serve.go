@@ -149,6 +149,9 @@ func buildInfo(v version.Info) prometheus.Collector {
 }
 
 func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	if err := checkTokenFile(cfg.Admin); err != nil {
+		return err
+	}
 	a, err := build(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -214,6 +217,23 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("drain did not finish within listen.drainTimeout (%s): %w", cfg.Listen.DrainTimeout, err)
 	}
 	log.Info("stopped")
+	return nil
+}
+
+// checkTokenFile fails the start when admin.tokenFile is set but cannot
+// be read or is empty; the admin API reads it again on every request, so a
+// rotated token takes effect without a restart.
+func checkTokenFile(a config.Admin) error {
+	if a.TokenFile == "" {
+		return nil
+	}
+	b, err := os.ReadFile(a.TokenFile)
+	if err != nil {
+		return fmt.Errorf("admin.tokenFile: %w (create it with the admin token, or remove admin.tokenFile to disable the admin API)", err)
+	}
+	if strings.TrimSpace(string(b)) == "" {
+		return fmt.Errorf("admin.tokenFile: %s is empty: put the admin token in it", a.TokenFile)
+	}
 	return nil
 }
 
