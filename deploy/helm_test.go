@@ -281,8 +281,8 @@ func dropHelmLabels(obj map[string]any, path ...string) {
 	}
 }
 
-// TestChartSchemaErrors: a value of the wrong type fails with a message
-// that names the value and the type wanted.
+// TestChartSchemaErrors: a value of the wrong type, or a choice that
+// cannot work, fails with a message that names the value and what it needs.
 func TestChartSchemaErrors(t *testing.T) {
 	c := loadChart(t)
 	for _, tc := range []struct{ values, want string }{
@@ -293,6 +293,10 @@ func TestChartSchemaErrors(t *testing.T) {
 		{`replica: 2`, "replica"},
 		{`upstreams: {docker.io: {}}`, "upstreams"},
 		{`upstreams: [{name: docker.io, credentials: {basic: {username: u, password: p}}}]`, "upstreams"},
+		{`tls: {enabled: true}`, "tls.enabled needs tls.existingSecret"},
+		{`tls: {enabled: true, certManager: {enabled: true}}`, "tls.certManager.issuerRef.name"},
+		{`webhook: {enabled: true, certManager: {enabled: true}}`, "webhook.certManager.issuerRef.name"},
+		{`replicas: 2`, "replicas > 1 on one ReadWriteOnce claim"},
 	} {
 		_, err := renderChartValues(c, parseValues(t, tc.values))
 		if err == nil {
