@@ -12,8 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	coreinformers "k8s.io/client-go/informers/core/v1"
-	"k8s.io/client-go/kubernetes"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
@@ -90,14 +89,17 @@ func (s *source) startSecretWatch(ctx context.Context, nsName, kubeconfig string
 	}
 	cfg = rest.CopyConfig(cfg)
 	cfg.UserAgent = "pullbroker"
-	client, err := kubernetes.NewForConfig(cfg)
+	// The core/v1 client alone: the full clientset would link every API
+	// group into the binary.
+	client, err := corev1client.NewForConfig(cfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
 	w := &secretWatch{s: s, name: name, what: "Secret " + nsName, parse: parse}
-	inf := coreinformers.NewFilteredSecretInformer(client, ns, 0, cache.Indexers{}, func(o *metav1.ListOptions) {
+	lw := cache.NewFilteredListWatchFromClient(client.RESTClient(), "secrets", ns, func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", name).String()
 	})
+	inf := cache.NewSharedIndexInformer(lw, &corev1.Secret{}, 0, cache.Indexers{})
 	if err := inf.SetWatchErrorHandlerWithContext(w.watchError); err != nil {
 		return err
 	}

@@ -187,3 +187,44 @@ upstreams:
 		}
 	}
 }
+
+func TestLoadErrorsNameKeyAndValue(t *testing.T) {
+	for _, tc := range []struct{ yaml, want string }{
+		{"listn: {addr: x}\n", `unknown key "listn" at the top level`},
+		{"listen: {addr: ':5000', bogus: 1}\n", `unknown key "bogus" in listen`},
+		{"upstreams:\n  - name: a.io\n    endpoint: https://a.io\n    tagTTL: five\n", `upstreams[0].tagTTL: "five" is not a duration`},
+		{"storage: {maxSizeBytes: lots}\n", `storage.maxSizeBytes: "lots" is not a whole number`},
+		{"upstreams:\n  docker.io: {endpoint: https://x.io}\n", `upstreams: is a map, but a list is expected`},
+		{"upstreams:\n  - {name: a.io, endpoint: https://a.io}\n  - {name: a.io, endpoint: https://b.io}\n", `upstreams[1]: "a.io" is already the name or an alias of upstreams[0]`},
+		{"upstreams:\n  - {name: a.io, endpoint: https://a.io, aliases: [b.io]}\n  - {name: b.io, endpoint: https://b.io}\n", `upstreams[1]: "b.io" is already the name or an alias of upstreams[0]`},
+	} {
+		_, err := Load(write(t, tc.yaml))
+		if err == nil {
+			t.Errorf("%q loaded, want an error", tc.yaml)
+			continue
+		}
+		if !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "decoding failed") {
+			t.Errorf("%q: error %q, want %q without mapstructure's wrapper", tc.yaml, err, tc.want)
+		}
+	}
+}
+
+func TestLoadErrorsBlameEnvironmentVariable(t *testing.T) {
+	t.Setenv("PULLBROKER_LISTEN_DRAINTIMEOUT", "soon")
+	_, err := Load("")
+	if err == nil || !strings.Contains(err.Error(), `PULLBROKER_LISTEN_DRAINTIMEOUT (listen.drainTimeout): "soon" is not a duration`) {
+		t.Errorf("error %v, want it to name PULLBROKER_LISTEN_DRAINTIMEOUT", err)
+	}
+	os.Unsetenv("PULLBROKER_LISTEN_DRAINTIMEOUT")
+	t.Setenv("PULLBROKER_LOG_FORMAT", "xml")
+	_, err = Load("")
+	if err == nil || !strings.Contains(err.Error(), `PULLBROKER_LOG_FORMAT (log.format): "xml" is not one of text, json`) {
+		t.Errorf("error %v, want it to name PULLBROKER_LOG_FORMAT", err)
+	}
+	// A mistake in the file names the key alone.
+	os.Unsetenv("PULLBROKER_LOG_FORMAT")
+	_, err = Load(write(t, "log: {level: loud}\n"))
+	if err == nil || !strings.HasSuffix(err.Error(), `: log.level: "loud" is not one of debug, info, warn, error`) {
+		t.Errorf("error %v", err)
+	}
+}

@@ -3,6 +3,7 @@ package config
 import (
 	"bytes"
 	_ "embed"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -38,19 +39,41 @@ func Load(path string) (*Config, error) {
 
 	var c Config
 	err := v.UnmarshalExact(&c, func(dc *mapstructure.DecoderConfig) {
-		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(
-			mapstructure.StringToTimeDurationHookFunc(),
-			mapstructure.StringToSliceHookFunc(","),
-		)
+		dc.DecodeHook = decodeHooks()
 	})
 	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", describe(path), decodeError(err))
+	}
+	// Before the public upstreams are merged in, which replaces by name.
+	if err := duplicateUpstreams(c.Upstreams); err != nil {
 		return nil, fmt.Errorf("config %s: %w", describe(path), err)
 	}
 	c.applyDefaults()
 	if err := c.Validate(); err != nil {
-		return nil, fmt.Errorf("config %s: %w", describe(path), err)
+		return nil, fmt.Errorf("config %s: %w", describe(path), blameEnv(err))
 	}
 	return &c, nil
+}
+
+// duplicateUpstreams refuses two upstreams of the file with one name or
+// alias: the later would silently win.
+func duplicateUpstreams(ups []Upstream) error {
+	var errs []error
+	seen := map[string]string{}
+	for i, u := range ups {
+		key := fmt.Sprintf("upstreams[%d]", i)
+		for _, n := range append([]string{u.Name}, u.Aliases...) {
+			if n == "" {
+				continue
+			}
+			if prev, dup := seen[n]; dup {
+				errs = append(errs, fmt.Errorf("%s: %q is already the name or an alias of %s", key, n, prev))
+				continue
+			}
+			seen[n] = key
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func describe(path string) string {

@@ -98,6 +98,10 @@ func TestApplyToAPIServer(t *testing.T) {
 		builds = append(builds, render(t, dir))
 	}
 	builds = append(builds, renderWithServiceMonitor(t, "default"), renderWithServiceMonitor(t, "daemonset"))
+	// The Helm chart, for every value set its tests render.
+	for _, tc := range append(allChartCases(), chartLintOnlyCases...) {
+		builds = append(builds, renderChart(t, tc))
+	}
 
 	for _, r := range builds {
 		t.Run("dry-run/"+r.name, func(t *testing.T) {

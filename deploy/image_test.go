@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -28,9 +29,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
-// TestImageBuild runs deploy/image/build.sh against an in-memory registry on
-// loopback: the base image comes from it (as it would through pullbroker)
-// and the result goes back to it, for two platforms.
+// TestImageBuild runs deploy/image/release.sh (and so build.sh) against an
+// in-memory registry on loopback: the base image comes from it (as it would
+// through pullbroker) and the result goes back to it, for two platforms,
+// tagged with the chart's appVersion.
 func TestImageBuild(t *testing.T) {
 	if testing.Short() {
 		t.Skip("cross-compiles the binary twice")
@@ -76,13 +78,14 @@ func TestImageBuild(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	target := host + "/pullbroker/pullbroker:test"
-	cmd := exec.Command("bash", "image/build.sh", target)
+	release := appVersion(t)
+	target := host + "/pullbroker/pullbroker:" + release
+	cmd := exec.Command("bash", "image/release.sh", host+"/pullbroker")
 	cmd.Env = append(os.Environ(),
 		"CRANE="+crane,
 		"INSECURE=1",
 		"BASE_IMAGE="+baseRef.String(),
-		"PLATFORMS=linux/amd64,linux/arm64",
+		"VERSION="+release,
 		"SOURCE_DATE_EPOCH=1700000000",
 	)
 	var stdout, stderr bytes.Buffer
@@ -111,6 +114,17 @@ func TestImageBuild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	revision, err := exec.Command("git", "rev-parse", "HEAD").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantMeta := map[string]string{
+		"org.opencontainers.image.source":   "https://github.com/pullbroker/pullbroker",
+		"org.opencontainers.image.revision": strings.TrimSpace(string(revision)),
+		"org.opencontainers.image.version":  release,
+		"org.opencontainers.image.created":  "2023-11-14T22:13:20Z",
+	}
+	checkMeta(t, "index annotations", im.Annotations, wantMeta)
 	if len(im.Manifests) != 2 {
 		t.Fatalf("index has %d manifests", len(im.Manifests))
 	}
@@ -135,6 +149,12 @@ func TestImageBuild(t *testing.T) {
 			!slices.Equal(cf.Config.Cmd, []string{"serve"}) || cf.Config.User != "65532:65532" {
 			t.Errorf("%s: entrypoint %q cmd %q user %q", arch, cf.Config.Entrypoint, cf.Config.Cmd, cf.Config.User)
 		}
+		checkMeta(t, arch+" labels", cf.Config.Labels, wantMeta)
+		if m, err := img.Manifest(); err != nil {
+			t.Fatal(err)
+		} else {
+			checkMeta(t, arch+" annotations", m.Annotations, wantMeta)
+		}
 		if _, ok := cf.Config.ExposedPorts["5000/tcp"]; !ok {
 			t.Errorf("%s: exposed ports %v", arch, cf.Config.ExposedPorts)
 		}
@@ -151,13 +171,45 @@ func TestImageBuild(t *testing.T) {
 		if mt, _ := layers[1].MediaType(); mt != types.DockerLayer && mt != types.OCILayer {
 			t.Errorf("%s: binary layer media type %s, want a gzip layer", arch, mt)
 		}
-		checkBinaryLayer(t, arch, layers[1], machines[arch])
+		bin := checkBinaryLayer(t, arch, layers[1], machines[arch])
+		if arch == runtime.GOARCH {
+			checkVersionOutput(t, bin, release, wantMeta["org.opencontainers.image.revision"])
+		}
+	}
+}
+
+func checkMeta(t *testing.T, what string, got, want map[string]string) {
+	t.Helper()
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: %s = %q, want %q", what, k, got[k], v)
+		}
+	}
+}
+
+// checkVersionOutput runs the binary from the image: the version and
+// commit were linked in by the build.
+func checkVersionOutput(t *testing.T, bin []byte, version, commit string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "pullbroker")
+	if err := os.WriteFile(path, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(path, "version").CombinedOutput()
+	if err != nil {
+		t.Fatalf("pullbroker version: %v\n%s", err, out)
+	}
+	for _, want := range []string{"pullbroker " + version + "\n", "commit:     " + commit, "built:      2023-11-14T22:13:20Z"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("pullbroker version printed %q, lacks %q", out, want)
+		}
 	}
 }
 
 // checkBinaryLayer: the layer holds exactly the binary, root-owned,
-// executable, statically linked for the platform.
-func checkBinaryLayer(t *testing.T, arch string, l v1.Layer, machine elf.Machine) {
+// executable, statically linked for the platform, stripped. It returns the
+// binary.
+func checkBinaryLayer(t *testing.T, arch string, l v1.Layer, machine elf.Machine) []byte {
 	t.Helper()
 	rc, err := l.Uncompressed()
 	if err != nil {
@@ -166,6 +218,7 @@ func checkBinaryLayer(t *testing.T, arch string, l v1.Layer, machine elf.Machine
 	defer rc.Close()
 	tr := tar.NewReader(rc)
 	var names []string
+	var bin []byte
 	for {
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -197,10 +250,15 @@ func checkBinaryLayer(t *testing.T, arch string, l v1.Layer, machine elf.Machine
 				t.Errorf("%s: binary is dynamically linked (CGO_ENABLED=0 expected)", arch)
 			}
 		}
+		if f.Section(".symtab") != nil || f.Section(".debug_info") != nil {
+			t.Errorf("%s: binary has a symbol table or DWARF (-s -w expected)", arch)
+		}
+		bin = b
 	}
 	if !slices.Equal(names, []string{"usr/local/bin/pullbroker"}) {
 		t.Errorf("%s: layer holds %q, want only usr/local/bin/pullbroker", arch, names)
 	}
+	return bin
 }
 
 // TestCommandLines checks the command lines in the manifests against the

@@ -500,8 +500,8 @@ func checkProxy(t *testing.T, r rendered, w workload) {
 	if err != nil || aport != "5001" {
 		t.Errorf("%s: admin.addr %q, want port 5001", w, cfg.Admin.Addr)
 	}
-	if cfg.Listen.TLSEnabled() {
-		t.Errorf("%s: TLS is on but no certificate is mounted", w)
+	if cfg.Listen.TLSEnabled() && !projects(w, cfgMount.Name, cfg.Listen.TLSCertFile, cfg.Listen.TLSKeyFile) {
+		t.Errorf("%s: TLS is on but %s and %s are not mounted", w, cfg.Listen.TLSCertFile, cfg.Listen.TLSKeyFile)
 	}
 	if cfg.Storage.Driver != "filesystem" {
 		t.Errorf("%s: storage.driver %q", w, cfg.Storage.Driver)
@@ -543,8 +543,27 @@ func checkProxy(t *testing.T, r rendered, w workload) {
 			t.Errorf("%s: listen.addr %q must listen on all Pod addresses", w, cfg.Listen.Addr)
 		}
 		d := typed[appsv1.Deployment](t, r.find("Deployment", w.name))
-		if d.Spec.Replicas == nil || *d.Spec.Replicas < 2 {
-			t.Errorf("%s: want at least 2 replicas", w)
+		// One replica on a claim until replicas share one cache: two
+		// caches would pin differently and split pin/sync/import.
+		if d.Spec.Replicas == nil || *d.Spec.Replicas != 1 {
+			t.Errorf("%s: want 1 replica", w)
+		}
+		claim := ""
+		for _, v := range w.pod.Spec.Volumes {
+			if v.Name == cache.Name && v.PersistentVolumeClaim != nil {
+				claim = v.PersistentVolumeClaim.ClaimName
+			}
+		}
+		if pvc := r.find("PersistentVolumeClaim", claim); pvc == nil {
+			t.Errorf("%s: the cache is not on a PersistentVolumeClaim of this build", w)
+		} else {
+			size := typed[corev1.PersistentVolumeClaim](t, pvc).Spec.Resources.Requests.Storage().Value()
+			if m := cfg.Storage.MaxSizeBytes; m <= 0 || m > size*85/100 {
+				t.Errorf("%s: storage.maxSizeBytes %d must be set and leave 15%% of the claim's %d free", w, m, size)
+			}
+		}
+		if d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
+			t.Errorf("%s: a ReadWriteOnce cache needs strategy Recreate", w)
 		}
 		if r.find("PodDisruptionBudget", w.name) == nil {
 			t.Errorf("%s: no PodDisruptionBudget", w)
@@ -581,6 +600,31 @@ func checkProxy(t *testing.T, r rendered, w workload) {
 			}
 		}
 	}
+}
+
+// projects reports whether the projected volume puts a Secret's keys at
+// every one of paths (under configDir, where the volume is mounted).
+func projects(w workload, volume string, paths ...string) bool {
+	found := map[string]bool{}
+	for _, v := range w.pod.Spec.Volumes {
+		if v.Name != volume || v.Projected == nil {
+			continue
+		}
+		for _, s := range v.Projected.Sources {
+			if s.Secret == nil {
+				continue
+			}
+			for _, item := range s.Secret.Items {
+				found[configDir+"/"+item.Path] = true
+			}
+		}
+	}
+	for _, p := range paths {
+		if !found[p] {
+			return false
+		}
+	}
+	return true
 }
 
 // configFile returns config.yaml from the volume, a ConfigMap or a

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -74,7 +75,11 @@ type SyncResult struct {
 	Digest string
 	Blobs  int
 	Bytes  int64
-	Err    error
+	// TotalBlobs and TotalBytes count the layers found so far, the ones
+	// being read included: the denominator of the progress line.
+	TotalBlobs int
+	TotalBytes int64
+	Err        error
 }
 
 // Sync pulls every image of the list through the proxy into the cache and
@@ -97,8 +102,15 @@ func Sync(ctx context.Context, cfg *config.Config, registryAPI http.Handler, res
 		start := time.Now()
 		var onBlob func(SyncResult)
 		if live {
+			var last time.Time
 			onBlob = func(r SyncResult) {
-				fmt.Fprintf(progress, "\r\033[K[%d/%d] %s: %d blobs, %s", i+1, len(list.Images), e.Image, r.Blobs, humanBytes(r.Bytes))
+				// Redrawn at most ten times a second, and at each blob's end.
+				if now := time.Now(); now.Sub(last) >= 100*time.Millisecond || r.Blobs == r.TotalBlobs {
+					last = now
+					rate := float64(r.Bytes) / max(now.Sub(start).Seconds(), 0.001)
+					fmt.Fprintf(progress, "\r\033[K[%d/%d] %s: %d/%s, %s / %s, %s/s", i+1, len(list.Images), e.Image,
+						r.Blobs, plural(r.TotalBlobs, "blob"), humanBytes(r.Bytes), humanBytes(r.TotalBytes), humanBytes(int64(rate)))
+				}
 			}
 		}
 		res := syncImage(ctx, cfg, resolver, lp, e.Image, platforms, onBlob)
@@ -108,7 +120,7 @@ func Sync(ctx context.Context, cfg *config.Config, registryAPI http.Handler, res
 		if res.Err != nil {
 			fmt.Fprintf(progress, "FAIL %s: %v\n", e.Image, res.Err)
 		} else {
-			fmt.Fprintf(progress, "ok   %s@%s (%d blobs, %s, %s)\n", res.Image, res.Digest, res.Blobs, humanBytes(res.Bytes), time.Since(start).Round(time.Millisecond))
+			fmt.Fprintf(progress, "ok   %s@%s (%s, %s, %s)\n", res.Image, res.Digest, plural(res.Blobs, "blob"), humanBytes(res.Bytes), time.Since(start).Round(time.Millisecond))
 		}
 		results = append(results, res)
 		if ctx.Err() != nil {
@@ -134,12 +146,15 @@ func syncImage(ctx context.Context, cfg *config.Config, resolver *tags.Resolver,
 		return res
 	}
 	res.Digest = desc.Digest.String()
-	if err := walkDescriptor(ctx, lp, img, desc, platforms, func(size int64) {
-		res.Blobs++
-		res.Bytes += size
+	report := func() {
 		if onBlob != nil {
 			onBlob(res)
 		}
+	}
+	if err := walkDescriptor(ctx, lp, img, desc, platforms, blobEvents{
+		found: func(size int64) { res.TotalBlobs++; res.TotalBytes += size },
+		read:  func(n int64) { res.Bytes += n; report() },
+		done:  func() { res.Blobs++; report() },
 	}); err != nil {
 		res.Err = err
 		return res
@@ -154,9 +169,22 @@ func syncImage(ctx context.Context, cfg *config.Config, resolver *tags.Resolver,
 	return res
 }
 
+// blobEvents follow walkDescriptor: an image's layers found (with their
+// sizes), bytes read, a layer read whole.
+type blobEvents struct {
+	found func(size int64)
+	read  func(n int64)
+	done  func()
+}
+
+func (e blobEvents) Write(p []byte) (int, error) {
+	e.read(int64(len(p)))
+	return len(p), nil
+}
+
 // walkDescriptor reads every blob of an image, or of the chosen platforms
 // of an index, through the proxy; reading is what fills the cache.
-func walkDescriptor(ctx context.Context, lp *loopbackProxy, img tags.Image, desc *remote.Descriptor, platforms []Platform, fetched func(int64)) error {
+func walkDescriptor(ctx context.Context, lp *loopbackProxy, img tags.Image, desc *remote.Descriptor, platforms []Platform, events blobEvents) error {
 	if desc.MediaType.IsIndex() {
 		idx, err := desc.ImageIndex()
 		if err != nil {
@@ -167,7 +195,11 @@ func walkDescriptor(ctx context.Context, lp *loopbackProxy, img tags.Image, desc
 			return err
 		}
 		matched := 0
+		var available []string
 		for _, child := range im.Manifests {
+			if child.Platform != nil {
+				available = append(available, child.Platform.String())
+			}
 			if !platformMatches(child.Platform, platforms) {
 				continue
 			}
@@ -178,12 +210,12 @@ func walkDescriptor(ctx context.Context, lp *loopbackProxy, img tags.Image, desc
 			if err != nil {
 				return fmt.Errorf("%s: %w", child.Digest, err)
 			}
-			if err := walkDescriptor(ctx, lp, childImg, cd, nil, fetched); err != nil {
+			if err := walkDescriptor(ctx, lp, childImg, cd, nil, events); err != nil {
 				return err
 			}
 		}
 		if matched == 0 {
-			return errNoPlatform
+			return fmt.Errorf("%w %s; the index has %s", errNoPlatform, platformList(platforms), orNothing(available))
 		}
 		return nil
 	}
@@ -199,16 +231,23 @@ func walkDescriptor(ctx context.Context, lp *loopbackProxy, img tags.Image, desc
 		return err
 	}
 	for _, l := range layers {
+		size, err := l.Size()
+		if err != nil {
+			return err
+		}
+		events.found(size)
+	}
+	for _, l := range layers {
 		rc, err := l.Compressed()
 		if err != nil {
 			return err
 		}
-		n, err := io.Copy(io.Discard, rc)
+		_, err = io.Copy(events, rc)
 		rc.Close()
 		if err != nil {
 			return err
 		}
-		fetched(n)
+		events.done()
 	}
 	return nil
 }
@@ -218,6 +257,29 @@ func walkDescriptor(ctx context.Context, lp *loopbackProxy, img tags.Image, desc
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// plural is "1 blob", "2 blobs".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+func platformList(ps []Platform) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = string(p)
+	}
+	return "(" + strings.Join(s, ", ") + ")"
+}
+
+func orNothing(s []string) string {
+	if len(s) == 0 {
+		return "no platforms listed"
+	}
+	return strings.Join(s, ", ")
 }
 
 func humanBytes(n int64) string {

@@ -23,7 +23,14 @@ func (h *Handler) AdminHandler(tokenFile string) (http.Handler, error) {
 	var token *filewatch.Value[string]
 	if tokenFile != "" {
 		var err error
-		token, err = filewatch.New(tokenFile, parseAdminToken, filewatch.Options[string]{
+		parse := func(b []byte) (string, error) {
+			token := strings.TrimSpace(string(b))
+			if token == "" {
+				return "", fmt.Errorf("%s is empty: put the admin token in it, or unset admin.tokenFile to disable the admin API", tokenFile)
+			}
+			return token, nil
+		}
+		token, err = filewatch.New(tokenFile, parse, filewatch.Options[string]{
 			OnError: func(err error) {
 				h.log.Warn("admin token file does not load; keeping the previous token", "file", tokenFile, "error", err)
 			},
@@ -46,14 +53,6 @@ func (h *Handler) AdminHandler(tokenFile string) (http.Handler, error) {
 		}
 		mux.ServeHTTP(w, r)
 	}), nil
-}
-
-func parseAdminToken(b []byte) (string, error) {
-	token := strings.TrimSpace(string(b))
-	if token == "" {
-		return "", errors.New("the admin token file is empty")
-	}
-	return token, nil
 }
 
 func checkBearer(r *http.Request, token *filewatch.Value[string]) error {

@@ -55,6 +55,15 @@ func newHostsCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
+				if dir == "-" {
+					// One stream, each file after a comment naming its path.
+					for _, f := range files {
+						if _, err := fmt.Fprintf(cmd.OutOrStdout(), "# %s\n%s\n", f.Path, f.Content); err != nil {
+							return err
+						}
+					}
+					return nil
+				}
 				if err := nodeconfig.WriteFiles(dir, files); err != nil {
 					return err
 				}
@@ -69,7 +78,7 @@ func newHostsCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&opts.ProxyURL, "proxy", "", "the proxy as nodes reach it: http://host:port or https://host:port (required)")
-	f.StringVar(&dir, "dir", "/etc/containerd/certs.d", "containerd's registry config_path, where <registry>/hosts.toml files go")
+	f.StringVar(&dir, "dir", "/etc/containerd/certs.d", "containerd's registry config_path, where <registry>/hosts.toml files go; - prints them to stdout")
 	f.StringVar(&format, "format", "containerd", "containerd (write hosts.toml files) or crio (print registries.conf entries)")
 	f.BoolVar(&opts.NoFallback, "no-fallback", false, "never pull from an upstream directly, even when the proxy fails (default: fall back)")
 	f.DurationVar(&opts.DialTimeout, "dial-timeout", 2*time.Second, "containerd's dial_timeout for the proxy, so a down proxy falls back quickly (containerd 2.0+; 0 omits it)")

@@ -39,6 +39,19 @@ func TestHostsCommand(t *testing.T) {
 		t.Errorf("crio output:\n%s", stdout)
 	}
 
+	// --dir - prints the files instead of creating a directory named "-".
+	t.Chdir(t.TempDir())
+	stdout, _, err = runCmd(t, "", "hosts", "--proxy", "http://127.0.0.1:30500", "--dir", "-", "--registry", "ghcr.io")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(stdout, "# ghcr.io/hosts.toml\n") || !strings.Contains(stdout, `[host."http://127.0.0.1:30500"]`) {
+		t.Errorf("--dir - printed:\n%s", stdout)
+	}
+	if _, err := os.Stat("-"); !os.IsNotExist(err) {
+		t.Errorf("--dir - created a directory named -: %v", err)
+	}
+
 	for name, args := range map[string][]string{
 		"no proxy":         {"hosts", "--dir", dir},
 		"bad format":       {"hosts", "--proxy", "http://127.0.0.1:30500", "--format", "docker"},

@@ -7,6 +7,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/pullbroker/pullbroker/internal/version"
 )
 
 func main() {
@@ -22,7 +24,9 @@ func newRootCmd() *cobra.Command {
 		Short:         "In-cluster pull-through OCI registry that holds the upstream credentials",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version.Get().Version,
 	}
+	root.SetVersionTemplate("{{with .Version}}{{end}}" + version.Get().String())
 	root.PersistentFlags().StringP("config", "c", "", "config file (YAML); the embedded default is used when empty")
 	root.AddCommand(
 		newServeCmd(),
@@ -34,6 +38,19 @@ func newRootCmd() *cobra.Command {
 		newHostsCmd(),
 		newRewriteCmd(),
 		newVerifyCmd(),
+		newVersionCmd(),
 	)
 	return root
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version, commit, build date and Go version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := fmt.Fprint(cmd.OutOrStdout(), version.Get().String())
+			return err
+		},
+	}
 }

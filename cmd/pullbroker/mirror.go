@@ -46,7 +46,7 @@ func newSyncCmd() *cobra.Command {
 				return err
 			}
 			if failed > 0 {
-				return fmt.Errorf("%d images failed; run sync again to retry them", failed)
+				return fmt.Errorf("%d of %d images failed; run sync again to retry them", failed, len(list.Images))
 			}
 			return nil
 		},

@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -17,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
+	"github.com/pullbroker/pullbroker/config"
 	"github.com/pullbroker/pullbroker/tags"
 )
 
@@ -35,23 +38,42 @@ func newPinCmd() *cobra.Command {
 		Long: "Pins bind registry/repository:tag to a digest: the proxy answers a pinned tag with no\n" +
 			"upstream request, always with the same digest, until the pin is changed on purpose.",
 	}
-	cmd.PersistentFlags().StringVar(&adminURL, "admin", "http://127.0.0.1:5001", "admin listener of the running proxy")
-	cmd.PersistentFlags().StringVar(&tokenFile, "token-file", os.Getenv("PULLBROKER_ADMIN_TOKEN_FILE"), "file holding the admin bearer token (admin.tokenFile of the proxy)")
-	client := func() (*adminClient, error) {
+	cmd.PersistentFlags().StringVar(&adminURL, "admin", "http://127.0.0.1:5001", "admin listener of the running proxy: a URL or host:port (default: admin.addr of --config)")
+	cmd.PersistentFlags().StringVar(&tokenFile, "token-file", os.Getenv("PULLBROKER_ADMIN_TOKEN_FILE"), "file holding the admin bearer token (default: admin.tokenFile of --config)")
+	client := func(cmd *cobra.Command) (*adminClient, error) {
+		admin, tokenFrom := adminURL, "--token-file"
+		// The proxy's own config says where its admin API listens and
+		// which token guards it; explicit flags win.
+		if path, _ := cmd.Flags().GetString("config"); path != "" {
+			cfg, err := config.Load(path)
+			if err != nil {
+				return nil, err
+			}
+			if !cmd.Flags().Changed("admin") && cfg.Admin.Addr != "" {
+				admin = cfg.Admin.Addr
+			}
+			if tokenFile == "" {
+				tokenFile, tokenFrom = cfg.Admin.TokenFile, "admin.tokenFile in "+path
+			}
+		}
 		if tokenFile == "" {
-			return nil, fmt.Errorf("--token-file is required (the proxy's admin.tokenFile)")
+			return nil, fmt.Errorf("--token-file is required (the proxy's admin.tokenFile), or --config with admin.tokenFile")
 		}
 		b, err := os.ReadFile(tokenFile)
 		if err != nil {
-			return nil, fmt.Errorf("--token-file: %w", err)
+			return nil, fmt.Errorf("%s: %w", tokenFrom, err)
 		}
-		return &adminClient{base: strings.TrimSuffix(adminURL, "/"), token: strings.TrimSpace(string(b)),
+		base, err := adminBase(admin)
+		if err != nil {
+			return nil, err
+		}
+		return &adminClient{base: base, token: strings.TrimSpace(string(b)),
 			http: &http.Client{Timeout: 2 * time.Minute}}, nil
 	}
 	// withClient gives a subcommand the admin client, built from the flags.
 	withClient := func(run func(c *adminClient, cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
 		return func(cmd *cobra.Command, args []string) error {
-			c, err := client()
+			c, err := client(cmd)
 			if err != nil {
 				return err
 			}
@@ -59,12 +81,22 @@ func newPinCmd() *cobra.Command {
 		}
 	}
 
-	cmd.AddCommand(&cobra.Command{
+	var listFormat string
+	list := &cobra.Command{
 		Use: "list", Short: "List every pin", Args: cobra.NoArgs,
 		RunE: withClient(func(c *adminClient, cmd *cobra.Command, _ []string) error {
 			pins, err := c.list()
 			if err != nil {
 				return err
+			}
+			switch listFormat {
+			case "json":
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(map[string][]tags.Pin{"pins": pins})
+			case "", "table":
+			default:
+				return fmt.Errorf("--output %q: want table or json", listFormat)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "IMAGE\tDIGEST\tPOLICY\tPINNED")
@@ -73,7 +105,9 @@ func newPinCmd() *cobra.Command {
 			}
 			return tw.Flush()
 		}),
-	})
+	}
+	list.Flags().StringVarP(&listFormat, "output", "o", "table", "table or json (the admin API's {\"pins\": [...]})")
+	cmd.AddCommand(list)
 	cmd.AddCommand(&cobra.Command{
 		Use: "set IMAGE[:TAG] [DIGEST]", Short: "Pin a tag to a digest, or to what the upstream resolves it to now",
 		Args: cobra.RangeArgs(1, 2),
@@ -96,7 +130,15 @@ func newPinCmd() *cobra.Command {
 	cmd.AddCommand(&cobra.Command{
 		Use: "rm IMAGE[:TAG]", Short: "Remove a pin; the tag is resolved by its rule again", Args: cobra.ExactArgs(1),
 		RunE: withClient(func(c *adminClient, cmd *cobra.Command, args []string) error {
-			return c.do(http.MethodDelete, "/api/v1/pins/"+args[0], nil, nil)
+			err := c.do(http.MethodDelete, "/api/v1/pins/"+args[0], nil, nil)
+			if ae := (*adminError)(nil); errors.As(err, &ae) && ae.status == http.StatusNotFound {
+				return fmt.Errorf("%s is not pinned: nothing removed (pullbroker pin list shows the pins)", args[0])
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s unpinned\n", args[0])
+			return nil
 		}),
 	})
 	cmd.AddCommand(&cobra.Command{
@@ -168,6 +210,31 @@ func newPinCmd() *cobra.Command {
 	return cmd
 }
 
+// adminError is a non-2xx answer of the admin API.
+type adminError struct {
+	status int
+	msg    string
+}
+
+func (e *adminError) Error() string { return e.msg }
+
+// adminBase turns --admin or admin.addr into the API's base URL: a URL
+// stays as it is; host:port gets http://, and a listener on every address
+// (":5001", "0.0.0.0:5001") is reached on 127.0.0.1.
+func adminBase(admin string) (string, error) {
+	if strings.Contains(admin, "://") {
+		return strings.TrimSuffix(admin, "/"), nil
+	}
+	host, port, err := net.SplitHostPort(admin)
+	if err != nil {
+		return "", fmt.Errorf("--admin %q: want a URL (http://127.0.0.1:5001) or host:port: %w", admin, err)
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port), nil
+}
+
 func orNone(d digest.Digest) string {
 	if d == "" {
 		return "(none)"
@@ -208,7 +275,7 @@ func (c *adminClient) do(method, path string, in, out any) error {
 			Error string `json:"error"`
 		}
 		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&e)
-		return fmt.Errorf("admin API: %s: %s", resp.Status, e.Error)
+		return &adminError{status: resp.StatusCode, msg: fmt.Sprintf("admin API: %s: %s", resp.Status, e.Error)}
 	}
 	if out == nil {
 		return nil

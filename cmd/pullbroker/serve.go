@@ -23,6 +23,7 @@ import (
 	"github.com/pullbroker/pullbroker/auth"
 	"github.com/pullbroker/pullbroker/cache"
 	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/internal/version"
 	"github.com/pullbroker/pullbroker/mirror"
 	"github.com/pullbroker/pullbroker/proxy"
 	"github.com/pullbroker/pullbroker/tags"
@@ -87,7 +88,7 @@ func (a *app) Close() {
 // upstream: startup must not depend on any of them being reachable.
 func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, error) {
 	a := &app{registry: prometheus.NewRegistry()}
-	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo(version.Get()))
 
 	driver, localRoot, err := cache.OpenDriver(ctx, cfg.Storage)
 	if err != nil {
@@ -119,10 +120,12 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 			log.Warn("upstream has credentials and allows every repository: anyone who reaches the proxy can pull whatever these credentials can read; set repositories to limit it", "upstream", u.Name)
 		}
 		c, err := upstream.New(u, upstream.Options{
-			Logger:        log.With("component", "upstream", "upstream", u.Name),
+			// upstream.New adds the upstream's name to its logger itself.
+			Logger:        log.With("component", "upstream"),
 			Authenticator: src,
 			Registerer:    a.registry,
 			Offline:       cfg.EffectiveMode(u) == config.ModeOffline,
+			UserAgent:     version.Get().UserAgent(),
 		})
 		if err != nil {
 			a.Close()
@@ -148,6 +151,18 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 		return nil, err
 	}
 	return a, nil
+}
+
+// buildInfo is the constant pullbroker_build_info series that names the
+// running build, as `pullbroker version` prints it.
+func buildInfo(v version.Info) prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pullbroker_build_info",
+		Help: "Always 1; the labels name the running build.",
+		ConstLabels: prometheus.Labels{
+			"version": v.Version, "commit": v.Commit, "build_date": v.Date, "go_version": v.GoVersion,
+		},
+	}, func() float64 { return 1 })
 }
 
 func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {

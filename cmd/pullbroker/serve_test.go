@@ -252,3 +252,32 @@ func TestReadinessReusesTheStorageProbe(t *testing.T) {
 		t.Fatalf("within the window: err %v, probes %d, want the remembered failure", err, probes)
 	}
 }
+func TestServeRefusesUnreadableTokenFile(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for file, want := range map[string]string{
+		filepath.Join(dir, "missing"): "admin.tokenFile: open " + filepath.Join(dir, "missing"),
+		empty:                         "admin.tokenFile: " + empty + " is empty",
+	} {
+		cfgFile := filepath.Join(dir, "config.yaml")
+		err := os.WriteFile(cfgFile, []byte(fmt.Sprintf(`
+listen: {addr: "127.0.0.1:0"}
+admin: {addr: "127.0.0.1:0", tokenFile: %q}
+storage: {driver: inmemory, parameters: {}}
+`, file)), 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := config.Load(cfgFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = serve(t.Context(), cfg, newLogger(cfg.Log, io.Discard))
+		if err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("serve with tokenFile %s: %v, want %q", file, err, want)
+		}
+	}
+}

@@ -17,7 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
-	"k8s.io/client-go/kubernetes"
+	admissionv1client "k8s.io/client-go/kubernetes/typed/admissionregistration/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -174,13 +174,15 @@ func webhookTLS(ctx context.Context, log *slog.Logger, rf *rewriteFlags, wf *web
 		if err != nil {
 			return nil, fmt.Errorf("writing the caBundle needs API access: %w", err)
 		}
-		client, err := kubernetes.NewForConfig(restConfig)
+		// This API group's client alone: the full clientset would link
+		// every group into the binary.
+		client, err := admissionv1client.NewForConfig(restConfig)
 		if err != nil {
 			return nil, err
 		}
 		// Kept up in the background: the configuration may be applied
 		// after the webhook starts, and GitOps tools may reset it.
-		go webhook.KeepCABundle(ctx, client.AdmissionregistrationV1().MutatingWebhookConfigurations(),
+		go webhook.KeepCABundle(ctx, client.MutatingWebhookConfigurations(),
 			wf.webhookConfig, certs.CAPEM, wf.caResync, log)
 	} else {
 		log.Warn("self-signed certificate and --webhook-config empty: the API server cannot verify this webhook unless its CA is put into the caBundle by other means")

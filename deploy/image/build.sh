@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
 # Builds and pushes the pullbroker container image without a Docker daemon:
-# the static binary (CGO_ENABLED=0) in one layer on a distroless base, put
-# together in the registry by crane.
+# the static, stripped binary (CGO_ENABLED=0, -trimpath -s -w) in one layer
+# on a distroless nonroot base, put together in the registry by crane, for
+# linux/amd64 and linux/arm64 under one index. The version (git describe)
+# is linked into the binary (`pullbroker version`), is the image's tag, and
+# is in the OCI annotations with the source and revision.
 #
-# Usage: deploy/image/build.sh IMAGE
-#   IMAGE        where to push, for example registry.example.com/pullbroker:v0.1.0
+# Usage: deploy/image/build.sh REPOSITORY[:TAG]
+#   REPOSITORY   where to push, for example registry.example.com/pullbroker
+#   TAG          default: the version
+# deploy/image/release.sh wraps this for a release.
 #
 # Environment:
+#   VERSION      default: git describe --tags --match 'v[0-9]*' --dirty, or
+#                v0.0.0-<commit> before the first tag.
 #   BASE_IMAGE   base image; pin it by digest for a release. It can be pulled
 #                through pullbroker itself, for example
 #                127.0.0.1:30500/gcr.io/distroless/static-debian12:nonroot
 #                (with INSECURE=1 when the proxy speaks plain HTTP).
-#   PLATFORMS    comma-separated, default linux/amd64. With more than one, each
-#                platform's image is pushed by digest and IMAGE is an index.
+#   PLATFORMS    comma-separated, default linux/amd64,linux/arm64. With more
+#                than one, each platform's image is pushed by digest and the
+#                tag names an index.
 #   INSECURE=1   plain HTTP or unverified TLS for the base and target registries.
 #   CRANE        crane binary; default: crane on PATH if it is $CRANE_VERSION,
 #                else `go run` of that pinned version.
@@ -23,7 +31,9 @@ set -euo pipefail
 
 CRANE_VERSION=v0.22.1
 BASE_IMAGE=${BASE_IMAGE:-gcr.io/distroless/static-debian12:nonroot}
-PLATFORMS=${PLATFORMS:-linux/amd64}
+PLATFORMS=${PLATFORMS:-linux/amd64,linux/arm64}
+SOURCE_URL=https://github.com/pullbroker/pullbroker
+VERSION_PKG=github.com/pullbroker/pullbroker/internal/version
 # distroless's nonroot user; the Pod specs in deploy/ run as the same uid.
 IMAGE_USER=65532:65532
 BIN_PATH=/usr/local/bin/pullbroker
@@ -34,22 +44,30 @@ die() {
 	exit 1
 }
 
-[ $# -eq 1 ] || die "usage: $0 IMAGE"
+[ $# -eq 1 ] || die "usage: $0 REPOSITORY[:TAG]"
 IMAGE=$1
 case $IMAGE in
-*@*) die "IMAGE must be a tag reference, not a digest: $IMAGE" ;;
+*@*) die "the target must be a repository or a tag reference, not a digest: $IMAGE" ;;
 esac
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+
+revision=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
+if [ -z "${VERSION:-}" ]; then
+	VERSION=$(git -C "$ROOT" describe --tags --match 'v[0-9]*' --dirty 2>/dev/null) ||
+		VERSION=v0.0.0-${revision:0:12}
+fi
+[[ $VERSION =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die "VERSION $VERSION is not a valid image tag"
+
 # The repository part of IMAGE: strip a :tag that follows the last slash.
 last=${IMAGE##*/}
 if [[ $last == *:* ]]; then
 	REPO=${IMAGE%:*}
 else
 	REPO=$IMAGE
-	IMAGE=$IMAGE:latest
+	IMAGE=$IMAGE:$VERSION
 fi
-
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-cd "$ROOT"
 
 crane_flags=()
 [ "${INSECURE:-}" = 1 ] && crane_flags+=(--insecure)
@@ -68,7 +86,21 @@ crane() {
 if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
 	SOURCE_DATE_EPOCH=$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || echo 0)
 fi
-revision=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
+created=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
+oci_meta=(
+	org.opencontainers.image.source="$SOURCE_URL"
+	org.opencontainers.image.revision="$revision"
+	org.opencontainers.image.version="$VERSION"
+	org.opencontainers.image.created="$created"
+)
+labels=() annotations=() annotations_json=""
+for kv in "${oci_meta[@]}"; do
+	labels+=(-l "$kv")
+	annotations+=(-a "$kv")
+	# Keys and values hold no quote or backslash: VERSION is checked above.
+	annotations_json+="${annotations_json:+,}\"${kv%%=*}\":\"${kv#*=}\""
+done
+annotations_json="{$annotations_json}"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -86,7 +118,9 @@ build_layer() {
 	mkdir -p "$dir/root${BIN_PATH%/*}"
 	log "go build $os/$arch${variant:+/$variant}"
 	env CGO_ENABLED=0 GOOS="$os" GOARCH="$arch" GOARM="$goarm" \
-		go build -trimpath -ldflags "-s -w -buildid=" -o "$dir/root$BIN_PATH" ./cmd/pullbroker
+		go build -trimpath -buildvcs=false -ldflags "-s -w -buildid= \
+			-X $VERSION_PKG.Version=$VERSION -X $VERSION_PKG.Commit=$revision -X $VERSION_PKG.Date=$created" \
+		-o "$dir/root$BIN_PATH" ./cmd/pullbroker
 	chmod 0755 "$dir/root$BIN_PATH"
 	tar --sort=name --format=gnu --numeric-owner --owner=0 --group=0 \
 		--mtime="@$SOURCE_DATE_EPOCH" -C "$dir/root" -cf "$dir/layer.tar" "${BIN_PATH#/}"
@@ -102,17 +136,19 @@ for platform in "${platforms[@]}"; do
 	dir=$work/${platform//\//-}
 	build_layer "$os" "$arch" "$dir"
 	log "crane mutate $BASE_IMAGE ($platform) -> $REPO"
-	# Pushes by digest to REPO and prints REPO@sha256:...
+	# Pushes by digest to REPO and prints REPO@sha256:... crane sets no
+	# annotations while it picks the platform out of an index: the second
+	# mutate adds them to the image it pushed.
 	ref=$(crane mutate "${crane_flags[@]}" --platform "$platform" "$BASE_IMAGE" \
 		--append "$dir/layer.tar" \
 		--entrypoint "$BIN_PATH" \
 		--cmd serve \
 		--user "$IMAGE_USER" \
 		--exposed-ports 5000/tcp,5001/tcp \
-		-l org.opencontainers.image.source=https://github.com/pullbroker/pullbroker \
-		-l org.opencontainers.image.revision="$revision" \
+		"${labels[@]}" \
 		-l org.opencontainers.image.base.name="$BASE_IMAGE" \
 		--repo "$REPO")
+	ref=$(crane mutate "${crane_flags[@]}" "${annotations[@]}" "$ref")
 	manifests+=("$ref")
 done
 
@@ -124,6 +160,12 @@ else
 	for m in "${manifests[@]}"; do args+=(-m "$m"); done
 	log "crane index append (${#manifests[@]} platforms) -> $IMAGE"
 	crane index append "${crane_flags[@]}" "${args[@]}" -t "$IMAGE" >/dev/null
+	# The index carries the same annotations as its images; crane cannot
+	# mutate an index's annotations, so they go into the manifest itself.
+	index=$(crane manifest "${crane_flags[@]}" "$IMAGE")
+	[[ $index == '{'* ]] || die "unexpected index manifest from crane: $index"
+	printf '{"annotations":%s,%s' "$annotations_json" "${index#\{}" |
+		crane edit manifest "${crane_flags[@]}" "$IMAGE" >/dev/null
 	digest=$(crane digest "${crane_flags[@]}" "$IMAGE")
 fi
 echo "$REPO@$digest"
