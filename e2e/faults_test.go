@@ -1,7 +1,9 @@
 package e2e
 
 // The fault-injection suite (issue 12): the real binary in front of docker-registry, with a fault
-// proxy between the two that misbehaves on the blob GETs of one digest.
+// proxy between the two that misbehaves on the blob GETs of one digest, or plays a hostile
+// upstream: huge manifests and token answers, lying digests, redirects to another loopback
+// address.
 
 import (
 	"bytes"
