@@ -1,13 +1,17 @@
 package e2e
 
 // The fault-injection suite (issue 12): the real binary in front of docker-registry, with a fault
-// proxy between the two that misbehaves on the blob GETs of one digest.
+// proxy between the two that misbehaves on the blob GETs of one digest, or plays a hostile
+// upstream: huge manifests and token answers, lying digests, redirects to another loopback
+// address.
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -25,25 +29,57 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// Faults the proxy applies to the body of the chosen blob.
+// Faults the proxy applies: to the body of the chosen blob, or, for the hostile-upstream faults,
+// to manifest requests, token requests and the chosen blob's GET.
 const (
 	faultNone    = ""
 	faultHold    = "hold"    // the first holdAfter bytes, then nothing until released
 	faultTrickle = "trickle" // one byte a second
 	faultEndless = "endless" // the blob, then zeros for ever, without Content-Length
+
+	// Every manifest HEAD and GET is answered with a hugeManifestSize manifest of a valid media
+	// type and its true digest, streamed from a generator; HEAD announces the size.
+	faultHugeManifest = "huge-manifest"
+	// The same without Content-Length: HEAD leaves it out (pullbroker then GETs the tag) and GET
+	// streams the body chunked, so only the reader's own limit can stop it.
+	faultHugeManifestChunked = "huge-manifest-chunked"
+	// Manifest GETs carry the upstream's Docker-Content-Digest over a body with one byte more.
+	faultLyingDigest = "lying-digest"
+	// The same, after a HEAD without Docker-Content-Digest: pullbroker GETs the tag, and only
+	// the header names the digest the body is checked against.
+	faultLyingDigestByTag = "lying-digest-by-tag"
+	// Requests without a Bearer token get 401 with a realm on the proxy's own host:port, whose
+	// /token answers 200 with a tokenBombSize JSON body.
+	faultTokenBomb = "token-bomb"
+	// After a HEAD without Docker-Content-Digest, the GET of the tag is redirected to a decoy
+	// registry on 127.0.0.2 that answers a manifest of its own.
+	faultRedirectManifest = "redirect-manifest"
+	// The chosen blob's GET is redirected to the decoy on 127.0.0.2.
+	faultRedirectBlob = "redirect-blob"
 )
 
-const holdAfter = 256 << 10
+const (
+	holdAfter        = 256 << 10
+	hugeManifestSize = 100 << 20
+	tokenBombSize    = 50 << 20
+)
 
 // faultProxy is a reverse proxy to the upstream registry that applies a fault to the GETs of one
-// blob, and counts them.
+// blob, and counts them; or answers manifest and token requests itself as a hostile upstream.
 type faultProxy struct {
 	srv     *httptest.Server
+	rp      *httputil.ReverseProxy
 	digest  string
 	fault   atomic.Value // string
 	release chan struct{}
 	once    sync.Once
 	gets    atomic.Int64
+	// hostile counts the answers a fault changed.
+	hostile atomic.Int64
+	// hostileBytes counts the body bytes they got out before pullbroker hung up.
+	hostileBytes atomic.Int64
+	// decoy, on 127.0.0.2, is where the redirect faults point.
+	decoy *decoy
 }
 
 func newFaultProxy(t *testing.T, target, digest, fault string) *faultProxy {
@@ -52,34 +88,166 @@ func newFaultProxy(t *testing.T, target, digest, fault string) *faultProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &faultProxy{digest: digest, release: make(chan struct{})}
+	p := &faultProxy{digest: digest, release: make(chan struct{}), decoy: newDecoy(t)}
 	p.fault.Store(fault)
-	rp := httputil.NewSingleHostReverseProxy(u)
-	rp.FlushInterval = -1 // every byte the fault lets through reaches pullbroker at once
-	rp.ModifyResponse = func(resp *http.Response) error {
-		req := resp.Request
-		if req.Method != http.MethodGet || !strings.HasSuffix(req.URL.Path, "/blobs/"+p.digest) || resp.StatusCode != http.StatusOK {
-			return nil
+	if fault == faultHugeManifest || fault == faultHugeManifestChunked {
+		hugeManifestDigest() // hashed now, not in the first answer a test times
+	}
+	p.rp = httputil.NewSingleHostReverseProxy(u)
+	p.rp.FlushInterval = -1 // every byte the fault lets through reaches pullbroker at once
+	p.rp.ModifyResponse = p.modifyResponse
+	p.srv = httptest.NewServer(p)
+	t.Cleanup(func() { p.releaseHeld(); p.srv.Close() })
+	return p
+}
+
+// ServeHTTP answers what the hostile-upstream faults answer themselves and passes the rest on.
+func (p *faultProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	fault := p.fault.Load().(string)
+	manifest := strings.Contains(r.URL.Path, "/manifests/")
+	switch {
+	case fault == faultTokenBomb && r.URL.Path == "/token":
+		p.hostile.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		p.stream(w, tokenBomb())
+	case fault == faultTokenBomb && !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer "):
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="x"`, r.Host))
+		w.WriteHeader(http.StatusUnauthorized)
+	case manifest && (fault == faultHugeManifest || fault == faultHugeManifestChunked):
+		p.hostile.Add(1)
+		w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+		w.Header().Set("Docker-Content-Digest", hugeManifestDigest())
+		if fault == faultHugeManifest {
+			w.Header().Set("Content-Length", fmt.Sprint(hugeManifestSize))
 		}
-		p.gets.Add(1)
-		switch p.fault.Load().(string) {
-		case faultHold:
-			resp.Body = &heldBody{rc: resp.Body, ctx: req.Context(), release: p.release, left: holdAfter}
-		case faultTrickle:
-			resp.Body = &trickleBody{rc: resp.Body, ctx: req.Context()}
-		case faultEndless:
-			resp.Body = struct {
-				io.Reader
-				io.Closer
-			}{io.MultiReader(resp.Body, zeros{}), resp.Body}
-			resp.ContentLength = -1
-			resp.Header.Del("Content-Length")
+		if r.Method == http.MethodHead {
+			return
+		}
+		p.stream(w, hugeManifest())
+	case manifest && r.Method == http.MethodGet && fault == faultRedirectManifest,
+		r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+p.digest) && fault == faultRedirectBlob:
+		p.hostile.Add(1)
+		http.Redirect(w, r, p.decoy.srv.URL+r.URL.Path, http.StatusFound)
+	default:
+		p.rp.ServeHTTP(w, r)
+	}
+}
+
+// stream sends body until it ends or the reader hangs up, and counts what got out.
+func (p *faultProxy) stream(w http.ResponseWriter, body io.Reader) {
+	n, _ := io.Copy(w, body)
+	p.hostileBytes.Add(n)
+}
+
+func (p *faultProxy) modifyResponse(resp *http.Response) error {
+	req := resp.Request
+	fault := p.fault.Load().(string)
+	if strings.Contains(req.URL.Path, "/manifests/") && resp.StatusCode == http.StatusOK {
+		switch {
+		case req.Method == http.MethodHead && (fault == faultLyingDigestByTag || fault == faultRedirectManifest):
+			resp.Header.Del("Docker-Content-Digest")
+		case req.Method == http.MethodGet && (fault == faultLyingDigest || fault == faultLyingDigestByTag):
+			p.hostile.Add(1)
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				return err
+			}
+			// Still the same manifest to a JSON parser; no longer the bytes of its digest.
+			body = append(body, '\n')
+			resp.Body = io.NopCloser(bytes.NewReader(body))
+			resp.ContentLength = int64(len(body))
+			resp.Header.Set("Content-Length", fmt.Sprint(len(body)))
 		}
 		return nil
 	}
-	p.srv = httptest.NewServer(rp)
-	t.Cleanup(func() { p.releaseHeld(); p.srv.Close() })
-	return p
+	if req.Method != http.MethodGet || !strings.HasSuffix(req.URL.Path, "/blobs/"+p.digest) || resp.StatusCode != http.StatusOK {
+		return nil
+	}
+	p.gets.Add(1)
+	if fault != faultNone {
+		p.hostile.Add(1)
+	}
+	switch fault {
+	case faultHold:
+		resp.Body = &heldBody{rc: resp.Body, ctx: req.Context(), release: p.release, left: holdAfter}
+	case faultTrickle:
+		resp.Body = &trickleBody{rc: resp.Body, ctx: req.Context()}
+	case faultEndless:
+		resp.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(resp.Body, zeros{}), resp.Body}
+		resp.ContentLength = -1
+		resp.Header.Del("Content-Length")
+	}
+	return nil
+}
+
+// hugeManifest is a hugeManifestSize image manifest (its padding in an annotation), generated as
+// it is read.
+func hugeManifest() io.Reader {
+	const head = `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","annotations":{"padding":"`
+	const tail = `"}}`
+	return io.MultiReader(strings.NewReader(head),
+		io.LimitReader(repeated('a'), hugeManifestSize-int64(len(head)+len(tail))), strings.NewReader(tail))
+}
+
+// hugeManifestDigest is hugeManifest's true digest, hashed once as it streams by.
+var hugeManifestDigest = sync.OnceValue(func() string {
+	h := sha256.New()
+	if _, err := io.Copy(h, hugeManifest()); err != nil {
+		panic(err)
+	}
+	return fmt.Sprintf("sha256:%x", h.Sum(nil))
+})
+
+// tokenBomb is a tokenBombSize token answer, generated as it is read.
+func tokenBomb() io.Reader {
+	const head, tail = `{"token":"`, `"}`
+	return io.MultiReader(strings.NewReader(head),
+		io.LimitReader(repeated('a'), tokenBombSize-int64(len(head)+len(tail))), strings.NewReader(tail))
+}
+
+// repeated reads as an endless run of one byte.
+type repeated byte
+
+func (b repeated) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = byte(b)
+	}
+	return len(p), nil
+}
+
+// decoy stands for what a redirect must never reach (a metadata service, the API server): a
+// server on 127.0.0.2 that answers every request with a manifest of its own, and counts them.
+type decoy struct {
+	srv      *httptest.Server
+	requests atomic.Int64
+}
+
+// decoyManifest is what the decoy answers: a valid, empty image manifest.
+const decoyManifest = `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",` +
+	`"config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}`
+
+func newDecoy(t *testing.T) *decoy {
+	t.Helper()
+	d := &decoy{}
+	d.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d.requests.Add(1)
+		w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+		w.Header().Set("Docker-Content-Digest", digestOf([]byte(decoyManifest)))
+		io.WriteString(w, decoyManifest)
+	}))
+	ln, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatalf("a decoy on a second loopback address: %v", err)
+	}
+	d.srv.Listener.Close()
+	d.srv.Listener = ln
+	d.srv.Start()
+	t.Cleanup(d.srv.Close)
+	return d
 }
 
 func (p *faultProxy) endpoint() string { return p.srv.URL }
@@ -336,52 +504,199 @@ func TestColdBlobWhoseClientsLeave(t *testing.T) {
 	}
 }
 
-// TestHostileUpstream: a layer trickled at one byte a second is cut within the stall bound
+// TestHostileUpstream: an upstream that misbehaves on purpose, one fault per subtest, each behind
+// a fresh pullbroker. A layer trickled at one byte a second is cut within the stall bound
 // (storage.fills.stallTimeout, 2 s here), and one sent without Content-Length and without end is
-// cut at its descriptor's size. Neither completes a client's response, is cached, or leaves a
-// spool.
+// cut at its descriptor's size; neither completes a client's response or leaves a spool. A
+// 100 MiB manifest (announced, or streamed without a length), a manifest whose body does not
+// match its Docker-Content-Digest, a 50 MiB token answer, and redirects of a manifest or a blob
+// to another loopback address are each answered with an error, promptly. Nothing hostile is
+// cached, no redirect target is ever reached, and pullbroker's peak resident memory stays under
+// maxPeakRSS.
 func TestHostileUpstream(t *testing.T) {
-	const stall = 2 * time.Second
+	const (
+		stall = 2 * time.Second
+		// pullbroker's peak resident memory (VmHWM, the whole process) may grow by at most
+		// maxRSSGrowth while it refuses a hostile answer, and stay under maxPeakRSS: a 100 MiB
+		// manifest or a 50 MiB token answer held whole would pass both. The -race runtime
+		// starts higher and shadows every allocation, so its bounds are its own.
+		maxPeakRSS   = 150 << 20
+		maxRSSGrowth = 40 << 20
+		// Measured under -race: the 4 MiB manifest limit read twice (a HEAD without
+		// Content-Length falls back to GET) grew VmHWM by 60 to 73 MiB, from 83 to 98 MiB.
+		maxPeakRSSRace   = 250 << 20
+		maxRSSGrowthRace = 120 << 20
+		// How long a refusal may take: these answers are refused on their headers or their
+		// first MiBs, well before any configured timeout.
+		refusalBound = 5 * time.Second
+	)
 	f := newFixture(t)
 	layers := parseManifest(t, f.upstreamManifest(appRepo+"@"+f.appDigest)).Layers
 	for _, tc := range []struct {
 		fault string
-		layer descriptor
-		bound time.Duration
+		// layer is the blob the client pulls; nil: the client GETs and HEADs team/app:v1.
+		layer *descriptor
+		// status is pullbroker's answer to the client; 0 for the cut blob bodies, whose
+		// answer may be a 200 cut short or no answer at all.
+		status int
+		bound  time.Duration
 	}{
-		{faultTrickle, layers[0], stall + 3*time.Second},
-		{faultEndless, layers[1], 10 * time.Second},
+		{fault: faultTrickle, layer: &layers[0], bound: stall + 3*time.Second},
+		{fault: faultEndless, layer: &layers[1], bound: 10 * time.Second},
+		{fault: faultHugeManifest, status: http.StatusBadGateway, bound: refusalBound},
+		{fault: faultHugeManifestChunked, status: http.StatusBadGateway, bound: refusalBound},
+		{fault: faultLyingDigest, status: http.StatusBadGateway, bound: refusalBound},
+		{fault: faultLyingDigestByTag, status: http.StatusBadGateway, bound: refusalBound},
+		{fault: faultTokenBomb, status: http.StatusBadGateway, bound: refusalBound},
+		{fault: faultRedirectManifest, status: http.StatusBadGateway, bound: refusalBound},
+		{fault: faultRedirectBlob, layer: &layers[2], status: http.StatusBadGateway, bound: refusalBound},
 	} {
 		t.Run(tc.fault, func(t *testing.T) {
-			faults := newFaultProxy(t, f.upstream.Addr, tc.layer.Digest, tc.fault)
+			target := ""
+			if tc.layer != nil {
+				target = tc.layer.Digest
+			}
+			faults := newFaultProxy(t, f.upstream.Addr, target, tc.fault)
 			pb := f.startPullbroker(pbConfig{
 				Upstreams: []upstreamConfig{f.upstreamConfig(faults.endpoint())},
 				Fills:     fmt.Sprintf("{stallTimeout: %s}", stall),
 			})
-			linkManifest(t, pb)
-			start := time.Now()
 			// A fresh connection: Go's client would retry a GET cut before any response on a
 			// reused one, and the test would time two cuts.
 			client := &http.Client{Timeout: time.Minute, Transport: &http.Transport{DisableKeepAlives: true}}
-			status, digest, n, err := pullBlob(t, client,
-				pb.url("/v2/"+upstreamName+"/"+appRepo+"/blobs/"+tc.layer.Digest))
-			took := time.Since(start)
-			t.Logf("%s: client got %d, %d bytes, %v after %v", tc.fault, status, n, err, took.Round(time.Millisecond))
-			if status == http.StatusOK && err == nil {
-				t.Fatalf("a complete 200 response (%d bytes %s)", n, digest)
+			if tc.layer != nil {
+				linkManifest(t, pb)
 			}
-			if n >= tc.layer.Size {
-				t.Errorf("client received %d bytes of a %d-byte layer", n, tc.layer.Size)
+			before := peakRSS(t, pb.Pid())
+			if tc.layer != nil {
+				start := time.Now()
+				status, digest, n, err := pullBlob(t, client,
+					pb.url("/v2/"+upstreamName+"/"+appRepo+"/blobs/"+tc.layer.Digest))
+				took := time.Since(start)
+				t.Logf("%s: client got %d, %d bytes, %v after %v", tc.fault, status, n, err, took.Round(time.Millisecond))
+				if status == http.StatusOK && err == nil {
+					t.Fatalf("a complete 200 response (%d bytes %s)", n, digest)
+				}
+				if tc.status != 0 && status != tc.status {
+					t.Errorf("client got status %d, want %d", status, tc.status)
+				}
+				if n >= tc.layer.Size {
+					t.Errorf("client received %d bytes of a %d-byte layer", n, tc.layer.Size)
+				}
+				if took > tc.bound {
+					t.Errorf("cut after %v, want within %v", took, tc.bound)
+				}
+				if exists(blobFile(pb.StorageDir, tc.layer.Digest)) {
+					t.Error("the layer was cached")
+				}
+			} else {
+				for _, method := range []string{http.MethodHead, http.MethodGet} {
+					start := time.Now()
+					status, body := manifestAnswer(t, client, method, pb.url("/v2/"+upstreamName+"/"+appRepo+"/manifests/"+appTag))
+					took := time.Since(start)
+					t.Logf("%s: client %s got %d %.200q after %v", tc.fault, method, status, body, took.Round(time.Millisecond))
+					if status != tc.status {
+						t.Errorf("client %s got status %d, want %d", method, status, tc.status)
+					}
+					if method == http.MethodGet && status >= 400 {
+						if code, _ := ociError(t, body); code == "" {
+							t.Errorf("client GET got no OCI error code")
+						}
+					}
+					if took > tc.bound {
+						t.Errorf("client %s answered after %v, want within %v", method, took, tc.bound)
+					}
+				}
+				if stored := storedFiles(t, pb.StorageDir); len(stored) > 0 {
+					t.Errorf("cached after a hostile manifest answer: %v", stored)
+				}
 			}
-			if took > tc.bound {
-				t.Errorf("cut after %v, want within %v", took, tc.bound)
+			if n := faults.hostile.Load(); n == 0 {
+				t.Fatal("the fault was never applied: the test tested nothing")
 			}
-			if exists(blobFile(pb.StorageDir, tc.layer.Digest)) {
-				t.Error("the layer was cached")
+			if n := faults.decoy.requests.Load(); n != 0 {
+				t.Errorf("the decoy on 127.0.0.2 got %d requests", n)
 			}
 			waitUntil(t, "uploads/ is empty", func() bool { return len(uploads(t, pb.StorageDir)) == 0 })
+			peak := peakRSS(t, pb.Pid())
+			t.Logf("%s: %d hostile answers, %d hostile body bytes sent; pullbroker peak RSS %.1f MiB before, %.1f MiB after",
+				tc.fault, faults.hostile.Load(), faults.hostileBytes.Load(), mib(before), mib(peak))
+			maxPeak, maxGrowth := int64(maxPeakRSS), int64(maxRSSGrowth)
+			if raceEnabled {
+				maxPeak, maxGrowth = maxPeakRSSRace, maxRSSGrowthRace
+			}
+			if peak > maxPeak || peak-before > maxGrowth {
+				t.Errorf("pullbroker's peak RSS went from %.1f to %.1f MiB; want at most %.0f MiB, grown by at most %.0f MiB",
+					mib(before), mib(peak), mib(maxPeak), mib(maxGrowth))
+			}
+			if pb.Exited() {
+				t.Fatal("pullbroker exited")
+			}
 		})
 	}
+}
+
+func mib(n int64) float64 { return float64(n) / (1 << 20) }
+
+// manifestAnswer sends a manifest request and returns the status and at most 1 MiB of the body
+// (a hostile manifest passed through is not read whole).
+func manifestAnswer(t *testing.T, client *http.Client, method, url string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", manifestAccept)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, body
+}
+
+// storedFiles lists the files pullbroker's cache holds (uploads/ aside), relative to its root.
+func storedFiles(t *testing.T, storageDir string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(storageDir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(storageDir, p)
+		if d.IsDir() && rel == "uploads" {
+			return filepath.SkipDir
+		}
+		if !d.IsDir() {
+			out = append(out, rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// peakRSS is a process's peak resident memory (VmHWM), in bytes.
+func peakRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb int64
+			if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kb); err != nil {
+				t.Fatalf("VmHWM line %q: %v", line, err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatalf("no VmHWM in /proc/%d/status", pid)
+	return 0
 }
 
 // TestDiskFull: the cache on a small tmpfs that fills up. Cached content keeps being served; a

@@ -76,6 +76,9 @@ func (p *Process) Done() <-chan struct{} { return p.done }
 // Err is the process's exit error (nil for status 0), valid once Done is closed.
 func (p *Process) Err() error { return p.err }
 
+// Pid is the process's id, for what only /proc tells (its peak memory).
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
 // Signal sends sig to the process.
 func (p *Process) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
 
