@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/pullbroker/pullbroker/config"
 	"github.com/pullbroker/pullbroker/rewrite"
 	"github.com/pullbroker/pullbroker/rewrite/webhook"
 	"github.com/pullbroker/pullbroker/tlsreload"
@@ -70,7 +71,7 @@ func newWebhookCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, os.Interrupt)
 			defer stop()
-			return runWebhook(ctx, log, &rf, &wf, rw)
+			return runWebhook(ctx, log, cfg.Listen, &rf, &wf, rw)
 		},
 	}
 	rf.register(cmd.Flags())
@@ -89,7 +90,9 @@ func newWebhookCmd() *cobra.Command {
 	return cmd
 }
 
-func runWebhook(ctx context.Context, log *slog.Logger, rf *rewriteFlags, wf *webhookFlags, rw *rewrite.Rewriter) error {
+// runWebhook serves admission reviews; its listeners take listen's header,
+// header-deadline and idle limits, as serve's do.
+func runWebhook(ctx context.Context, log *slog.Logger, limits config.Listener, rf *rewriteFlags, wf *webhookFlags, rw *rewrite.Rewriter) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := webhook.NewMetrics(reg)
@@ -105,12 +108,8 @@ func runWebhook(ctx context.Context, log *slog.Logger, rf *rewriteFlags, wf *web
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{
-		Handler:           webhook.NewServeMux(handler),
-		TLSConfig:         tlsConfig,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	srv := newServer(limits, webhook.NewServeMux(handler), log)
+	srv.TLSConfig = tlsConfig
 	ln, err := net.Listen("tcp", wf.listen)
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
@@ -123,7 +122,7 @@ func runWebhook(ctx context.Context, log *slog.Logger, rf *rewriteFlags, wf *web
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		mux.HandleFunc(webhook.PathHealthz, func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		metricsSrv = newServer(limits, mux, log)
 		mln, err := net.Listen("tcp", wf.metricsListen)
 		if err != nil {
 			_ = srv.Close()
