@@ -800,7 +800,7 @@ func (f *nodeFixture) testUpstreamStopped(t *testing.T) {
 	resp, body := get(t, &http.Client{Timeout: 30 * time.Second}, f.pb.url("/v2/library/uncached/manifests/v1?ns="+hubName))
 	code, message := ociError(t, body)
 	t.Logf("GET of the uncached manifest from pullbroker: %s %s: %s", resp.Status, code, message)
-	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(message, "is unavailable and") || !strings.Contains(message, "is not cached") {
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(message, "is unavailable") || !strings.Contains(message, "is not cached") {
 		t.Errorf("pullbroker's answer for an uncached image with the upstream stopped: %s %s %q", resp.Status, code, message)
 	}
 
