@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"path"
+	"slices"
 	"strings"
 	"testing"
 
@@ -64,41 +65,59 @@ func FuzzManifestLinks(f *testing.F) {
 }
 
 // allowedReferences is the oracle: the digests a manifest may make its
-// repository hold, read from the JSON as plain maps.
+// repository hold, read from the JSON as plain maps. Keys match as Go's
+// encoding/json matches them, ignoring case (containerd and distribution
+// read manifests with it, so "Config" is the config to them too), and a
+// body with several media-type keys may reference what any of them allows.
 func allowedReferences(served string, body []byte) map[string]bool {
 	out := map[string]bool{}
 	var doc map[string]any
 	if json.Unmarshal(body, &doc) != nil {
 		return out
 	}
-	mediaType, _ := doc["mediaType"].(string)
-	if mediaType == "" {
-		mediaType = served
+	mediaTypes := []string{}
+	for k, v := range doc {
+		if mt, ok := v.(string); ok && strings.EqualFold(k, "mediaType") && mt != "" {
+			mediaTypes = append(mediaTypes, mt)
+		}
+	}
+	if len(mediaTypes) == 0 {
+		mediaTypes = append(mediaTypes, served)
 	}
 	var fields []string
-	switch mediaType {
-	case ocispec.MediaTypeImageManifest, mediaTypeDockerManifest:
-		fields = []string{"config", "layers", "subject"}
-	case ocispec.MediaTypeImageIndex, mediaTypeDockerManifestList:
-		fields = []string{"manifests", "subject"}
+	for _, mt := range mediaTypes {
+		switch mt {
+		case ocispec.MediaTypeImageManifest, mediaTypeDockerManifest:
+			fields = append(fields, "config", "layers", "subject")
+		case ocispec.MediaTypeImageIndex, mediaTypeDockerManifestList:
+			fields = append(fields, "manifests", "subject")
+		}
 	}
-	for _, field := range fields {
-		switch v := doc[field].(type) {
+	for key, value := range doc {
+		if !slices.ContainsFunc(fields, func(f string) bool { return strings.EqualFold(f, key) }) {
+			continue
+		}
+		switch v := value.(type) {
 		case map[string]any:
-			if d, ok := v["digest"].(string); ok {
-				out[d] = true
-			}
+			addDigest(out, v)
 		case []any:
 			for _, e := range v {
 				if m, ok := e.(map[string]any); ok {
-					if d, ok := m["digest"].(string); ok {
-						out[d] = true
-					}
+					addDigest(out, m)
 				}
 			}
 		}
 	}
 	return out
+}
+
+// addDigest adds a descriptor's digest, its key matched as Go matches it.
+func addDigest(out map[string]bool, descriptor map[string]any) {
+	for k, v := range descriptor {
+		if d, ok := v.(string); ok && strings.EqualFold(k, "digest") {
+			out[d] = true
+		}
+	}
 }
 
 // linkedDigests lists every digest the test repository holds a link for.
