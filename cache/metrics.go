@@ -12,8 +12,8 @@ type metrics struct {
 	fillClients    prometheus.Gauge
 	sizeBytes      prometheus.Gauge
 	objects        prometheus.Gauge
-	evictions      prometheus.Counter
-	evictedBytes   prometheus.Counter
+	evictions      *prometheus.CounterVec
+	evictedBytes   *prometheus.CounterVec
 	pins           *prometheus.GaugeVec
 	fillsRefused   *prometheus.CounterVec
 	streams        prometheus.Counter
@@ -40,14 +40,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "pullbroker_cache_objects",
 			Help: "Blobs and manifests in the cache storage, counted like pullbroker_cache_size_bytes.",
 		}),
-		evictions: prometheus.NewCounter(prometheus.CounterOpts{
+		evictions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pullbroker_evictions_total",
-			Help: "Blobs deleted from the cache to keep it under storage.maxSizeBytes.",
-		}),
-		evictedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Help: "Blobs deleted from the cache, by reason: size (to keep it under storage.maxSizeBytes), gc (referenced by no tag record, pin or lock file).",
+		}, []string{"reason"}),
+		evictedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pullbroker_evicted_bytes_total",
-			Help: "Bytes of the blobs deleted from the cache to keep it under storage.maxSizeBytes.",
-		}),
+			Help: "Bytes of the blobs deleted from the cache, by reason, as pullbroker_evictions_total counts them.",
+		}, []string{"reason"}),
 		pins: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "pullbroker_pins",
 			Help: "Tags pinned to a digest in storage, by the policy that pinned them (sticky, manual).",
@@ -93,6 +93,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	for _, r := range []string{"failed", "stale"} {
 		m.uploadsRemoved.WithLabelValues(r)
+	}
+	for _, r := range []string{reasonSize, reasonGC} {
+		m.evictions.WithLabelValues(r)
+		m.evictedBytes.WithLabelValues(r)
 	}
 	for _, c := range []string{"size", "scrub"} {
 		m.corruptRemoved.WithLabelValues(c)

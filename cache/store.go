@@ -53,8 +53,15 @@ type Options struct {
 	// SpoolDir holds in-flight fills when LocalRoot is empty.
 	SpoolDir string
 	// MaxSizeBytes, when positive, makes Start evict the blobs read least
-	// recently once the cache holds more than this.
+	// recently once the cache holds more than this. Pinned images, and
+	// those Roots names, are never evicted.
 	MaxSizeBytes int64
+	// Roots names the manifests that eviction and GC must keep, with
+	// everything they reference, besides the pins in storage (which the
+	// Store finds itself): the lock files of locked rules. It is asked once
+	// per eviction pass or GC run; an error stops the pass, evicting
+	// nothing.
+	Roots func(context.Context) ([]Root, error)
 	// FillTimeout bounds one fill (or Stream) from the upstream request to
 	// the commit; a spool file under uploads/ older than this is left by a
 	// crash, and Start removes it. Default config.DefaultFillTimeout.
@@ -81,6 +88,7 @@ type Store struct {
 	log       *slog.Logger
 	metrics   *metrics
 	maxSize   int64
+	roots     func(context.Context) ([]Root, error)
 	// evictMinIdle: blobs read this recently are not evicted.
 	evictMinIdle time.Duration
 	usage        *usage
@@ -121,6 +129,7 @@ func New(driver storagedriver.StorageDriver, opts Options) (*Store, error) {
 		log:          opts.Logger,
 		fills:        map[digest.Digest]*Fill{},
 		maxSize:      opts.MaxSizeBytes,
+		roots:        opts.Roots,
 		evictMinIdle: defaultEvictMinIdle,
 		usage:        newUsage(),
 		scanned:      make(chan struct{}),

@@ -111,7 +111,7 @@ type Storage struct {
 	SpoolDir string `mapstructure:"spoolDir"`
 	// MaxSizeBytes bounds the cache: above it, the blobs read least
 	// recently (and not within the last minute) are deleted until the
-	// cache is at 90% of it. 0 means unbounded. The size is measured by
+	// cache is at 90% of it; pinned and locked images are never deleted. 0 means unbounded. The size is measured by
 	// walking storage at start; replicas sharing one storage each account
 	// only for what they stored, read and evicted themselves.
 	MaxSizeBytes int64 `mapstructure:"maxSizeBytes"`

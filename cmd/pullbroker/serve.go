@@ -94,10 +94,15 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 	if err != nil {
 		return nil, err
 	}
+	locked, err := tags.LockedRoots(cfg)
+	if err != nil {
+		return nil, err
+	}
 	a.store, err = cache.New(driver, cache.Options{
 		Logger: log.With("component", "cache"), Registerer: a.registry,
 		LocalRoot: localRoot, SpoolDir: cfg.Storage.SpoolDir,
 		MaxSizeBytes:        cfg.Storage.MaxSizeBytes,
+		Roots:               func(context.Context) ([]cache.Root, error) { return locked, nil },
 		FillTimeout:         cfg.Storage.Fills.Timeout,
 		FillStallTimeout:    cfg.Storage.Fills.StallTimeout,
 		MaxConcurrentFills:  cfg.Storage.Fills.MaxConcurrent,
