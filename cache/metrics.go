@@ -14,6 +14,8 @@ type metrics struct {
 	objects        prometheus.Gauge
 	evictions      *prometheus.CounterVec
 	evictedBytes   *prometheus.CounterVec
+	gcRuns         *prometheus.CounterVec
+	gcDuration     prometheus.Histogram
 	pins           *prometheus.GaugeVec
 	fillsRefused   *prometheus.CounterVec
 	streams        prometheus.Counter
@@ -48,6 +50,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "pullbroker_evicted_bytes_total",
 			Help: "Bytes of the blobs deleted from the cache, by reason, as pullbroker_evictions_total counts them.",
 		}, []string{"reason"}),
+		gcRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullbroker_gc_runs_total",
+			Help: "Garbage collection runs (pullbroker gc, dry runs included), by result: ok, failed (nothing was removed after a failure to mark).",
+		}, []string{"result"}),
+		gcDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pullbroker_gc_duration_seconds",
+			Help:    "Duration of garbage collection runs, from the listing of blobs to the last removal.",
+			Buckets: prometheus.ExponentialBuckets(0.1, 4, 8), // 0.1 s to about 27 min
+		}),
 		pins: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "pullbroker_pins",
 			Help: "Tags pinned to a digest in storage, by the policy that pinned them (sticky, manual).",
@@ -79,6 +90,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.objects = metricsreg.Shared(reg, m.objects)
 	m.evictions = metricsreg.Shared(reg, m.evictions)
 	m.evictedBytes = metricsreg.Shared(reg, m.evictedBytes)
+	m.gcRuns = metricsreg.Shared(reg, m.gcRuns)
+	m.gcDuration = metricsreg.Shared(reg, m.gcDuration)
 	m.pins = metricsreg.Shared(reg, m.pins)
 	m.fillsRefused = metricsreg.Shared(reg, m.fillsRefused)
 	m.streams = metricsreg.Shared(reg, m.streams)
@@ -93,6 +106,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	for _, r := range []string{"failed", "stale"} {
 		m.uploadsRemoved.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "failed"} {
+		m.gcRuns.WithLabelValues(r)
 	}
 	for _, r := range []string{reasonSize, reasonGC} {
 		m.evictions.WithLabelValues(r)

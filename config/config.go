@@ -120,6 +120,16 @@ type Storage struct {
 	// Scrub is the background re-hash of cached blobs that removes corrupt
 	// ones (they are fetched again when next pulled).
 	Scrub Scrub `mapstructure:"scrub"`
+	// GC tunes `pullbroker gc`, which removes blobs nothing references.
+	GC GC `mapstructure:"gc"`
+}
+
+// GC tunes the garbage collection of unreferenced blobs.
+type GC struct {
+	// Grace keeps an unreferenced blob committed or read this recently: a
+	// pull by digest that fetched the manifest and still reads the layers,
+	// content another replica just stored.
+	Grace time.Duration `mapstructure:"grace"`
 }
 
 // Fills bound the fetches of missing blobs. Replicas sharing one storage

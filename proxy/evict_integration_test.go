@@ -82,9 +82,9 @@ func imageDigests(t *testing.T, img v1.Image) []digest.Digest {
 }
 
 // ageBlobs sets the modification time of every blob under a filesystem
-// cache root to long ago (older still for those in oldest), which a new
+// cache root to age ago (an hour earlier for those in oldest), which a new
 // Store takes as their last-read time: as a cache left by a previous run.
-func ageBlobs(t *testing.T, root string, oldest []digest.Digest) {
+func ageBlobs(t *testing.T, root string, age time.Duration, oldest []digest.Digest) {
 	t.Helper()
 	first := map[string]bool{}
 	for _, d := range oldest {
@@ -94,7 +94,7 @@ func ageBlobs(t *testing.T, root string, oldest []digest.Digest) {
 		if err != nil || de.IsDir() {
 			return err
 		}
-		when := time.Now().Add(-2 * time.Hour)
+		when := time.Now().Add(-age)
 		if first[filepath.Base(filepath.Dir(p))] {
 			when = when.Add(-time.Hour)
 		}
@@ -141,7 +141,7 @@ func TestEvictionKeepsPinnedAndLockedImages(t *testing.T) {
 		e.pull(fmt.Sprintf("team/app%d:v1", i), img)
 	}
 	protected := append(imageDigests(t, pinnedImg), indexDigests(t, lockedIdx)...)
-	ageBlobs(t, cfg.Storage.Parameters["rootdirectory"].(string), protected)
+	ageBlobs(t, cfg.Storage.Parameters["rootdirectory"].(string), 2*time.Hour, protected)
 	total := int64(e.gauge("pullbroker_cache_size_bytes"))
 
 	// The restart with a limit: eviction runs once the walk measured it.
