@@ -76,6 +76,10 @@ type Options struct {
 	// this often, at ScrubBytesPerSecond, and remove corrupt ones.
 	ScrubInterval       time.Duration
 	ScrubBytesPerSecond int64
+	// GCInterval, when positive, makes Start run GC this often with
+	// GCGrace.
+	GCInterval time.Duration
+	GCGrace    time.Duration
 }
 
 // Store is the cache. It is safe for concurrent use, and several processes
@@ -100,6 +104,8 @@ type Store struct {
 	fillSlots     chan struct{}
 	scrubInterval time.Duration
 	scrubRate     int64
+	gcInterval    time.Duration
+	gcGrace       time.Duration
 	// fullUntil (unix nanoseconds): storage ran out of space recently;
 	// until then no fill is started, blobs are streamed uncached.
 	fullUntil atomic.Int64
@@ -139,6 +145,8 @@ func New(driver storagedriver.StorageDriver, opts Options) (*Store, error) {
 		fillSlots:        make(chan struct{}, opts.MaxConcurrentFills),
 		scrubInterval:    opts.ScrubInterval,
 		scrubRate:        opts.ScrubBytesPerSecond,
+		gcInterval:       opts.GCInterval,
+		gcGrace:          opts.GCGrace,
 	}
 	s.metrics = newMetrics(opts.Registerer)
 	return s, nil

@@ -71,13 +71,16 @@ func newUsage() *usage {
 // Start runs the background work of a long-lived Store until ctx ends: the
 // removal of temporary files a crash left under uploads/, a walk of
 // storage that measures the cache (and counts pins) for the metrics, with
-// Options.MaxSizeBytes eviction of the blobs least recently read, and with
-// Options.ScrubInterval the scrub. Commands that only use the Store
+// Options.MaxSizeBytes eviction of the blobs least recently read, with
+// Options.ScrubInterval the scrub, and with Options.GCInterval GC. Commands that only use the Store
 // briefly need not call it.
 func (s *Store) Start(ctx context.Context) {
 	go s.sweepUploads(ctx)
 	if s.scrubInterval > 0 {
 		go s.scrubLoop(ctx)
+	}
+	if s.gcInterval > 0 {
+		go s.gcLoop(ctx)
 	}
 	go func() {
 		defer close(s.scanned)

@@ -120,12 +120,16 @@ type Storage struct {
 	// Scrub is the background re-hash of cached blobs that removes corrupt
 	// ones (they are fetched again when next pulled).
 	Scrub Scrub `mapstructure:"scrub"`
-	// GC tunes `pullbroker gc`, which removes blobs nothing references.
+	// GC tunes the removal of blobs nothing references: `pullbroker gc`,
+	// and a schedule inside serve.
 	GC GC `mapstructure:"gc"`
 }
 
 // GC tunes the garbage collection of unreferenced blobs.
 type GC struct {
+	// Interval is the time between two runs inside serve; 0 (the default)
+	// runs none (`pullbroker gc` still runs one).
+	Interval time.Duration `mapstructure:"interval"`
 	// Grace keeps an unreferenced blob committed or read this recently: a
 	// pull by digest that fetched the manifest and still reads the layers,
 	// content another replica just stored.
