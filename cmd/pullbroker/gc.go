@@ -21,7 +21,10 @@ func newGCCmd() *cobra.Command {
 			"those manifests reference (an index's manifests, their configs and layers), then removes\n" +
 			"every other blob that was not committed within storage.gc.grace: images pulled only by\n" +
 			"digest, the old digests of moved tags. It is safe to run while serve uses the same storage\n" +
-			"and clients pull. --dry-run lists what would be removed and removes nothing.",
+			"and clients pull: what is pulled by tag is referenced, and a blob removed while an image is\n" +
+			"pulled by digest is fetched again from the upstream. serve can run it on a schedule\n" +
+			"(storage.gc.interval), where blobs read recently are kept too. --dry-run lists what would\n" +
+			"be removed and removes nothing.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(cmd)
