@@ -86,8 +86,10 @@ func (s *Store) GC(ctx context.Context, grace time.Duration, dryRun bool) (repor
 			report.Young++
 			continue
 		}
-		if !dryRun && !s.removeBlob(ctx, c.Digest, c.Size, reasonGC) {
-			continue
+		if !dryRun {
+			if _, removed := s.removeBlob(ctx, c.Digest, c.Size, reasonGC); !removed {
+				continue // failed (logged), or removed by someone else
+			}
 		}
 		report.Removed = append(report.Removed, RemovedBlob{Digest: c.Digest, Size: c.Size})
 		report.Bytes += c.Size

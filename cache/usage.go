@@ -296,7 +296,7 @@ func (s *Store) evictOnce(ctx context.Context) {
 		if !ok || cur.access != c.access {
 			continue // read (or deleted) since the candidates were picked
 		}
-		if s.removeBlob(ctx, c.dgst, c.size, reasonSize) {
+		if gone, _ := s.removeBlob(ctx, c.dgst, c.size, reasonSize); gone {
 			freed += c.size
 		}
 	}
@@ -331,22 +331,23 @@ const (
 	reasonGC   = "gc"   // unreferenced, by GC
 )
 
-// removeBlob deletes a committed blob and counts it under reason. It
-// reports whether the blob is gone (a blob already gone counts as gone,
-// but not as removed).
-func (s *Store) removeBlob(ctx context.Context, dgst digest.Digest, size int64, reason string) bool {
+// removeBlob deletes a committed blob and counts it under reason. gone
+// reports that the blob is no longer stored; removed, that this call
+// removed it (it may have been gone already).
+func (s *Store) removeBlob(ctx context.Context, dgst digest.Digest, size int64, reason string) (gone, removed bool) {
 	// The directory holds only this blob's data file.
 	err := s.driver.Delete(ctx, path.Dir(blobPath(dgst)))
 	if err != nil && !isPathNotFound(err) {
 		s.log.Warn("removing a blob failed", "digest", dgst, "reason", reason, "error", err)
-		return false
+		return false, false
 	}
 	s.accountDelete(dgst)
-	if err == nil {
-		s.metrics.evictions.WithLabelValues(reason).Inc()
-		s.metrics.evictedBytes.WithLabelValues(reason).Add(float64(size))
+	if err != nil {
+		return true, false
 	}
-	return true
+	s.metrics.evictions.WithLabelValues(reason).Inc()
+	s.metrics.evictedBytes.WithLabelValues(reason).Add(float64(size))
+	return true, true
 }
 
 // Pin accounting. Policies are label values, so only known ones are kept
