@@ -12,8 +12,10 @@ type metrics struct {
 	fillClients    prometheus.Gauge
 	sizeBytes      prometheus.Gauge
 	objects        prometheus.Gauge
-	evictions      prometheus.Counter
-	evictedBytes   prometheus.Counter
+	evictions      *prometheus.CounterVec
+	evictedBytes   *prometheus.CounterVec
+	gcRuns         *prometheus.CounterVec
+	gcDuration     prometheus.Histogram
 	pins           *prometheus.GaugeVec
 	fillsRefused   *prometheus.CounterVec
 	streams        prometheus.Counter
@@ -40,13 +42,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "pullbroker_cache_objects",
 			Help: "Blobs and manifests in the cache storage, counted like pullbroker_cache_size_bytes.",
 		}),
-		evictions: prometheus.NewCounter(prometheus.CounterOpts{
+		evictions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pullbroker_evictions_total",
-			Help: "Blobs deleted from the cache to keep it under storage.maxSizeBytes.",
-		}),
-		evictedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Help: "Blobs deleted from the cache, by reason: size (to keep it under storage.maxSizeBytes), gc (referenced by no tag record, pin or lock file).",
+		}, []string{"reason"}),
+		evictedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pullbroker_evicted_bytes_total",
-			Help: "Bytes of the blobs deleted from the cache to keep it under storage.maxSizeBytes.",
+			Help: "Bytes of the blobs deleted from the cache, by reason, as pullbroker_evictions_total counts them.",
+		}, []string{"reason"}),
+		gcRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullbroker_gc_runs_total",
+			Help: "Garbage collection runs (pullbroker gc, dry runs included), by result: ok, failed (nothing was removed after a failure to mark).",
+		}, []string{"result"}),
+		gcDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pullbroker_gc_duration_seconds",
+			Help:    "Duration of garbage collection runs, from the listing of blobs to the last removal.",
+			Buckets: prometheus.ExponentialBuckets(0.1, 4, 8), // 0.1 s to about 27 min
 		}),
 		pins: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "pullbroker_pins",
@@ -79,6 +90,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.objects = metricsreg.Shared(reg, m.objects)
 	m.evictions = metricsreg.Shared(reg, m.evictions)
 	m.evictedBytes = metricsreg.Shared(reg, m.evictedBytes)
+	m.gcRuns = metricsreg.Shared(reg, m.gcRuns)
+	m.gcDuration = metricsreg.Shared(reg, m.gcDuration)
 	m.pins = metricsreg.Shared(reg, m.pins)
 	m.fillsRefused = metricsreg.Shared(reg, m.fillsRefused)
 	m.streams = metricsreg.Shared(reg, m.streams)
@@ -93,6 +106,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	for _, r := range []string{"failed", "stale"} {
 		m.uploadsRemoved.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "failed"} {
+		m.gcRuns.WithLabelValues(r)
+	}
+	for _, r := range []string{reasonSize, reasonGC} {
+		m.evictions.WithLabelValues(r)
+		m.evictedBytes.WithLabelValues(r)
 	}
 	for _, c := range []string{"size", "scrub"} {
 		m.corruptRemoved.WithLabelValues(c)

@@ -53,8 +53,15 @@ type Options struct {
 	// SpoolDir holds in-flight fills when LocalRoot is empty.
 	SpoolDir string
 	// MaxSizeBytes, when positive, makes Start evict the blobs read least
-	// recently once the cache holds more than this.
+	// recently once the cache holds more than this. Pinned images, and
+	// those Roots names, are never evicted.
 	MaxSizeBytes int64
+	// Roots names the manifests that eviction and GC must keep, with
+	// everything they reference, besides the pins in storage (which the
+	// Store finds itself): the lock files of locked rules. It is asked once
+	// per eviction pass or GC run; an error stops the pass, evicting
+	// nothing.
+	Roots func(context.Context) ([]Root, error)
 	// FillTimeout bounds one fill (or Stream) from the upstream request to
 	// the commit; a spool file under uploads/ older than this is left by a
 	// crash, and Start removes it. Default config.DefaultFillTimeout.
@@ -69,6 +76,10 @@ type Options struct {
 	// this often, at ScrubBytesPerSecond, and remove corrupt ones.
 	ScrubInterval       time.Duration
 	ScrubBytesPerSecond int64
+	// GCInterval, when positive, makes Start run GC this often with
+	// GCGrace.
+	GCInterval time.Duration
+	GCGrace    time.Duration
 }
 
 // Store is the cache. It is safe for concurrent use, and several processes
@@ -81,6 +92,7 @@ type Store struct {
 	log       *slog.Logger
 	metrics   *metrics
 	maxSize   int64
+	roots     func(context.Context) ([]Root, error)
 	// evictMinIdle: blobs read this recently are not evicted.
 	evictMinIdle time.Duration
 	usage        *usage
@@ -92,6 +104,8 @@ type Store struct {
 	fillSlots     chan struct{}
 	scrubInterval time.Duration
 	scrubRate     int64
+	gcInterval    time.Duration
+	gcGrace       time.Duration
 	// fullUntil (unix nanoseconds): storage ran out of space recently;
 	// until then no fill is started, blobs are streamed uncached.
 	fullUntil atomic.Int64
@@ -121,6 +135,7 @@ func New(driver storagedriver.StorageDriver, opts Options) (*Store, error) {
 		log:          opts.Logger,
 		fills:        map[digest.Digest]*Fill{},
 		maxSize:      opts.MaxSizeBytes,
+		roots:        opts.Roots,
 		evictMinIdle: defaultEvictMinIdle,
 		usage:        newUsage(),
 		scanned:      make(chan struct{}),
@@ -130,6 +145,8 @@ func New(driver storagedriver.StorageDriver, opts Options) (*Store, error) {
 		fillSlots:        make(chan struct{}, opts.MaxConcurrentFills),
 		scrubInterval:    opts.ScrubInterval,
 		scrubRate:        opts.ScrubBytesPerSecond,
+		gcInterval:       opts.GCInterval,
+		gcGrace:          opts.GCGrace,
 	}
 	s.metrics = newMetrics(opts.Registerer)
 	return s, nil

@@ -71,13 +71,16 @@ func newUsage() *usage {
 // Start runs the background work of a long-lived Store until ctx ends: the
 // removal of temporary files a crash left under uploads/, a walk of
 // storage that measures the cache (and counts pins) for the metrics, with
-// Options.MaxSizeBytes eviction of the blobs least recently read, and with
-// Options.ScrubInterval the scrub. Commands that only use the Store
+// Options.MaxSizeBytes eviction of the blobs least recently read, with
+// Options.ScrubInterval the scrub, and with Options.GCInterval GC. Commands that only use the Store
 // briefly need not call it.
 func (s *Store) Start(ctx context.Context) {
 	go s.sweepUploads(ctx)
 	if s.scrubInterval > 0 {
 		go s.scrubLoop(ctx)
+	}
+	if s.gcInterval > 0 {
+		go s.gcLoop(ctx)
 	}
 	go func() {
 		defer close(s.scanned)
@@ -235,17 +238,33 @@ func (s *Store) evictLoop(ctx context.Context) {
 }
 
 // evictOnce deletes the blobs read least recently until the cache is at
-// the low-water mark, skipping blobs read within evictMinIdle. A blob
-// being filled is not in the index yet, so it is never a candidate.
+// the low-water mark. It never deletes a blob read within evictMinIdle,
+// nor one that a pin or Options.Roots reaches (see mark): a pinned or
+// locked image stays whole, so it is served while its upstream is down.
+// A blob being filled is not in the index yet, so it is never a candidate.
+//
+// Evicting a manifest needs nothing more: the config and layers that only
+// it referenced are now reached by no root either, so they are ordinary
+// candidates, taken in their own least-recently-read order.
 func (s *Store) evictOnce(ctx context.Context) {
 	u := s.usage
 	u.evictMu.Lock()
 	defer u.evictMu.Unlock()
 	u.mu.Lock()
-	if u.bytes <= s.maxSize {
-		u.mu.Unlock()
+	over := u.bytes > s.maxSize
+	u.mu.Unlock()
+	if !over {
 		return
 	}
+	protected, err := s.protected(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("not evicting: the pinned and locked images could not be listed, so nothing is known to be safe to delete", "error", err)
+		}
+		return
+	}
+
+	u.mu.Lock()
 	target := int64(float64(s.maxSize) * evictLowWater)
 	idleBefore := time.Now().Add(-s.evictMinIdle).UnixNano()
 	type candidate struct {
@@ -253,8 +272,12 @@ func (s *Store) evictOnce(ctx context.Context) {
 		blobEntry
 	}
 	var all []candidate
+	var protectedBytes int64
 	for d, e := range u.blobs {
-		if e.access < idleBefore {
+		switch {
+		case protected[d]:
+			protectedBytes += e.size
+		case e.access < idleBefore:
 			all = append(all, candidate{d, e})
 		}
 	}
@@ -273,17 +296,8 @@ func (s *Store) evictOnce(ctx context.Context) {
 		if !ok || cur.access != c.access {
 			continue // read (or deleted) since the candidates were picked
 		}
-		// The directory holds only this blob's data file.
-		err := s.driver.Delete(ctx, path.Dir(blobPath(c.dgst)))
-		if err != nil && !isPathNotFound(err) {
-			s.log.Warn("evicting a blob failed", "digest", c.dgst, "error", err)
-			continue
-		}
-		s.accountDelete(c.dgst)
-		freed += c.size
-		if err == nil {
-			s.metrics.evictions.Inc()
-			s.metrics.evictedBytes.Add(float64(c.size))
+		if gone, _ := s.removeBlob(ctx, c.dgst, c.size, reasonSize); gone {
+			freed += c.size
 		}
 	}
 	if freed < excess {
@@ -292,10 +306,48 @@ func (s *Store) evictOnce(ctx context.Context) {
 		u.mu.Unlock()
 		if over > 0 && time.Since(u.overWarned) > 10*time.Minute {
 			u.overWarned = time.Now()
-			s.log.Warn("cache is over storage.maxSizeBytes: the rest was read too recently to evict",
-				"overBytes", over, "minIdle", s.evictMinIdle)
+			s.log.Warn("cache is over storage.maxSizeBytes: the rest is pinned, locked or was read too recently to evict",
+				"overBytes", over, "pinnedBytes", protectedBytes, "minIdle", s.evictMinIdle)
 		}
 	}
+}
+
+// protected is every digest a pin or Options.Roots reaches.
+func (s *Store) protected(ctx context.Context) (map[digest.Digest]bool, error) {
+	roots, err := s.protectedRoots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	marked := map[digest.Digest]bool{}
+	if err := s.mark(ctx, roots, marked); err != nil {
+		return nil, err
+	}
+	return marked, nil
+}
+
+// Why a blob was removed, as the eviction metrics label it.
+const (
+	reasonSize = "size" // storage.maxSizeBytes
+	reasonGC   = "gc"   // unreferenced, by GC
+)
+
+// removeBlob deletes a committed blob and counts it under reason. gone
+// reports that the blob is no longer stored; removed, that this call
+// removed it (it may have been gone already).
+func (s *Store) removeBlob(ctx context.Context, dgst digest.Digest, size int64, reason string) (gone, removed bool) {
+	// The directory holds only this blob's data file.
+	err := s.driver.Delete(ctx, path.Dir(blobPath(dgst)))
+	if err != nil && !isPathNotFound(err) {
+		s.log.Warn("removing a blob failed", "digest", dgst, "reason", reason, "error", err)
+		return false, false
+	}
+	s.accountDelete(dgst)
+	if err != nil {
+		return true, false
+	}
+	s.metrics.evictions.WithLabelValues(reason).Inc()
+	s.metrics.evictedBytes.WithLabelValues(reason).Add(float64(size))
+	return true, true
 }
 
 // Pin accounting. Policies are label values, so only known ones are kept

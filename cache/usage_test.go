@@ -3,6 +3,7 @@ package cache
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"testing"
 	"time"
@@ -174,7 +175,7 @@ func TestEvictionRemovesLeastRecentlyReadBlobs(t *testing.T) {
 			time.Sleep(time.Millisecond)
 			c := fillBlob(t, s, randomBytes(t, 1000)) // 3000 > 2500: evict down to 2250
 
-			waitFor(t, "an eviction", func() bool { return testutil.ToFloat64(s.metrics.evictions) == 1 })
+			waitFor(t, "an eviction", func() bool { return testutil.ToFloat64(s.metrics.evictions.WithLabelValues(reasonSize)) == 1 })
 			if holds(t, s, b) {
 				t.Errorf("least recently read blob still there")
 			}
@@ -186,7 +187,7 @@ func TestEvictionRemovesLeastRecentlyReadBlobs(t *testing.T) {
 			if got := testutil.ToFloat64(s.metrics.sizeBytes); got != 2000 {
 				t.Errorf("size = %v, want 2000", got)
 			}
-			if got := testutil.ToFloat64(s.metrics.evictedBytes); got != 1000 {
+			if got := testutil.ToFloat64(s.metrics.evictedBytes.WithLabelValues(reasonSize)); got != 1000 {
 				t.Errorf("evicted bytes = %v, want 1000", got)
 			}
 			// An evicted blob is simply filled again.
@@ -214,6 +215,23 @@ func TestEvictionSparesRecentlyReadBlobs(t *testing.T) {
 	for _, d := range []digest.Digest{a, b} {
 		if !holds(t, s, d) {
 			t.Errorf("blob %s read within evictMinIdle was evicted", d)
+		}
+	}
+}
+
+func TestEvictionStopsWhenRootsCannotBeListed(t *testing.T) {
+	s, err := New(inmemory.New(), Options{SpoolDir: t.TempDir(), MaxSizeBytes: 1500,
+		Roots: func(context.Context) ([]Root, error) { return nil, errors.New("lock file unreadable") }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.evictMinIdle = 0
+	a := fillBlob(t, s, randomBytes(t, 1000))
+	b := fillBlob(t, s, randomBytes(t, 1000))
+	s.evictOnce(t.Context())
+	for _, d := range []digest.Digest{a, b} {
+		if !holds(t, s, d) {
+			t.Errorf("blob %s evicted although what is pinned was unknown", d)
 		}
 	}
 }

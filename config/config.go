@@ -111,7 +111,7 @@ type Storage struct {
 	SpoolDir string `mapstructure:"spoolDir"`
 	// MaxSizeBytes bounds the cache: above it, the blobs read least
 	// recently (and not within the last minute) are deleted until the
-	// cache is at 90% of it. 0 means unbounded. The size is measured by
+	// cache is at 90% of it; pinned and locked images are never deleted. 0 means unbounded. The size is measured by
 	// walking storage at start; replicas sharing one storage each account
 	// only for what they stored, read and evicted themselves.
 	MaxSizeBytes int64 `mapstructure:"maxSizeBytes"`
@@ -120,6 +120,20 @@ type Storage struct {
 	// Scrub is the background re-hash of cached blobs that removes corrupt
 	// ones (they are fetched again when next pulled).
 	Scrub Scrub `mapstructure:"scrub"`
+	// GC tunes the removal of blobs nothing references: `pullbroker gc`,
+	// and a schedule inside serve.
+	GC GC `mapstructure:"gc"`
+}
+
+// GC tunes the garbage collection of unreferenced blobs.
+type GC struct {
+	// Interval is the time between two runs inside serve; 0 (the default)
+	// runs none (`pullbroker gc` still runs one).
+	Interval time.Duration `mapstructure:"interval"`
+	// Grace keeps an unreferenced blob committed or read this recently: a
+	// pull by digest that fetched the manifest and still reads the layers,
+	// content another replica just stored.
+	Grace time.Duration `mapstructure:"grace"`
 }
 
 // Fills bound the fetches of missing blobs. Replicas sharing one storage

@@ -194,6 +194,7 @@ func TestLoadErrorsNameKeyAndValue(t *testing.T) {
 		{"listen: {addr: ':5000', bogus: 1}\n", `unknown key "bogus" in listen`},
 		{"upstreams:\n  - name: a.io\n    endpoint: https://a.io\n    tagTTL: five\n", `upstreams[0].tagTTL: "five" is not a duration`},
 		{"storage: {maxSizeBytes: lots}\n", `storage.maxSizeBytes: "lots" is not a whole number`},
+		{"storage: {gc: {grace: 0s}}\n", `storage.gc.grace`},
 		{"upstreams:\n  docker.io: {endpoint: https://x.io}\n", `upstreams: is a map, but a list is expected`},
 		{"upstreams:\n  - {name: a.io, endpoint: https://a.io}\n  - {name: a.io, endpoint: https://b.io}\n", `upstreams[1]: "a.io" is already the name or an alias of upstreams[0]`},
 		{"upstreams:\n  - {name: a.io, endpoint: https://a.io, aliases: [b.io]}\n  - {name: b.io, endpoint: https://b.io}\n", `upstreams[1]: "b.io" is already the name or an alias of upstreams[0]`},

@@ -62,6 +62,12 @@ func (c *Config) Validate() error {
 	if c.Storage.Fills.MaxConcurrent < 0 {
 		bad("storage.fills.maxConcurrent", "must be positive")
 	}
+	if c.Storage.GC.Interval < 0 {
+		bad("storage.gc.interval", "must not be negative (0 runs no scheduled GC)")
+	}
+	if c.Storage.GC.Grace <= 0 {
+		bad("storage.gc.grace", "must be positive (for example 24h): a pull by digest needs its unreferenced layers to stay that long")
+	}
 	if c.Storage.Scrub.Interval < 0 {
 		bad("storage.scrub.interval", "must not be negative (0 disables the schedule)")
 	}

@@ -32,9 +32,9 @@ var metrics = map[string][]string{
 	"pullbroker_pins":                              {"policy"},
 	"pullbroker_cache_size_bytes":                  nil,
 	"pullbroker_cache_objects":                     nil,
-	"pullbroker_evictions_total":                   nil,
+	"pullbroker_evictions_total":                   {"reason"},
 	// Not in the original list; exported by the code and shown as well.
-	"pullbroker_evicted_bytes_total":       nil,
+	"pullbroker_evicted_bytes_total":       {"reason"},
 	"pullbroker_upstream_circuit_open":     {"upstream"},
 	"pullbroker_credential_source_healthy": {"upstream"},
 }

@@ -5,6 +5,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/pullbroker/pullbroker/cache"
 	"github.com/pullbroker/pullbroker/config"
 	"github.com/pullbroker/pullbroker/internal/glob"
 )
@@ -62,4 +63,28 @@ func orAny(glob string) string {
 		return "**"
 	}
 	return glob
+}
+
+// LockedRoots reads the lock files of cfg's locked rules, as the Resolver
+// does at start, and returns their digests as the roots that cache
+// eviction and GC must keep (cache.Options.Roots): a locked tag is
+// answered from its lock file with no upstream request, so its image has
+// to stay cached.
+func LockedRoots(cfg *config.Config) ([]cache.Root, error) {
+	rules, err := loadPinRules(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var roots []cache.Root
+	for _, pins := range rules.locked {
+		for ref, d := range pins {
+			// ReadLockFile keyed the map by the normalized reference.
+			img, err := ParseImage(cfg, ref)
+			if err != nil {
+				return nil, err
+			}
+			roots = append(roots, cache.Root{Registry: img.Registry, Repository: img.Repository, Digest: d})
+		}
+	}
+	return roots, nil
 }

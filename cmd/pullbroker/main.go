@@ -38,6 +38,7 @@ func newRootCmd() *cobra.Command {
 		newHostsCmd(),
 		newRewriteCmd(),
 		newVerifyCmd(),
+		newGCCmd(),
 		newVersionCmd(),
 	)
 	return root

@@ -94,15 +94,22 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 	if err != nil {
 		return nil, err
 	}
+	locked, err := tags.LockedRoots(cfg)
+	if err != nil {
+		return nil, err
+	}
 	a.store, err = cache.New(driver, cache.Options{
 		Logger: log.With("component", "cache"), Registerer: a.registry,
 		LocalRoot: localRoot, SpoolDir: cfg.Storage.SpoolDir,
 		MaxSizeBytes:        cfg.Storage.MaxSizeBytes,
+		Roots:               func(context.Context) ([]cache.Root, error) { return locked, nil },
 		FillTimeout:         cfg.Storage.Fills.Timeout,
 		FillStallTimeout:    cfg.Storage.Fills.StallTimeout,
 		MaxConcurrentFills:  cfg.Storage.Fills.MaxConcurrent,
 		ScrubInterval:       cfg.Storage.Scrub.Interval,
 		ScrubBytesPerSecond: cfg.Storage.Scrub.BytesPerSecond,
+		GCInterval:          cfg.Storage.GC.Interval,
+		GCGrace:             cfg.Storage.GC.Grace,
 	})
 	if err != nil {
 		return nil, err
@@ -172,8 +179,8 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	defer a.Close()
 	// Removes what a crash left under uploads/, measures the cache for the
-	// metrics, runs eviction (storage.maxSizeBytes) and the scrub
-	// (storage.scrub).
+	// metrics, runs eviction (storage.maxSizeBytes), the scrub
+	// (storage.scrub) and GC (storage.gc).
 	a.store.Start(ctx)
 	if cfg.Sync.ImagesFile != "" {
 		// Checked now, so a bad list fails the start rather than a run hours later.
