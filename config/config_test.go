@@ -93,11 +93,12 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		{`storage: {scrub: {interval: -1s}}`, "storage.scrub.interval"},
 		{`storage: {scrub: {interval: 1h, bytesPerSecond: 0}}`, "storage.scrub.bytesPerSecond"},
 		{`storage: {driver: s4}`, "storage.driver"},
-		{`storage: {driver: s3-aws, parameters: {region: eu-west-1}}`, "storage.parameters.bucket: required for s3-aws"},
-		{`storage: {driver: s3-aws, parameters: {bucket: b}}`, "storage.parameters.region"},
-		{`storage: {driver: s3-aws, parameters: {bucket: b, regionendpoint: "127.0.0.1:9000"}}`, "storage.parameters.regionendpoint"},
-		{`storage: {driver: s3-aws, parameters: {bucket: b, region: eu-west-1, forcepathstyle: maybe}}`, "storage.parameters.forcepathstyle"},
-		{`storage: {driver: s3-aws, parameters: {bucket: b, region: eu-west-1, accesskey: k}}`, "storage.parameters.accesskey"},
+		{`storage: {driver: s3-aws}`, "storage.driver: \"s3-aws\" is the name of distribution's package; its S3 driver is named s3"},
+		{`storage: {driver: s3, parameters: {region: eu-west-1}}`, "storage.parameters.bucket: required for s3"},
+		{`storage: {driver: s3, parameters: {bucket: b}}`, "storage.parameters.region"},
+		{`storage: {driver: s3, parameters: {bucket: b, regionendpoint: "127.0.0.1:9000"}}`, "storage.parameters.regionendpoint"},
+		{`storage: {driver: s3, parameters: {bucket: b, region: eu-west-1, forcepathstyle: maybe}}`, "storage.parameters.forcepathstyle"},
+		{`storage: {driver: s3, parameters: {bucket: b, region: eu-west-1, accesskey: k}}`, "storage.parameters.accesskey"},
 		{`pins: [{policy: forever}]`, "pins[0].policy"},
 		{`pins: [{policy: locked}]`, "pins[0].lockFile"},
 	}
@@ -114,7 +115,7 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 // TestStorageParametersAreTheChosenDriversOnly: the default filesystem
 // root must not become a key prefix in a bucket.
 func TestStorageParametersAreTheChosenDriversOnly(t *testing.T) {
-	c, err := Load(write(t, `storage: {driver: s3-aws, parameters: {bucket: b, regionendpoint: "http://127.0.0.1:9000", forcepathstyle: true}}`))
+	c, err := Load(write(t, `storage: {driver: s3, parameters: {bucket: b, regionendpoint: "http://127.0.0.1:9000", forcepathstyle: true}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +130,7 @@ func TestStorageParametersAreTheChosenDriversOnly(t *testing.T) {
 }
 
 func TestSecretsAreNotEchoedInErrors(t *testing.T) {
-	_, err := Load(write(t, `storage: {driver: s3-aws, parameters: {bucket: b, region: eu-west-1, secretkey: hunter3}}`))
+	_, err := Load(write(t, `storage: {driver: s3, parameters: {bucket: b, region: eu-west-1, secretkey: hunter3}}`))
 	if err == nil || strings.Contains(err.Error(), "hunter3") {
 		t.Fatalf("error = %v", err)
 	}

@@ -140,22 +140,25 @@ func (c *Config) Validate() error {
 
 // validateStorageDriver checks at start what the storage driver would
 // otherwise reject at its first request, or reject without naming the key.
+// Driver names are distribution's: its S3 driver (package s3-aws)
+// registers as "s3" and "s3aws".
 func validateStorageDriver(s Storage, bad func(key, format string, args ...any)) {
 	switch s.Driver {
 	case "filesystem", "inmemory":
+	case "s3", "s3aws":
+		validateS3Parameters(s.Driver, s.Parameters, bad)
 	case "s3-aws":
-		validateS3Parameters(s.Parameters, bad)
+		bad("storage.driver", "%q is the name of distribution's package; its S3 driver is named s3", s.Driver)
 	case "":
-		bad("storage.driver", "must be set to one of filesystem, inmemory, s3-aws")
+		bad("storage.driver", "must be set to one of filesystem, s3, inmemory")
 	default:
-		bad("storage.driver", "%q is not one of filesystem, inmemory, s3-aws", s.Driver)
+		bad("storage.driver", "%q is not one of filesystem, s3, inmemory", s.Driver)
 	}
 }
 
-// validateS3Parameters checks the parameters of distribution's s3-aws
-// driver that pullbroker's deployments rely on; the driver checks the rest
+// validateS3Parameters checks the parameters of distribution's S3 driver that pullbroker's deployments rely on; the driver checks the rest
 // (chunk sizes, storage class, ACL) when it is created at start.
-func validateS3Parameters(params map[string]any, bad func(key, format string, args ...any)) {
+func validateS3Parameters(driver string, params map[string]any, bad func(key, format string, args ...any)) {
 	const key = "storage.parameters"
 	str := func(name string) string {
 		v, ok := params[name]
@@ -165,11 +168,11 @@ func validateS3Parameters(params map[string]any, bad func(key, format string, ar
 		return fmt.Sprint(v)
 	}
 	if str("bucket") == "" {
-		bad(key+".bucket", "required for s3-aws")
+		bad(key+".bucket", "required for %s", driver)
 	}
 	endpoint := str("regionendpoint")
 	if str("region") == "" && endpoint == "" {
-		bad(key+".region", "required for s3-aws, for example eu-west-1 (an S3-compatible server may set regionendpoint instead)")
+		bad(key+".region", "required for %s, for example eu-west-1 (an S3-compatible server may set regionendpoint instead)", driver)
 	}
 	if endpoint != "" {
 		if u, err := url.Parse(endpoint); err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {

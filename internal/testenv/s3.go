@@ -66,7 +66,7 @@ func StartS3(t testing.TB) *S3Server {
 	}
 }
 
-// Parameters are the s3-aws storage driver parameters that reach the bucket, as
+// Parameters are the s3 storage driver parameters that reach the bucket, as
 // storage.parameters takes them.
 func (s *S3Server) Parameters() map[string]any {
 	return map[string]any{
