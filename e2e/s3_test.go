@@ -1,0 +1,106 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pullbroker/pullbroker/internal/testenv"
+)
+
+// TestReplicasShareS3Storage (issue 10) runs two pullbrokers, A and B, on one bucket of a real S3
+// server (versitygw), each reaching the upstream through its own counting proxy.
+//
+// A pin set and refreshed through B's admin API is answered by A on its next request: A's tag TTL
+// is a millisecond and the upstream has moved the tag, so only the pin can make A answer the old
+// digest. Then, with the upstream killed, B serves what A pulled (an index, its images and layers,
+// and a Range of a layer as 206 with the right bytes) with zero upstream requests.
+func TestReplicasShareS3Storage(t *testing.T) {
+	f := newFixture(t)
+	srv := testenv.StartS3(t)
+	f.secrets.add("s3 secret key", srv.SecretKey, srv.AccessKey)
+	toA, toB := newUpstreamProxy(t, f.upstream.Addr), newUpstreamProxy(t, f.upstream.Addr)
+	upA := f.upstreamConfig(toA.endpoint())
+	upA.TagTTL = time.Millisecond
+	a := f.startPullbroker(pbConfig{S3: srv, Upstreams: []upstreamConfig{upA}})
+	b := f.startPullbroker(pbConfig{S3: srv, Upstreams: []upstreamConfig{f.upstreamConfig(toB.endpoint())}})
+	client := &http.Client{Timeout: 30 * time.Second}
+	image := upstreamName + "/" + appRepo + ":" + appTag
+	headTag := func(p *pullbroker) string {
+		t.Helper()
+		resp := headManifest(t, client, p.url("/v2/"+upstreamName+"/"+appRepo+"/manifests/"+appTag))
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("HEAD %s through %s: %s", image, p.Addr, resp.Status)
+		}
+		return resp.Header.Get("Docker-Content-Digest")
+	}
+
+	old := f.appDigest
+	skopeoPull(t, a.ref(appRepo+":"+appTag), old)
+	skopeoPull(t, a.ref(appRepo+":"+multiTag), f.multi.Digest)
+	if keys := srv.Keys(t); len(keys) == 0 {
+		t.Fatal("pulls through A stored nothing in the bucket")
+	}
+
+	// A pin made through B, answered by A.
+	admin := func(p *pullbroker) []string {
+		return []string{"--admin", "http://" + p.Admin, "--token-file", f.adminTokenFile}
+	}
+	runCLI(t, f.secrets, append([]string{"pin", "set", image}, admin(b)...)...)
+	moved := testenv.PushTestImage(t, f.upstream.Addr, appRepo, appTag, 1, 256<<10, &f.auth)
+	if got := headTag(a); got != old {
+		t.Fatalf("A answers %s with %s after B pinned %s (the upstream moved it to %s)", image, got, old, moved)
+	}
+	out := runCLI(t, f.secrets, append([]string{"pin", "refresh", image}, admin(b)...)...)
+	if !strings.Contains(out, old+" -> "+moved) {
+		t.Fatalf("pin refresh through B printed %q, want %s -> %s", out, old, moved)
+	}
+	beforeA := toA.total()
+	if got := headTag(a); got != moved {
+		t.Fatalf("A answers %s with %s right after B refreshed the pin to %s", image, got, moved)
+	}
+	if n := toA.total() - beforeA; n != 0 {
+		t.Errorf("A answered the pinned tag with %d upstream requests, want 0: %v", n, toA.counts())
+	}
+	skopeoPull(t, a.ref(appRepo+":"+appTag), moved)
+
+	// The upstream is gone: B serves what A cached, asking nobody.
+	f.upstream.Kill(t)
+	beforeB := toB.total()
+	skopeoPull(t, b.ref(appRepo+":"+appTag), moved)
+	skopeoPull(t, b.ref(appRepo+":"+multiTag), f.multi.Digest)
+	platform := f.multi.Platforms[testenv.MultiArchPlatforms[0]]
+	_, raw := get(t, client, b.url("/v2/"+upstreamName+"/"+appRepo+"/manifests/"+platform))
+	layer := parseManifest(t, raw).Layers[0]
+	blobURL := b.url("/v2/" + upstreamName + "/" + appRepo + "/blobs/" + layer.Digest)
+	resp, whole := get(t, client, blobURL)
+	if resp.StatusCode != http.StatusOK || digestOf(whole) != layer.Digest {
+		t.Fatalf("GET %s through B: %s, digest %s", layer.Digest, resp.Status, digestOf(whole))
+	}
+	from, to := int64(len(whole)/3), int64(len(whole)/3+100_000)
+	req, err := http.NewRequest(http.MethodGet, blobURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", from, to))
+	resp, err = client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var part bytes.Buffer
+	_, err = part.ReadFrom(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(part.Bytes(), whole[from:to+1]) {
+		t.Fatalf("Range bytes=%d-%d of %s through B: %s, %d bytes (right bytes: %v)", from, to, layer.Digest,
+			resp.Status, part.Len(), bytes.Equal(part.Bytes(), whole[from:to+1]))
+	}
+	if n := toB.total() - beforeB; n != 0 {
+		t.Errorf("B served what A pulled with %d upstream requests, want 0: %v", n, toB.counts())
+	}
+}
