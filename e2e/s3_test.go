@@ -66,6 +66,16 @@ func TestReplicasShareS3Storage(t *testing.T) {
 		t.Errorf("A answered the pinned tag with %d upstream requests, want 0: %v", n, toA.counts())
 	}
 	skopeoPull(t, a.ref(appRepo+":"+appTag), moved)
+	// What a pinned tag costs in object-storage requests today: pins and tag records are read
+	// from the bucket on every request, which is why a change through B is seen at once.
+	ops := srv.Operations(t)
+	const heads = 100
+	for range heads {
+		if got := headTag(a); got != moved {
+			t.Fatalf("A answers the pinned %s with %s, want %s", image, got, moved)
+		}
+	}
+	t.Logf("%d HEADs of a pinned tag through A: S3 operations %v", heads, opsSince(ops, srv.Operations(t)))
 
 	// The upstream is gone: B serves what A cached, asking nobody.
 	f.upstream.Kill(t)
@@ -103,4 +113,15 @@ func TestReplicasShareS3Storage(t *testing.T) {
 	if n := toB.total() - beforeB; n != 0 {
 		t.Errorf("B served what A pulled with %d upstream requests, want 0: %v", n, toB.counts())
 	}
+}
+
+// opsSince is the S3 operations in now that were not yet in before.
+func opsSince(before, now map[string]int) map[string]int {
+	out := map[string]int{}
+	for op, n := range now {
+		if d := n - before[op]; d != 0 {
+			out[op] = d
+		}
+	}
+	return out
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,6 +25,7 @@ type S3Server struct {
 	// AccessKey and SecretKey are the gateway's root credentials.
 	AccessKey, SecretKey string
 	p                    *Process
+	accessLog            string
 }
 
 // The gateway's root credentials: test-only values on a loopback server.
@@ -47,14 +49,15 @@ func StartS3(t testing.TB) *S3Server {
 	}
 	for attempt := 1; ; attempt++ {
 		addr := fmt.Sprintf("127.0.0.1:%d", FreePort(t))
-		cmd := exec.Command(bin, "--port", addr, "--quiet", "posix",
+		accessLog := filepath.Join(dir, fmt.Sprintf("access-%d.log", attempt))
+		cmd := exec.Command(bin, "--port", addr, "--quiet", "--access-log", accessLog, "posix",
 			"--sidecar", filepath.Join(dir, "meta"), filepath.Join(dir, "data"))
 		cmd.Env = append(cmd.Environ(), "ROOT_ACCESS_KEY="+s3AccessKey, "ROOT_SECRET_KEY="+s3SecretKey)
 		p := StartProcess(t, "versitygw", cmd)
 		endpoint := "http://" + addr
 		err := p.WaitReady(30*time.Second, func() bool { return httpAnswers(endpoint) })
 		if err == nil {
-			s := &S3Server{Endpoint: endpoint, Bucket: s3Bucket, AccessKey: s3AccessKey, SecretKey: s3SecretKey, p: p}
+			s := &S3Server{Endpoint: endpoint, Bucket: s3Bucket, AccessKey: s3AccessKey, SecretKey: s3SecretKey, p: p, accessLog: accessLog}
 			if _, err := s.Client(t).CreateBucket(&s3.CreateBucketInput{Bucket: aws.String(s.Bucket)}); err != nil {
 				t.Fatalf("versitygw: create bucket %s: %v\n%s", s.Bucket, err, p.LogTail())
 			}
@@ -109,6 +112,25 @@ func (s *S3Server) Keys(t testing.TB) []string {
 		t.Fatalf("list bucket %s: %v", s.Bucket, err)
 	}
 	return keys
+}
+
+// Operations counts the S3 operations the server has answered so far, by name ("GetObject",
+// "PutObject", "ListObjectsV2", ...), from its access log: what pullbroker costs in
+// object-storage requests.
+func (s *S3Server) Operations(t testing.TB) map[string]int {
+	t.Helper()
+	log, err := os.ReadFile(s.accessLog)
+	if err != nil {
+		t.Fatalf("versitygw access log: %v", err)
+	}
+	ops := map[string]int{}
+	for _, line := range strings.Split(string(log), "\n") {
+		// Each request is one line; its 8th field is the operation, as s3_GetObject.
+		if f := strings.Fields(line); len(f) > 7 && strings.HasPrefix(f[7], "s3_") {
+			ops[strings.TrimPrefix(f[7], "s3_")]++
+		}
+	}
+	return ops
 }
 
 // httpAnswers reports whether anything answers HTTP at base (an S3 server answers an unsigned

@@ -165,4 +165,7 @@ func TestStartS3(t *testing.T) {
 	if keys := s.Keys(t); len(keys) != 1 || keys[0] != "a/b" {
 		t.Fatalf("keys = %v", keys)
 	}
+	if ops := s.Operations(t); ops["CreateBucket"] != 1 || ops["PutObject"] != 1 || ops["ListObjectsV2"] != 1 {
+		t.Fatalf("operations = %v", ops)
+	}
 }
