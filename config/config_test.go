@@ -93,6 +93,7 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		{`storage: {scrub: {interval: -1s}}`, "storage.scrub.interval"},
 		{`storage: {scrub: {interval: 1h, bytesPerSecond: 0}}`, "storage.scrub.bytesPerSecond"},
 		{`storage: {driver: s4}`, "storage.driver"},
+		{`storage: {redirect: true}`, "storage.redirect: the filesystem driver"},
 		{`storage: {driver: s3-aws}`, "storage.driver: \"s3-aws\" is the name of distribution's package; its S3 driver is named s3"},
 		{`storage: {driver: s3, parameters: {region: eu-west-1}}`, "storage.parameters.bucket: required for s3"},
 		{`storage: {driver: s3, parameters: {bucket: b}}`, "storage.parameters.region"},

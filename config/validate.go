@@ -145,6 +145,9 @@ func (c *Config) Validate() error {
 func validateStorageDriver(s Storage, bad func(key, format string, args ...any)) {
 	switch s.Driver {
 	case "filesystem", "inmemory":
+		if s.Redirect {
+			bad("storage.redirect", "the %s driver has no URL a client could fetch a blob from; only s3 can redirect", s.Driver)
+		}
 	case "s3", "s3aws":
 		validateS3Parameters(s.Driver, s.Parameters, bad)
 	case "s3-aws":

@@ -46,7 +46,9 @@ type pbConfig struct {
 	StorageDir string
 	// S3, when set, is the storage instead of StorageDir: its bucket through distribution's s3
 	// driver. Two pullbrokers given the same server share one cache.
-	S3             *testenv.S3Server
+	S3 *testenv.S3Server
+	// Redirect is storage.redirect (S3 only).
+	Redirect       bool
 	AdminTokenFile string
 	DrainTimeout   time.Duration // 0: 30s
 	// Access is the access section's body, as YAML indented under "access:".
@@ -88,7 +90,7 @@ func writeConfig(t *testing.T, cfg pbConfig, listen, admin string) string {
 	fmt.Fprintf(&b, "listen:\n  addr: %q\n  drainTimeout: %s\n", listen, drain)
 	fmt.Fprintf(&b, "admin:\n  addr: %q\n  tokenFile: %q\n", admin, cfg.AdminTokenFile)
 	if cfg.S3 != nil {
-		fmt.Fprintf(&b, "storage:\n  driver: s3\n  spoolDir: %q\n  parameters:\n", t.TempDir())
+		fmt.Fprintf(&b, "storage:\n  driver: s3\n  redirect: %t\n  spoolDir: %q\n  parameters:\n", cfg.Redirect, t.TempDir())
 		for _, k := range sortedKeys(cfg.S3.Parameters()) {
 			fmt.Fprintf(&b, "    %s: %#v\n", k, cfg.S3.Parameters()[k])
 		}

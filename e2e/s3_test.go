@@ -125,3 +125,60 @@ func opsSince(before, now map[string]int) map[string]int {
 	}
 	return out
 }
+
+// TestS3Redirect: with storage.redirect, a GET of a cached blob is a 307 to a signed URL of the
+// bucket that serves the right bytes (and Ranges), skopeo pulls through it, and HEADs are still
+// answered by pullbroker. A replica on the same bucket without the setting serves the bytes
+// itself: redirects are off by default.
+func TestS3Redirect(t *testing.T) {
+	f := newFixture(t)
+	srv := testenv.StartS3(t)
+	f.secrets.add("s3 secret key", srv.SecretKey, srv.AccessKey)
+	redirecting := f.startPullbroker(pbConfig{S3: srv, Redirect: true})
+	direct := f.startPullbroker(pbConfig{S3: srv})
+	skopeoPull(t, redirecting.ref(appRepo+":"+appTag), f.appDigest)
+
+	noFollow := &http.Client{
+		Timeout:       30 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	_, raw := get(t, noFollow, redirecting.url("/v2/"+upstreamName+"/"+appRepo+"/manifests/"+appTag))
+	layer := parseManifest(t, raw).Layers[0]
+	blobPath := "/v2/" + upstreamName + "/" + appRepo + "/blobs/" + layer.Digest
+	resp, _ := get(t, noFollow, redirecting.url(blobPath))
+	location := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusTemporaryRedirect || !strings.HasPrefix(location, srv.Endpoint+"/"+srv.Bucket+"/") {
+		t.Fatalf("GET of a cached blob with storage.redirect: %s, Location %q, want 307 to %s", resp.Status, location, srv.Endpoint)
+	}
+	if !strings.Contains(location, "X-Amz-Signature=") || strings.Contains(location, srv.SecretKey) {
+		t.Fatalf("Location %q is not a signed URL (or holds the secret key)", location)
+	}
+	resp, whole := get(t, noFollow, location)
+	if resp.StatusCode != http.StatusOK || digestOf(whole) != layer.Digest {
+		t.Fatalf("GET of the signed URL: %s, digest %s, want %s", resp.Status, digestOf(whole), layer.Digest)
+	}
+	req, err := http.NewRequest(http.MethodGet, location, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Range", "bytes=1000-1999")
+	resp, err = noFollow.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var part bytes.Buffer
+	_, err = part.ReadFrom(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusPartialContent || !bytes.Equal(part.Bytes(), whole[1000:2000]) {
+		t.Fatalf("Range of the signed URL: %s, %d bytes, %v", resp.Status, part.Len(), err)
+	}
+	if resp := headManifest(t, noFollow, redirecting.url(blobPath)); resp.StatusCode != http.StatusOK {
+		t.Fatalf("HEAD of a cached blob with storage.redirect: %s, want 200", resp.Status)
+	}
+	skopeoPull(t, redirecting.ref(appRepo+":"+appTag), f.appDigest)
+
+	resp, body := get(t, noFollow, direct.url(blobPath))
+	if resp.StatusCode != http.StatusOK || digestOf(body) != layer.Digest {
+		t.Fatalf("GET of a cached blob without storage.redirect: %s, digest %s", resp.Status, digestOf(body))
+	}
+}
