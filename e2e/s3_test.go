@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -65,7 +66,6 @@ func TestReplicasShareS3Storage(t *testing.T) {
 	if n := toA.total() - beforeA; n != 0 {
 		t.Errorf("A answered the pinned tag with %d upstream requests, want 0: %v", n, toA.counts())
 	}
-	skopeoPull(t, a.ref(appRepo+":"+appTag), moved)
 	// What a pinned tag costs in object-storage requests today: pins and tag records are read
 	// from the bucket on every request, which is why a change through B is seen at once.
 	ops := srv.Operations(t)
@@ -76,6 +76,7 @@ func TestReplicasShareS3Storage(t *testing.T) {
 		}
 	}
 	t.Logf("%d HEADs of a pinned tag through A: S3 operations %v", heads, opsSince(ops, srv.Operations(t)))
+	skopeoPull(t, a.ref(appRepo+":"+appTag), moved)
 
 	// The upstream is gone: B serves what A cached, asking nobody.
 	f.upstream.Kill(t)
@@ -180,5 +181,62 @@ func TestS3Redirect(t *testing.T) {
 	resp, body := get(t, noFollow, direct.url(blobPath))
 	if resp.StatusCode != http.StatusOK || digestOf(body) != layer.Digest {
 		t.Fatalf("GET of a cached blob without storage.redirect: %s, digest %s", resp.Status, digestOf(body))
+	}
+}
+
+// TestKillMidFillOnS3: replica A is killed with SIGKILL while it fills a layer into the shared
+// bucket. Nothing of the layer reaches the bucket; replica B then fills it whole (one object under
+// the digest, no uploads left) and serves the right bytes.
+func TestKillMidFillOnS3(t *testing.T) {
+	f := newFixture(t)
+	srv := testenv.StartS3(t)
+	f.secrets.add("s3 secret key", srv.SecretKey, srv.AccessKey)
+	layer := parseManifest(t, f.upstreamManifest(appRepo+"@"+f.appDigest)).Layers[0]
+	faults := newFaultProxy(t, f.upstream.Addr, layer.Digest, faultHold)
+	t.Cleanup(faults.releaseHeld)
+	a := f.startPullbroker(pbConfig{S3: srv, Upstreams: []upstreamConfig{f.upstreamConfig(faults.endpoint())}})
+	b := f.startPullbroker(pbConfig{S3: srv})
+	linkManifest(t, a)
+	blobPath := "/v2/" + upstreamName + "/" + appRepo + "/blobs/" + layer.Digest
+	layerKeys := func() (blob, uploads []string) {
+		hex := strings.TrimPrefix(layer.Digest, "sha256:")
+		for _, k := range srv.Keys(t) {
+			switch {
+			case strings.HasPrefix(k, "blobs/") && strings.Contains(k, hex):
+				blob = append(blob, k)
+			case strings.HasPrefix(k, "uploads/"):
+				uploads = append(uploads, k)
+			}
+		}
+		return blob, uploads
+	}
+
+	resp, err := http.Get(a.url(blobPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(io.LimitReader(resp.Body, holdAfter/2))
+	if err != nil || resp.StatusCode != http.StatusOK || len(got) != holdAfter/2 {
+		t.Fatalf("the first half of the held layer: %s, %d bytes, %v", resp.Status, len(got), err)
+	}
+	a.kill9()
+	_, err = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil {
+		t.Fatal("the client's response ended cleanly when A was killed mid-fill")
+	}
+	if blob, uploads := layerKeys(); len(blob) != 0 || len(uploads) != 0 {
+		t.Fatalf("A killed mid-fill left in the bucket: blob %v, uploads %v", blob, uploads)
+	}
+
+	linkManifest(t, b)
+	status, digest, n, err := pullBlob(t, http.DefaultClient, b.url(blobPath))
+	if status != http.StatusOK || digest != layer.Digest || n != layer.Size || err != nil {
+		t.Fatalf("B after A's crash: %d, %d bytes %s (%v); want 200, %d bytes %s", status, n, digest, err, layer.Size, layer.Digest)
+	}
+	// The client has its last byte once the layer is verified; the commit follows.
+	waitUntil(t, "B commits the layer", func() bool { blob, _ := layerKeys(); return len(blob) == 1 })
+	if _, uploads := layerKeys(); len(uploads) != 0 {
+		t.Errorf("B's commit left uploads %v", uploads)
 	}
 }
