@@ -159,8 +159,9 @@ func validateStorageDriver(s Storage, bad func(key, format string, args ...any))
 	}
 }
 
-// validateS3Parameters checks the parameters of distribution's S3 driver that pullbroker's deployments rely on; the driver checks the rest
-// (chunk sizes, storage class, ACL) when it is created at start.
+// validateS3Parameters checks the parameters of distribution's S3 driver
+// that deployments rely on; the driver checks the rest (chunk sizes,
+// storage class, ACL) when it is created at start.
 func validateS3Parameters(driver string, params map[string]any, bad func(key, format string, args ...any)) {
 	const key = "storage.parameters"
 	str := func(name string) string {
