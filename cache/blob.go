@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -79,6 +80,13 @@ func (s *Store) openBlob(ctx context.Context, dgst digest.Digest) (*Blob, error)
 		ModTime: fi.ModTime(),
 		Content: &driverReader{ctx: ctx, driver: s.driver, path: blobPath(dgst), size: fi.Size()},
 	}, nil
+}
+
+// BlobURL returns a short-lived URL at which the client of r can fetch
+// the committed blob from storage itself, or "" when the driver has none
+// (a local filesystem). It does not check that the blob exists.
+func (s *Store) BlobURL(r *http.Request, dgst digest.Digest) (string, error) {
+	return s.driver.RedirectURL(r, blobPath(dgst))
 }
 
 func (s *Store) localPath(driverPath string) string {

@@ -11,6 +11,7 @@ import (
 	// The drivers pullbroker ships with register themselves with the factory.
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws"
 
 	"github.com/pullbroker/pullbroker/config"
 )

@@ -115,6 +115,10 @@ type Storage struct {
 	// walking storage at start; replicas sharing one storage each account
 	// only for what they stored, read and evicted themselves.
 	MaxSizeBytes int64 `mapstructure:"maxSizeBytes"`
+	// Redirect answers GETs of cached blobs with a redirect to a
+	// short-lived signed URL of the object (the driver's RedirectURL), for
+	// clients that can reach the bucket themselves. Only s3 can sign one.
+	Redirect bool `mapstructure:"redirect"`
 	// Fills bound the fetches of missing blobs from upstreams.
 	Fills Fills `mapstructure:"fills"`
 	// Scrub is the background re-hash of cached blobs that removes corrupt

@@ -92,6 +92,14 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		{`storage: {fills: {maxConcurrent: -1}}`, "storage.fills.maxConcurrent"},
 		{`storage: {scrub: {interval: -1s}}`, "storage.scrub.interval"},
 		{`storage: {scrub: {interval: 1h, bytesPerSecond: 0}}`, "storage.scrub.bytesPerSecond"},
+		{`storage: {driver: s4}`, "storage.driver"},
+		{`storage: {redirect: true}`, "storage.redirect: the filesystem driver"},
+		{`storage: {driver: s3-aws}`, "storage.driver: \"s3-aws\" is the name of distribution's package; its S3 driver is named s3"},
+		{`storage: {driver: s3, parameters: {region: eu-west-1}}`, "storage.parameters.bucket: required for s3"},
+		{`storage: {driver: s3, parameters: {bucket: b}}`, "storage.parameters.region"},
+		{`storage: {driver: s3, parameters: {bucket: b, regionendpoint: "127.0.0.1:9000"}}`, "storage.parameters.regionendpoint"},
+		{`storage: {driver: s3, parameters: {bucket: b, region: eu-west-1, forcepathstyle: maybe}}`, "storage.parameters.forcepathstyle"},
+		{`storage: {driver: s3, parameters: {bucket: b, region: eu-west-1, accesskey: k}}`, "storage.parameters.accesskey"},
 		{`pins: [{policy: forever}]`, "pins[0].policy"},
 		{`pins: [{policy: locked}]`, "pins[0].lockFile"},
 	}
@@ -105,8 +113,29 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 	}
 }
 
+// TestStorageParametersAreTheChosenDriversOnly: the default filesystem
+// root must not become a key prefix in a bucket.
+func TestStorageParametersAreTheChosenDriversOnly(t *testing.T) {
+	c, err := Load(write(t, `storage: {driver: s3, parameters: {bucket: b, regionendpoint: "http://127.0.0.1:9000", forcepathstyle: true}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"bucket": "b", "regionendpoint": "http://127.0.0.1:9000", "forcepathstyle": true}
+	if !reflect.DeepEqual(c.Storage.Parameters, want) {
+		t.Fatalf("parameters = %v, want %v", c.Storage.Parameters, want)
+	}
+	c, err = Load(write(t, `storage: {driver: filesystem}`))
+	if err != nil || c.Storage.Parameters["rootdirectory"] != DefaultFilesystemRoot {
+		t.Fatalf("filesystem without rootdirectory: %v %v", c, err)
+	}
+}
+
 func TestSecretsAreNotEchoedInErrors(t *testing.T) {
-	_, err := Load(write(t, `upstreams: [{name: "x.io", endpoint: "https://x.io", credentials: {basic: {username: u, password: hunter2, passwordEnv: PW}}}]`))
+	_, err := Load(write(t, `storage: {driver: s3, parameters: {bucket: b, region: eu-west-1, secretkey: hunter3}}`))
+	if err == nil || strings.Contains(err.Error(), "hunter3") {
+		t.Fatalf("error = %v", err)
+	}
+	_, err = Load(write(t, `upstreams: [{name: "x.io", endpoint: "https://x.io", credentials: {basic: {username: u, password: hunter2, passwordEnv: PW}}}]`))
 	if err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("error = %v", err)
 	}

@@ -19,6 +19,12 @@ const (
 	DefaultMaxConcurrentFills = 64
 )
 
+// DefaultFilesystemRoot is storage.parameters.rootdirectory of the
+// filesystem driver when unset. It is applied after loading rather than
+// written in the embedded default, where a file choosing another driver
+// would inherit it as a parameter of that driver.
+const DefaultFilesystemRoot = "./pullbroker-data"
+
 // PublicUpstreams are the registries known anonymously out of the box.
 func PublicUpstreams() []Upstream {
 	return []Upstream{

@@ -109,6 +109,12 @@ func (c *Config) applyDefaults() {
 		}
 		c.Upstreams = merged
 	}
+	if c.Storage.Driver == "filesystem" && c.Storage.Parameters["rootdirectory"] == nil {
+		if c.Storage.Parameters == nil {
+			c.Storage.Parameters = map[string]any{}
+		}
+		c.Storage.Parameters["rootdirectory"] = DefaultFilesystemRoot
+	}
 	if c.Storage.Fills.Timeout == 0 {
 		c.Storage.Fills.Timeout = DefaultFillTimeout
 	}

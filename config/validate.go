@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/pullbroker/pullbroker/internal/glob"
@@ -47,9 +48,7 @@ func (c *Config) Validate() error {
 	if (c.Admin.TLSCertFile == "") != (c.Admin.TLSKeyFile == "") {
 		bad("admin.tlsCertFile", "tlsCertFile and tlsKeyFile must be set together")
 	}
-	if c.Storage.Driver == "" {
-		bad("storage.driver", "must be set (filesystem, inmemory, s3)")
-	}
+	validateStorageDriver(c.Storage, bad)
 	if c.Storage.MaxSizeBytes < 0 {
 		bad("storage.maxSizeBytes", "must not be negative (0 means unbounded)")
 	}
@@ -143,6 +142,68 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validateStorageDriver checks at start what the storage driver would
+// otherwise reject at its first request, or reject without naming the key.
+// Driver names are distribution's: its S3 driver (package s3-aws)
+// registers as "s3" and "s3aws".
+func validateStorageDriver(s Storage, bad func(key, format string, args ...any)) {
+	switch s.Driver {
+	case "filesystem", "inmemory":
+		if s.Redirect {
+			bad("storage.redirect", "the %s driver has no URL a client could fetch a blob from; only s3 can redirect", s.Driver)
+		}
+	case "s3", "s3aws":
+		validateS3Parameters(s.Driver, s.Parameters, bad)
+	case "s3-aws":
+		bad("storage.driver", "%q is the name of distribution's package; its S3 driver is named s3", s.Driver)
+	case "":
+		bad("storage.driver", "must be set to one of filesystem, s3, inmemory")
+	default:
+		bad("storage.driver", "%q is not one of filesystem, s3, inmemory", s.Driver)
+	}
+}
+
+// validateS3Parameters checks the parameters of distribution's S3 driver
+// that deployments rely on; the driver checks the rest (chunk sizes,
+// storage class, ACL) when it is created at start.
+func validateS3Parameters(driver string, params map[string]any, bad func(key, format string, args ...any)) {
+	const key = "storage.parameters"
+	str := func(name string) string {
+		v, ok := params[name]
+		if !ok || v == nil {
+			return ""
+		}
+		return fmt.Sprint(v)
+	}
+	if str("bucket") == "" {
+		bad(key+".bucket", "required for %s", driver)
+	}
+	endpoint := str("regionendpoint")
+	if str("region") == "" && endpoint == "" {
+		bad(key+".region", "required for %s, for example eu-west-1 (an S3-compatible server may set regionendpoint instead)", driver)
+	}
+	if endpoint != "" {
+		if u, err := url.Parse(endpoint); err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+			bad(key+".regionendpoint", "%q is not a URL such as https://s3.example.com:9000", endpoint)
+		}
+	}
+	// A secret is never echoed: only whether it is set.
+	if (str("accesskey") == "") != (str("secretkey") == "") {
+		bad(key+".accesskey", "accesskey and secretkey must be set together (or neither, for the AWS default credential chain)")
+	}
+	for _, name := range []string{"forcepathstyle", "secure", "skipverify", "encrypt", "v4auth", "usedualstack", "accelerate"} {
+		switch v := params[name].(type) {
+		case nil, bool:
+		case string:
+			if _, err := strconv.ParseBool(v); err != nil {
+				bad(key+"."+name, "%q is not true or false", v)
+			}
+		default:
+			bad(key+"."+name, "%v is not true or false", v)
+		}
+	}
 }
 
 func validateUpstream(key string, u Upstream, bad func(key, format string, args ...any)) {

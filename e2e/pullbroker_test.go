@@ -36,14 +36,19 @@ type upstreamConfig struct {
 }
 
 // pbConfig is what a test chooses of a pullbroker's config; the listeners are always on free
-// 127.0.0.1 ports and the storage is the filesystem driver.
+// 127.0.0.1 ports and the storage is the filesystem driver unless S3 is set.
 type pbConfig struct {
 	Upstreams []upstreamConfig
 	// Mode is the global mode: "" (online) or "offline".
 	Mode string
 	// StorageDir is the cache root; "" makes a fresh one. Two pullbrokers given the same
 	// directory share one cache, as replicas sharing a bucket do.
-	StorageDir     string
+	StorageDir string
+	// S3, when set, is the storage instead of StorageDir: its bucket through distribution's s3
+	// driver. Two pullbrokers given the same server share one cache.
+	S3 *testenv.S3Server
+	// Redirect is storage.redirect (S3 only).
+	Redirect       bool
 	AdminTokenFile string
 	DrainTimeout   time.Duration // 0: 30s
 	// Access is the access section's body, as YAML indented under "access:".
@@ -84,7 +89,14 @@ func writeConfig(t *testing.T, cfg pbConfig, listen, admin string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "listen:\n  addr: %q\n  drainTimeout: %s\n", listen, drain)
 	fmt.Fprintf(&b, "admin:\n  addr: %q\n  tokenFile: %q\n", admin, cfg.AdminTokenFile)
-	fmt.Fprintf(&b, "storage:\n  driver: filesystem\n  parameters:\n    rootdirectory: %q\n", cfg.StorageDir)
+	if cfg.S3 != nil {
+		fmt.Fprintf(&b, "storage:\n  driver: s3\n  redirect: %t\n  spoolDir: %q\n  parameters:\n", cfg.Redirect, t.TempDir())
+		for _, k := range sortedKeys(cfg.S3.Parameters()) {
+			fmt.Fprintf(&b, "    %s: %#v\n", k, cfg.S3.Parameters()[k])
+		}
+	} else {
+		fmt.Fprintf(&b, "storage:\n  driver: filesystem\n  parameters:\n    rootdirectory: %q\n", cfg.StorageDir)
+	}
 	if cfg.Fills != "" {
 		fmt.Fprintf(&b, "  fills: %s\n", cfg.Fills)
 	}

@@ -31,6 +31,9 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, rt *route, i
 	if err == nil {
 		h.cacheResult(info, "blob", rt.registry, tags.Hit)
 		defer blob.Content.Close()
+		if h.cfg.Storage.Redirect && r.Method == http.MethodGet && h.redirectToStorage(w, r, dgst) {
+			return
+		}
 		h.serveCachedBlob(w, r, dgst, blob)
 		return
 	}
@@ -104,6 +107,22 @@ func (h *Handler) serveCachedBlob(w http.ResponseWriter, r *http.Request, dgst d
 	// *os.File with sendfile.
 	http.ServeContent(&servedBytesCounter{ResponseWriter: w, counter: h.metrics.servedBytes.WithLabelValues("cache")},
 		r, "", blob.ModTime, blob.Content)
+}
+
+// redirectToStorage answers with a redirect to the signed URL of a cached
+// blob, and reports whether it did; without a URL the blob is served here.
+func (h *Handler) redirectToStorage(w http.ResponseWriter, r *http.Request, dgst digest.Digest) bool {
+	url, err := h.store.BlobURL(r, dgst)
+	if err != nil {
+		h.log.Warn("storage gave no URL to redirect a blob GET to; serving it directly", "digest", dgst, "error", err)
+		return false
+	}
+	if url == "" {
+		return false
+	}
+	w.Header().Set("Docker-Content-Digest", dgst.String())
+	http.Redirect(w, r, url, http.StatusTemporaryRedirect)
+	return true
 }
 
 // serveThroughFill joins (or starts) the one upstream fetch of the blob

@@ -198,6 +198,7 @@ Test tools:
   podman           $(command -v podman || echo MISSING)
   crane            $CRANE_DIR/crane
   conformance      $CONFORMANCE_DIR/conformance
+  versitygw        $VERSITYGW_DIR/versitygw
   etcd             $([ -x "$ETCD_DIR/etcd" ] && echo "$ETCD_DIR/etcd" || echo "not built (--no-envtest)")
   kube-apiserver   $([ -x "$KUBE_APISERVER_DIR/kube-apiserver" ] && echo "$KUBE_APISERVER_DIR/kube-apiserver" || echo "not built (--no-envtest)")
   kubelet          $([ -x "$KUBELET_DIR/kubelet" ] && echo "$KUBELET_DIR/kubelet" || echo "not built (--no-envtest)")
@@ -231,12 +232,14 @@ main() {
 	go_install "$CRANE_DIR" crane "github.com/google/go-containerregistry/cmd/crane@$CRANE_VERSION"
 	go_install "$CONFORMANCE_DIR" conformance \
 		"github.com/opencontainers/distribution-spec/conformance@$CONFORMANCE_VERSION"
+	# The S3 server behind the object-storage tests; about 2.5 min cold.
+	go_install "$VERSITYGW_DIR" versitygw "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
 	if [ "$envtest" = 1 ]; then
 		build_etcd
 		build_kube_apiserver
 		build_kubelet
 	fi
-	link_into "$TOOLS_DIR" "$CRANE_DIR/crane" "$CONFORMANCE_DIR/conformance"
+	link_into "$TOOLS_DIR" "$CRANE_DIR/crane" "$CONFORMANCE_DIR/conformance" "$VERSITYGW_DIR/versitygw"
 	link_into "$KUBE_ASSETS_DIR" "$ETCD_DIR/etcd" "$KUBE_APISERVER_DIR/kube-apiserver" "$KUBELET_DIR/kubelet"
 	summary
 }

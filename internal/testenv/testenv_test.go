@@ -11,6 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/aws/aws-sdk-go/aws"
+	"github.com/aws/aws-sdk-go/service/s3"
 )
 
 // TestToolchain drives every client straight against docker-registry, no proxy in between: if this
@@ -150,5 +153,19 @@ not json
 	}
 	if got[1].Image != "docker.io/library/b:v1" || got[1].Duration != 500*time.Millisecond || !strings.Contains(got[1].Err, "503") {
 		t.Errorf("second pull %+v, want b:v1 failed after 500ms with the 503", got[1])
+	}
+}
+
+func TestStartS3(t *testing.T) {
+	s := StartS3(t)
+	c := s.Client(t)
+	if _, err := c.PutObject(&s3.PutObjectInput{Bucket: aws.String(s.Bucket), Key: aws.String("a/b"), Body: strings.NewReader("x")}); err != nil {
+		t.Fatal(err)
+	}
+	if keys := s.Keys(t); len(keys) != 1 || keys[0] != "a/b" {
+		t.Fatalf("keys = %v", keys)
+	}
+	if ops := s.Operations(t); ops["CreateBucket"] != 1 || ops["PutObject"] != 1 || ops["ListObjectsV2"] != 1 {
+		t.Fatalf("operations = %v", ops)
 	}
 }

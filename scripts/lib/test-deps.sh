@@ -7,6 +7,7 @@ CRANE_VERSION=v0.22.1
 CONFORMANCE_VERSION=v0.0.0-20260831232431-97274622c111
 ETCD_VERSION=v3.6.16
 KUBE_VERSION=v1.37.2
+VERSITYGW_VERSION=v1.8.0
 
 TEST_CACHE=${PULLBROKER_TEST_CACHE:-$HOME/.cache/pullbroker-test}
 
@@ -15,9 +16,10 @@ CONFORMANCE_DIR=$TEST_CACHE/conformance-$CONFORMANCE_VERSION
 ETCD_DIR=$TEST_CACHE/etcd-$ETCD_VERSION
 KUBE_APISERVER_DIR=$TEST_CACHE/kube-apiserver-$KUBE_VERSION
 KUBELET_DIR=$TEST_CACHE/kubelet-$KUBE_VERSION
+VERSITYGW_DIR=$TEST_CACHE/versitygw-$VERSITYGW_VERSION
 
 # Tests are told about two folders, not one per tool: symlinks into the versioned folders above.
-# PULLBROKER_TEST_TOOLS holds crane and conformance; KUBEBUILDER_ASSETS holds etcd and
+# PULLBROKER_TEST_TOOLS holds crane, conformance and versitygw (the S3 server); KUBEBUILDER_ASSETS holds etcd and
 # kube-apiserver (the layout controller-runtime's envtest expects) and the kubelet of the same
 # Kubernetes version.
 TOOLS_DIR=$TEST_CACHE/tools

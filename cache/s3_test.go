@@ -1,0 +1,148 @@
+package cache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/internal/testenv"
+)
+
+// The cache on distribution's S3 driver (package s3-aws) against a real S3 server
+// (versitygw on loopback), opened the way `pullbroker serve` opens it.
+func TestS3Storage(t *testing.T) {
+	srv := testenv.StartS3(t)
+	params := srv.Parameters()
+	params["rootdirectory"] = "/pullbroker"
+	newStore := func(t *testing.T, opts Options) *Store {
+		t.Helper()
+		driver, localRoot, err := OpenDriver(t.Context(), config.Storage{Driver: "s3", Parameters: params})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if localRoot != "" {
+			t.Fatalf("s3 reported local root %q", localRoot)
+		}
+		opts.SpoolDir = t.TempDir()
+		s, err := New(driver, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	// keysUnder lists the bucket's keys below the driver's root.
+	keysUnder := func(t *testing.T, prefix string) []string {
+		var out []string
+		for _, k := range srv.Keys(t) {
+			if strings.HasPrefix(k, "pullbroker"+prefix) {
+				out = append(out, k)
+			}
+		}
+		return out
+	}
+	s := newStore(t, Options{})
+	ctx := t.Context()
+
+	t.Run("a fill commits and reads back with ranges", func(t *testing.T) {
+		content := randomBytes(t, 3<<20)
+		dgst := digest.FromBytes(content)
+		f, _, err := s.Fill(dgst, int64(len(content)), bodyOf(content, int64(len(content))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Done(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if keys := keysUnder(t, blobPath(dgst)); len(keys) != 1 {
+			t.Fatalf("bucket keys for the blob: %v", keys)
+		}
+		if keys := keysUnder(t, "/uploads/"); len(keys) != 0 {
+			t.Fatalf("the commit left uploads behind: %v", keys)
+		}
+		// Another replica's store on the same bucket serves it.
+		b, err := newStore(t, Options{}).OpenBlob(ctx, dgst, int64(len(content)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Content.Close()
+		if b.Size != int64(len(content)) {
+			t.Fatalf("size %d, want %d", b.Size, len(content))
+		}
+		for _, off := range []int64{2 << 20, 17, 0} {
+			if _, err := b.Content.Seek(off, io.SeekStart); err != nil {
+				t.Fatal(err)
+			}
+			got := make([]byte, 1000)
+			if _, err := io.ReadFull(b.Content, got); err != nil {
+				t.Fatalf("read at %d: %v", off, err)
+			}
+			if !bytes.Equal(got, content[off:off+1000]) {
+				t.Fatalf("bytes at %d differ", off)
+			}
+		}
+	})
+
+	t.Run("a failed fill leaves nothing", func(t *testing.T) {
+		content := randomBytes(t, 1<<20)
+		dgst := digest.FromBytes(content)
+		lie := append([]byte(nil), content...)
+		lie[0] ^= 0xff
+		for name, body := range map[string][]byte{"digest mismatch": lie, "truncated": content[:len(content)/2]} {
+			f, _, err := s.Fill(dgst, -1, bodyOf(body, int64(len(content))))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Done(ctx); err == nil {
+				t.Fatalf("%s: fill succeeded", name)
+			}
+			if _, err := s.OpenBlob(ctx, dgst, -1); !errors.Is(err, ErrNotFound) {
+				t.Fatalf("%s: blob is servable: %v", name, err)
+			}
+		}
+		if keys := keysUnder(t, blobPath(dgst)); len(keys) != 0 {
+			t.Fatalf("failed fills stored %v", keys)
+		}
+		if keys := keysUnder(t, "/uploads/"); len(keys) != 0 {
+			t.Fatalf("failed fills left uploads: %v", keys)
+		}
+	})
+
+	t.Run("a commit killed before its move is never served and is swept", func(t *testing.T) {
+		content := randomBytes(t, 1<<20)
+		dgst := digest.FromBytes(content)
+		// What a replica killed between writing the upload and moving it
+		// under the digest leaves in the bucket.
+		w, err := s.driver.Writer(ctx, uploadPath(), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.Write(content[:len(content)/2]); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		if _, err := s.OpenBlob(ctx, dgst, -1); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("an unmoved upload is servable: %v", err)
+		}
+		restarted := newStore(t, Options{FillTimeout: time.Nanosecond})
+		sweepCtx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		restarted.Start(sweepCtx)
+		waitFor(t, "the sweep", func() bool {
+			return testutil.ToFloat64(restarted.metrics.uploadsRemoved.WithLabelValues("stale")) == 1
+		})
+		if keys := keysUnder(t, "/uploads/"); len(keys) != 0 {
+			t.Fatalf("the sweep left %v", keys)
+		}
+	})
+}
