@@ -162,24 +162,16 @@ func (s *Store) tagRoots(ctx context.Context) ([]Root, error) {
 	return roots, nil
 }
 
-func (s *Store) gcLoop(ctx context.Context) {
-	tick := time.NewTicker(s.gcInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
+// gcOnce runs one GC pass of the schedule (storage.gc.interval).
+func (s *Store) gcOnce(ctx context.Context) {
+	start := time.Now()
+	r, err := s.GC(ctx, s.gcGrace, false)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("garbage collection of the cache failed", "error", err, "removed", len(r.Removed))
 		}
-		start := time.Now()
-		r, err := s.GC(ctx, s.gcGrace, false)
-		if err != nil {
-			if ctx.Err() == nil {
-				s.log.Warn("garbage collection of the cache failed", "error", err, "removed", len(r.Removed))
-			}
-			continue
-		}
-		s.log.Info("collected unreferenced blobs", "removed", len(r.Removed), "bytes", r.Bytes,
-			"referenced", r.Marked, "youngerThanGrace", r.Young, "took", time.Since(start).Round(time.Millisecond))
+		return
 	}
+	s.log.Info("collected unreferenced blobs", "removed", len(r.Removed), "bytes", r.Bytes,
+		"referenced", r.Marked, "youngerThanGrace", r.Young, "took", time.Since(start).Round(time.Millisecond))
 }

@@ -61,9 +61,20 @@ func (s *Store) Scrub(ctx context.Context, bytesPerSecond int64) (ScrubReport, e
 	return report, err
 }
 
-// scrubLoop runs a Scrub every interval until ctx ends.
-func (s *Store) scrubLoop(ctx context.Context) {
-	tick := time.NewTicker(s.scrubInterval)
+// scrubOnce runs one Scrub pass of the schedule (storage.scrub.interval).
+func (s *Store) scrubOnce(ctx context.Context) {
+	start := time.Now()
+	r, err := s.Scrub(ctx, s.scrubRate)
+	if err != nil && ctx.Err() == nil {
+		s.log.Warn("scrub of the cache failed", "error", err)
+	}
+	s.log.Info("scrubbed the cache", "blobs", r.Blobs, "bytes", r.Bytes, "corrupt", len(r.Corrupt), "took", time.Since(start).Round(time.Second))
+}
+
+// every runs fn every interval until ctx ends; a run that overruns the
+// interval delays the next instead of piling up.
+func every(ctx context.Context, interval time.Duration, fn func(context.Context)) {
+	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
 		select {
@@ -71,12 +82,7 @@ func (s *Store) scrubLoop(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		start := time.Now()
-		r, err := s.Scrub(ctx, s.scrubRate)
-		if err != nil && ctx.Err() == nil {
-			s.log.Warn("scrub of the cache failed", "error", err)
-		}
-		s.log.Info("scrubbed the cache", "blobs", r.Blobs, "bytes", r.Bytes, "corrupt", len(r.Corrupt), "took", time.Since(start).Round(time.Second))
+		fn(ctx)
 	}
 }
 

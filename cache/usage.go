@@ -77,10 +77,10 @@ func newUsage() *usage {
 func (s *Store) Start(ctx context.Context) {
 	go s.sweepUploads(ctx)
 	if s.scrubInterval > 0 {
-		go s.scrubLoop(ctx)
+		go every(ctx, s.scrubInterval, s.scrubOnce)
 	}
 	if s.gcInterval > 0 {
-		go s.gcLoop(ctx)
+		go every(ctx, s.gcInterval, s.gcOnce)
 	}
 	go func() {
 		defer close(s.scanned)

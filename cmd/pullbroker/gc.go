@@ -1,14 +1,11 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/pullbroker/pullbroker/cache"
-	"github.com/pullbroker/pullbroker/config"
 	"github.com/pullbroker/pullbroker/tags"
 )
 
@@ -35,15 +32,7 @@ func newGCCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			driver, localRoot, err := cache.OpenDriver(cmd.Context(), cfg.Storage)
-			if err != nil {
-				return err
-			}
-			store, err := cache.New(driver, cache.Options{
-				Logger:    newLogger(config.Log{Format: "text", Level: "warn"}, cmd.ErrOrStderr()),
-				LocalRoot: localRoot, SpoolDir: cfg.Storage.SpoolDir,
-				Roots: func(context.Context) ([]cache.Root, error) { return locked, nil },
-			})
+			store, err := openStoreForCommand(cmd, cfg, locked)
 			if err != nil {
 				return err
 			}

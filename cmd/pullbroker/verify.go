@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -25,14 +26,7 @@ func newVerifyCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			driver, localRoot, err := cache.OpenDriver(cmd.Context(), cfg.Storage)
-			if err != nil {
-				return err
-			}
-			store, err := cache.New(driver, cache.Options{
-				Logger:    newLogger(config.Log{Format: "text", Level: "warn"}, cmd.ErrOrStderr()),
-				LocalRoot: localRoot, SpoolDir: cfg.Storage.SpoolDir,
-			})
+			store, err := openStoreForCommand(cmd, cfg, nil)
 			if err != nil {
 				return err
 			}
@@ -53,4 +47,22 @@ func newVerifyCmd() *cobra.Command {
 	}
 	cmd.Flags().Int64Var(&bytesPerSecond, "bytes-per-second", 0, "cap the read rate (0: as fast as storage allows)")
 	return cmd
+}
+
+// openStoreForCommand opens the cache storage of cfg for a one-shot
+// command (verify, gc), whose own output is the report: the store logs only
+// warnings and errors. roots, when set, are kept as Options.Roots.
+func openStoreForCommand(cmd *cobra.Command, cfg *config.Config, roots []cache.Root) (*cache.Store, error) {
+	driver, localRoot, err := cache.OpenDriver(cmd.Context(), cfg.Storage)
+	if err != nil {
+		return nil, err
+	}
+	opts := cache.Options{
+		Logger:    newLogger(config.Log{Format: "text", Level: "warn"}, cmd.ErrOrStderr()),
+		LocalRoot: localRoot, SpoolDir: cfg.Storage.SpoolDir,
+	}
+	if roots != nil {
+		opts.Roots = func(context.Context) ([]cache.Root, error) { return roots, nil }
+	}
+	return cache.New(driver, opts)
 }
