@@ -86,6 +86,12 @@ func (s *Store) GetManifest(ctx context.Context, registry, repo string, dgst dig
 	if !l.Manifest {
 		return Manifest{}, ErrNotFound
 	}
+	if s.manifests != nil {
+		if body, ok := s.manifests.get(dgst); ok {
+			s.touch(dgst)
+			return Manifest{Digest: dgst, MediaType: l.MediaType, Body: body}, nil
+		}
+	}
 	body, err := s.driver.GetContent(ctx, blobPath(dgst))
 	if isPathNotFound(err) {
 		return Manifest{}, ErrNotFound
@@ -100,6 +106,9 @@ func (s *Store) GetManifest(ctx context.Context, registry, repo string, dgst dig
 		return Manifest{}, ErrNotFound
 	}
 	s.touch(dgst)
+	if s.manifests != nil {
+		s.manifests.add(dgst, body)
+	}
 	return Manifest{Digest: dgst, MediaType: l.MediaType, Body: body}, nil
 }
 

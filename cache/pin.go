@@ -61,6 +61,7 @@ func (s *Store) PutPin(ctx context.Context, p Pin) error {
 // DeletePin removes a pin; removing one that does not exist is not an error.
 func (s *Store) DeletePin(ctx context.Context, registry, repo, tag string) error {
 	err := s.driver.Delete(ctx, pinPath(registry, repo, tag))
+	s.rememberRecord(pinPath(registry, repo, tag), nil)
 	if err != nil && !isPathNotFound(err) {
 		return err
 	}

@@ -9,10 +9,7 @@ import (
 // getJSON decodes the small JSON record at p into v: ErrNotFound when there
 // is none, an error naming what when it does not decode.
 func (s *Store) getJSON(ctx context.Context, p, what string, v any) error {
-	b, err := s.driver.GetContent(ctx, p)
-	if isPathNotFound(err) {
-		return ErrNotFound
-	}
+	b, err := s.readRecord(ctx, p)
 	if err != nil {
 		return err
 	}
@@ -22,11 +19,46 @@ func (s *Store) getJSON(ctx context.Context, p, what string, v any) error {
 	return nil
 }
 
+// readRecord reads the record at p, from memory within
+// Options.RecordCacheTTL: ErrNotFound when there is none.
+func (s *Store) readRecord(ctx context.Context, p string) ([]byte, error) {
+	if s.records != nil {
+		if b, found, ok := s.records.get(p); ok {
+			if !found {
+				return nil, ErrNotFound
+			}
+			return b, nil
+		}
+	}
+	b, err := s.driver.GetContent(ctx, p)
+	if isPathNotFound(err) {
+		s.rememberRecord(p, nil)
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.rememberRecord(p, b)
+	return b, nil
+}
+
+// rememberRecord keeps what this Store read or wrote at p (nil: nothing is
+// there), when records are cached.
+func (s *Store) rememberRecord(p string, content []byte) {
+	if s.records != nil {
+		s.records.set(p, content)
+	}
+}
+
 // putJSON stores v at p as JSON, atomically.
 func (s *Store) putJSON(ctx context.Context, p string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return s.putAtomic(ctx, p, b)
+	if err := s.putAtomic(ctx, p, b); err != nil {
+		return err
+	}
+	s.rememberRecord(p, b)
+	return nil
 }

@@ -80,7 +80,15 @@ type Options struct {
 	// GCGrace.
 	GCInterval time.Duration
 	GCGrace    time.Duration
+	// RecordCacheTTL, when positive, keeps pins, tag records and links in
+	// memory this long, and verified manifest bodies until the memory
+	// bound: a pinned or fresh tag then costs no storage request. A change
+	// made by another process sharing the storage is seen within it.
+	RecordCacheTTL time.Duration
 }
+
+// manifestBodiesBytes bounds the memory of cached manifest bodies.
+const manifestBodiesBytes = 32 << 20
 
 // Store is the cache. It is safe for concurrent use, and several processes
 // may share one storage backend: every object is written under a temporary
@@ -109,6 +117,10 @@ type Store struct {
 	// fullUntil (unix nanoseconds): storage ran out of space recently;
 	// until then no fill is started, blobs are streamed uncached.
 	fullUntil atomic.Int64
+
+	// records and manifests are nil unless Options.RecordCacheTTL is set.
+	records   *recordCache
+	manifests *manifestBodies
 
 	mu    sync.Mutex
 	fills map[digest.Digest]*Fill
@@ -147,6 +159,10 @@ func New(driver storagedriver.StorageDriver, opts Options) (*Store, error) {
 		scrubRate:        opts.ScrubBytesPerSecond,
 		gcInterval:       opts.GCInterval,
 		gcGrace:          opts.GCGrace,
+	}
+	if opts.RecordCacheTTL > 0 {
+		s.records = newRecordCache(opts.RecordCacheTTL)
+		s.manifests = newManifestBodies(manifestBodiesBytes)
 	}
 	s.metrics = newMetrics(opts.Registerer)
 	return s, nil

@@ -119,6 +119,11 @@ type Storage struct {
 	// short-lived signed URL of the object (the driver's RedirectURL), for
 	// clients that can reach the bucket themselves. Only s3 can sign one.
 	Redirect bool `mapstructure:"redirect"`
+	// RecordCacheTTL keeps pins, tag records and links in memory this long
+	// (and verified manifest bodies within a memory bound), so a pinned or
+	// fresh tag costs no storage request; a change made by another replica
+	// on the same storage is seen within it. 0 reads storage every time.
+	RecordCacheTTL time.Duration `mapstructure:"recordCacheTTL"`
 	// Fills bound the fetches of missing blobs from upstreams.
 	Fills Fills `mapstructure:"fills"`
 	// Scrub is the background re-hash of cached blobs that removes corrupt

@@ -52,6 +52,9 @@ func (c *Config) Validate() error {
 	if c.Storage.MaxSizeBytes < 0 {
 		bad("storage.maxSizeBytes", "must not be negative (0 means unbounded)")
 	}
+	if c.Storage.RecordCacheTTL < 0 {
+		bad("storage.recordCacheTTL", "must not be negative (0 reads storage on every request)")
+	}
 	if c.Storage.Fills.Timeout < 0 {
 		bad("storage.fills.timeout", "must be positive")
 	}

@@ -110,6 +110,7 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 		ScrubBytesPerSecond: cfg.Storage.Scrub.BytesPerSecond,
 		GCInterval:          cfg.Storage.GC.Interval,
 		GCGrace:             cfg.Storage.GC.Grace,
+		RecordCacheTTL:      cfg.Storage.RecordCacheTTL,
 	})
 	if err != nil {
 		return nil, err
