@@ -48,7 +48,9 @@ type pbConfig struct {
 	// driver. Two pullbrokers given the same server share one cache.
 	S3 *testenv.S3Server
 	// Redirect is storage.redirect (S3 only).
-	Redirect       bool
+	Redirect bool
+	// RecordCacheTTL is storage.recordCacheTTL (0: read storage every time).
+	RecordCacheTTL time.Duration
 	AdminTokenFile string
 	DrainTimeout   time.Duration // 0: 30s
 	// Access is the access section's body, as YAML indented under "access:".
@@ -90,7 +92,7 @@ func writeConfig(t *testing.T, cfg pbConfig, listen, admin string) string {
 	fmt.Fprintf(&b, "listen:\n  addr: %q\n  drainTimeout: %s\n", listen, drain)
 	fmt.Fprintf(&b, "admin:\n  addr: %q\n  tokenFile: %q\n", admin, cfg.AdminTokenFile)
 	if cfg.S3 != nil {
-		fmt.Fprintf(&b, "storage:\n  driver: s3\n  redirect: %t\n  spoolDir: %q\n  parameters:\n", cfg.Redirect, t.TempDir())
+		fmt.Fprintf(&b, "storage:\n  driver: s3\n  redirect: %t\n  recordCacheTTL: %s\n  spoolDir: %q\n  parameters:\n", cfg.Redirect, cfg.RecordCacheTTL, t.TempDir())
 		for _, k := range sortedKeys(cfg.S3.Parameters()) {
 			fmt.Fprintf(&b, "    %s: %#v\n", k, cfg.S3.Parameters()[k])
 		}

@@ -66,8 +66,9 @@ func TestReplicasShareS3Storage(t *testing.T) {
 	if n := toA.total() - beforeA; n != 0 {
 		t.Errorf("A answered the pinned tag with %d upstream requests, want 0: %v", n, toA.counts())
 	}
-	// What a pinned tag costs in object-storage requests today: pins and tag records are read
-	// from the bucket on every request, which is why a change through B is seen at once.
+	// What a pinned tag costs in object-storage requests with storage.recordCacheTTL 0, the
+	// default: pins and tag records are read from the bucket on every request, which is why a
+	// change through B is seen at once (TestPinnedTagsOnS3WithRecordCache has the other side).
 	ops := srv.Operations(t)
 	const heads = 100
 	for range heads {
@@ -117,6 +118,55 @@ func TestReplicasShareS3Storage(t *testing.T) {
 }
 
 // opsSince is the S3 operations in now that were not yet in before.
+// TestPinnedTagsOnS3WithRecordCache: with storage.recordCacheTTL, 1,000 HEADs of a pinned tag
+// cost no object-storage request after the first, and a pin moved through another replica is
+// answered within the TTL.
+func TestPinnedTagsOnS3WithRecordCache(t *testing.T) {
+	f := newFixture(t)
+	srv := testenv.StartS3(t)
+	f.secrets.add("s3 secret key", srv.SecretKey, srv.AccessKey)
+	const ttl = 2 * time.Second
+	a := f.startPullbroker(pbConfig{S3: srv, RecordCacheTTL: ttl})
+	b := f.startPullbroker(pbConfig{S3: srv, RecordCacheTTL: ttl})
+	client := &http.Client{Timeout: 30 * time.Second}
+	image := upstreamName + "/" + appRepo + ":" + appTag
+	headTag := func(p *pullbroker) string {
+		t.Helper()
+		resp := headManifest(t, client, p.url("/v2/"+upstreamName+"/"+appRepo+"/manifests/"+appTag))
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("HEAD %s through %s: %s", image, p.Addr, resp.Status)
+		}
+		return resp.Header.Get("Docker-Content-Digest")
+	}
+	admin := func(p *pullbroker) []string {
+		return []string{"--admin", "http://" + p.Admin, "--token-file", f.adminTokenFile}
+	}
+	runCLI(t, f.secrets, append([]string{"pin", "set", image}, admin(a)...)...)
+	headTag(a)
+
+	ops := srv.Operations(t)
+	const heads = 1000
+	for range heads {
+		if got := headTag(a); got != f.appDigest {
+			t.Fatalf("A answers the pinned %s with %s, want %s", image, got, f.appDigest)
+		}
+	}
+	if spent := opsSince(ops, srv.Operations(t)); len(spent) != 0 {
+		t.Errorf("%d HEADs of a pinned tag cost S3 operations %v, want none", heads, spent)
+	}
+
+	moved := testenv.PushTestImage(t, f.upstream.Addr, appRepo, appTag, 1, 256<<10, &f.auth)
+	runCLI(t, f.secrets, append([]string{"pin", "refresh", image}, admin(b)...)...)
+	refreshed := time.Now()
+	for headTag(a) != moved {
+		if time.Since(refreshed) > ttl+time.Second {
+			t.Fatalf("A still answers the old pin %s after the TTL (%s) plus a second", f.appDigest, ttl)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("A answered the pin B moved %s after the refresh (recordCacheTTL %s)", time.Since(refreshed).Round(time.Millisecond), ttl)
+}
+
 func opsSince(before, now map[string]int) map[string]int {
 	out := map[string]int{}
 	for op, n := range now {
