@@ -30,14 +30,7 @@ func TestReplicasShareS3Storage(t *testing.T) {
 	b := f.startPullbroker(pbConfig{S3: srv, Upstreams: []upstreamConfig{f.upstreamConfig(toB.endpoint())}})
 	client := &http.Client{Timeout: 30 * time.Second}
 	image := upstreamName + "/" + appRepo + ":" + appTag
-	headTag := func(p *pullbroker) string {
-		t.Helper()
-		resp := headManifest(t, client, p.url("/v2/"+upstreamName+"/"+appRepo+"/manifests/"+appTag))
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("HEAD %s through %s: %s", image, p.Addr, resp.Status)
-		}
-		return resp.Header.Get("Docker-Content-Digest")
-	}
+	headTag := func(p *pullbroker) string { return appTagDigest(t, client, p) }
 
 	old := f.appDigest
 	skopeoPull(t, a.ref(appRepo+":"+appTag), old)
@@ -47,9 +40,7 @@ func TestReplicasShareS3Storage(t *testing.T) {
 	}
 
 	// A pin made through B, answered by A.
-	admin := func(p *pullbroker) []string {
-		return []string{"--admin", "http://" + p.Admin, "--token-file", f.adminTokenFile}
-	}
+	admin := f.adminFlags
 	runCLI(t, f.secrets, append([]string{"pin", "set", image}, admin(b)...)...)
 	moved := testenv.PushTestImage(t, f.upstream.Addr, appRepo, appTag, 1, 256<<10, &f.auth)
 	if got := headTag(a); got != old {
@@ -130,17 +121,8 @@ func TestPinnedTagsOnS3WithRecordCache(t *testing.T) {
 	b := f.startPullbroker(pbConfig{S3: srv, RecordCacheTTL: ttl})
 	client := &http.Client{Timeout: 30 * time.Second}
 	image := upstreamName + "/" + appRepo + ":" + appTag
-	headTag := func(p *pullbroker) string {
-		t.Helper()
-		resp := headManifest(t, client, p.url("/v2/"+upstreamName+"/"+appRepo+"/manifests/"+appTag))
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("HEAD %s through %s: %s", image, p.Addr, resp.Status)
-		}
-		return resp.Header.Get("Docker-Content-Digest")
-	}
-	admin := func(p *pullbroker) []string {
-		return []string{"--admin", "http://" + p.Admin, "--token-file", f.adminTokenFile}
-	}
+	headTag := func(p *pullbroker) string { return appTagDigest(t, client, p) }
+	admin := f.adminFlags
 	runCLI(t, f.secrets, append([]string{"pin", "set", image}, admin(a)...)...)
 	headTag(a)
 
@@ -165,6 +147,21 @@ func TestPinnedTagsOnS3WithRecordCache(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Logf("A answered the pin B moved %s after the refresh (recordCacheTTL %s)", time.Since(refreshed).Round(time.Millisecond), ttl)
+}
+
+// appTagDigest is the digest p answers a HEAD of appTag with.
+func appTagDigest(t *testing.T, client *http.Client, p *pullbroker) string {
+	t.Helper()
+	resp := headManifest(t, client, p.url("/v2/"+upstreamName+"/"+appRepo+"/manifests/"+appTag))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("HEAD %s:%s through %s: %s", appRepo, appTag, p.Addr, resp.Status)
+	}
+	return resp.Header.Get("Docker-Content-Digest")
+}
+
+// adminFlags point the pin CLI at p's admin API.
+func (f *fixture) adminFlags(p *pullbroker) []string {
+	return []string{"--admin", "http://" + p.Admin, "--token-file", f.adminTokenFile}
 }
 
 func opsSince(before, now map[string]int) map[string]int {
