@@ -168,10 +168,6 @@ func New(driver storagedriver.StorageDriver, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// Driver returns the storage driver, for components that keep their own
-// state beside the cache (pins) and for readiness checks.
-func (s *Store) Driver() storagedriver.StorageDriver { return s.driver }
-
 // CheckWritable writes and removes a probe object; /readyz uses it. A
 // failed probe leaves nothing behind.
 func (s *Store) CheckWritable(ctx context.Context) error {
