@@ -105,13 +105,11 @@ func ageBlobs(t *testing.T, root string, age time.Duration, oldest []digest.Dige
 	}
 }
 
-// TestEvictionKeepsPinnedAndLockedImages fills a cache with many images,
-// one pinned (a sticky rule) and one locked (a multi-platform index named
-// by a lock file), all read longest ago so that LRU alone would evict
-// them first; a restart with storage.maxSizeBytes at half of it settles
-// under the limit and evicts neither: both pull whole with the upstream
-// gone. An evicted image is fetched again on demand.
-func TestEvictionKeepsPinnedAndLockedImages(t *testing.T) {
+// newEnvWithPinnedAndLocked is a proxy on the filesystem whose pin rules
+// make team/pinned sticky and team/locked locked to a two-platform index
+// (returned, not yet pushed) by a lock file.
+func newEnvWithPinnedAndLocked(t *testing.T) (*env, *config.Config, v1.ImageIndex) {
+	t.Helper()
 	lockedIdx := fakeregistry.RandomIndex(t, types.OCIImageIndex,
 		v1.Platform{OS: "linux", Architecture: "amd64"}, v1.Platform{OS: "linux", Architecture: "arm64"})
 	_, lockedDigest, _ := manifestOf(t, lockedIdx)
@@ -127,6 +125,17 @@ func TestEvictionKeepsPinnedAndLockedImages(t *testing.T) {
 		}
 		cfg = c
 	})
+	return e, cfg, lockedIdx
+}
+
+// TestEvictionKeepsPinnedAndLockedImages fills a cache with many images,
+// one pinned (a sticky rule) and one locked (a multi-platform index named
+// by a lock file), all read longest ago so that LRU alone would evict
+// them first; a restart with storage.maxSizeBytes at half of it settles
+// under the limit and evicts neither: both pull whole with the upstream
+// gone. An evicted image is fetched again on demand.
+func TestEvictionKeepsPinnedAndLockedImages(t *testing.T) {
+	e, cfg, lockedIdx := newEnvWithPinnedAndLocked(t)
 	pinnedImg := blobImage(t, randomBytes(t, 16<<10), randomBytes(t, 16<<10))
 	e.up.Push("team/pinned", "v1", pinnedImg)
 	e.up.PushIndex("team/locked", "v1", lockedIdx)

@@ -16,13 +16,10 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pullbroker/pullbroker/cache"
-	"github.com/pullbroker/pullbroker/config"
-	"github.com/pullbroker/pullbroker/internal/fakeregistry"
 	"github.com/pullbroker/pullbroker/internal/testenv"
 	"github.com/pullbroker/pullbroker/tags"
 )
@@ -97,21 +94,7 @@ func stored(t *testing.T, root string, d digest.Digest) bool {
 // one stays, and a removed image is fetched again when pulled.
 func TestGCWhileClientsPull(t *testing.T) {
 	const clients = 20
-	lockedIdx := fakeregistry.RandomIndex(t, types.OCIImageIndex,
-		v1.Platform{OS: "linux", Architecture: "amd64"}, v1.Platform{OS: "linux", Architecture: "arm64"})
-	_, lockedDigest, _ := manifestOf(t, lockedIdx)
-	lockFile := filepath.Join(t.TempDir(), "images.lock")
-	if err := os.WriteFile(lockFile, []byte("pins:\n  "+upstreamName+"/team/locked:v1: "+lockedDigest.String()+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var cfg *config.Config
-	e := newEnvWithConfig(t, "filesystem", func(c *config.Config) {
-		c.Pins = []config.PinRule{
-			{Registry: upstreamName, Repository: "team/pinned", Policy: config.PolicySticky},
-			{Registry: upstreamName, Repository: "team/locked", Policy: config.PolicyLocked, LockFile: lockFile},
-		}
-		cfg = c
-	})
+	e, cfg, lockedIdx := newEnvWithPinnedAndLocked(t)
 	root := cfg.Storage.Parameters["rootdirectory"].(string)
 	newImage := func() v1.Image { return blobImage(t, randomBytes(t, 8<<10), randomBytes(t, 8<<10)) }
 
