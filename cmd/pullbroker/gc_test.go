@@ -1,9 +1,7 @@
 package main
 
 import (
-	"context"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,7 +11,6 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/pullbroker/pullbroker/cache"
-	"github.com/pullbroker/pullbroker/config"
 )
 
 // TestGCCommand: pullbroker gc keeps what a tag record and a locked rule's
@@ -29,27 +26,8 @@ func TestGCCommand(t *testing.T) {
 	if err := os.WriteFile(cfgFile, []byte(cfgYAML), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	driver, localRoot, err := cache.OpenDriver(t.Context(), config.Storage{Driver: "filesystem", Parameters: map[string]any{"rootdirectory": root}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := cache.New(driver, cache.Options{LocalRoot: localRoot})
-	if err != nil {
-		t.Fatal(err)
-	}
-	put := func(content string) digest.Digest {
-		d := digest.FromString(content)
-		f, _, err := store.Fill(d, int64(len(content)), func(context.Context) (io.ReadCloser, int64, error) {
-			return io.NopCloser(strings.NewReader(content)), int64(len(content)), nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := f.Done(t.Context()); err != nil {
-			t.Fatal(err)
-		}
-		return d
-	}
+	c := newTestCache(t, root)
+	store, put, file := c.store, c.put, c.file
 	// image stores a manifest of one config and one layer under repo.
 	image := func(repo, name string) (manifest digest.Digest, blobs []digest.Digest) {
 		cfg, layer := put(name+" config"), put(name+" layer")
@@ -72,9 +50,6 @@ func TestGCCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, untagged := image("library/untagged", "untagged")
-	file := func(d digest.Digest) string {
-		return filepath.Join(root, "blobs", "sha256", d.Encoded()[:2], d.Encoded(), "data")
-	}
 	old := time.Now().Add(-2 * time.Hour)
 	for _, d := range append(append(append([]digest.Digest{}, taggedBlobs...), lockedBlobs...), untagged...) {
 		if err := os.Chtimes(file(d), old, old); err != nil {
