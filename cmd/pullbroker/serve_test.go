@@ -35,6 +35,33 @@ func writePair(t *testing.T, dir string) *x509.CertPool {
 	return pool
 }
 
+// startServe runs serve on the config cfgYAML until stop, which ends its
+// context and returns what serve returned (an error after 10 s without).
+func startServe(t *testing.T, cfgYAML string) (logs *testenv.SyncBuffer, stop func() error) {
+	t.Helper()
+	cfgFile := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(cfgFile, []byte(cfgYAML), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(cfgFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	logs = &testenv.SyncBuffer{}
+	go func() { done <- serve(ctx, cfg, newLogger(cfg.Log, logs)) }()
+	return logs, func() error {
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(10 * time.Second):
+			return errors.New("serve did not return within 10 s after its context ended")
+		}
+	}
+}
+
 // TestServeTLSWithHTTP2AndCertificateReload runs serve as the command does:
 // TLS with HTTP/2 on the client listener, a renewed certificate picked up
 // without a restart, and a clean exit when the context ends (SIGTERM).
@@ -43,23 +70,11 @@ func TestServeTLSWithHTTP2AndCertificateReload(t *testing.T) {
 	firstCA := writePair(t, dir)
 	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
 	addr, adminAddr := freeAddr(t), freeAddr(t)
-	cfgFile := filepath.Join(dir, "config.yaml")
-	err := os.WriteFile(cfgFile, []byte(fmt.Sprintf(`
+	logs, stop := startServe(t, fmt.Sprintf(`
 listen: {addr: %q, tlsCertFile: %q, tlsKeyFile: %q, drainTimeout: 5s}
 admin: {addr: %q, tlsCertFile: %q, tlsKeyFile: %q}
 storage: {driver: inmemory, parameters: {}}
-`, addr, certFile, keyFile, adminAddr, certFile, keyFile)), 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(cfgFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	logs := &testenv.SyncBuffer{}
-	go func() { done <- serve(ctx, cfg, newLogger(cfg.Log, logs)) }()
+`, addr, certFile, keyFile, adminAddr, certFile, keyFile))
 
 	getURL := func(roots *x509.CertPool, url string) (*http.Response, error) {
 		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
@@ -69,7 +84,10 @@ storage: {driver: inmemory, parameters: {}}
 		return client.Get(url)
 	}
 	get := func(roots *x509.CertPool) (*http.Response, error) { return getURL(roots, "https://"+addr+"/v2/") }
-	var resp *http.Response
+	var (
+		resp *http.Response
+		err  error
+	)
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		if resp, err = get(firstCA); err == nil || time.Now().After(deadline) {
 			break
@@ -116,14 +134,8 @@ storage: {driver: inmemory, parameters: {}}
 		resp.Body.Close()
 	}
 
-	stop()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("serve after the context ended: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("serve did not return after its context ended")
+	if err := stop(); err != nil {
+		t.Fatalf("serve after the context ended: %v", err)
 	}
 }
 
@@ -134,31 +146,19 @@ storage: {driver: inmemory, parameters: {}}
 // readHeaderTimeout on a request that never ends its headers.
 func TestServeBoundsHeadersAndIdleConnections(t *testing.T) {
 	addr, adminAddr := freeAddr(t), freeAddr(t)
-	cfgFile := filepath.Join(t.TempDir(), "config.yaml")
-	err := os.WriteFile(cfgFile, []byte(fmt.Sprintf(`
+	logs, stop := startServe(t, fmt.Sprintf(`
 listen: {addr: %q, drainTimeout: 5s, maxHeaderBytes: 65536, readHeaderTimeout: 500ms, idleTimeout: 500ms}
 admin: {addr: %q}
 storage: {driver: inmemory, parameters: {}}
-`, addr, adminAddr)), 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.Load(cfgFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	logs := &testenv.SyncBuffer{}
-	go func() { done <- serve(ctx, cfg, newLogger(cfg.Log, logs)) }()
-	t.Cleanup(func() {
-		stop()
-		<-done
-	})
+`, addr, adminAddr))
+	t.Cleanup(func() { _ = stop() })
 
 	for _, tc := range []struct{ addr, path string }{{addr, "/v2/"}, {adminAddr, "/healthz"}} {
 		url := "http://" + tc.addr + tc.path
-		var resp *http.Response
+		var (
+			resp *http.Response
+			err  error
+		)
 		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 			if resp, err = http.Get(url); err == nil || time.Now().After(deadline) {
 				break
