@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"path"
 	"time"
@@ -37,25 +36,15 @@ func referrersPath(registry, repo string, subject digest.Digest, artifactType st
 
 // GetReferrers returns the cached referrers of subject, or ErrNotFound.
 func (s *Store) GetReferrers(ctx context.Context, registry, repo string, subject digest.Digest, artifactType string) (Referrers, error) {
-	b, err := s.driver.GetContent(ctx, referrersPath(registry, repo, subject, artifactType))
-	if isPathNotFound(err) {
-		return Referrers{}, ErrNotFound
-	}
-	if err != nil {
-		return Referrers{}, err
-	}
 	var r Referrers
-	if err := json.Unmarshal(b, &r); err != nil {
-		return Referrers{}, fmt.Errorf("referrers record of %s/%s@%s is corrupt", registry, repo, subject)
+	what := fmt.Sprintf("referrers record of %s/%s@%s", registry, repo, subject)
+	if err := s.getJSON(ctx, referrersPath(registry, repo, subject, artifactType), what, &r); err != nil {
+		return Referrers{}, err
 	}
 	return r, nil
 }
 
 // PutReferrers records the referrers of subject as the upstream listed them.
 func (s *Store) PutReferrers(ctx context.Context, registry, repo string, subject digest.Digest, artifactType string, r Referrers) error {
-	b, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	return s.putAtomic(ctx, referrersPath(registry, repo, subject, artifactType), b)
+	return s.putJSON(ctx, referrersPath(registry, repo, subject, artifactType), r)
 }
