@@ -128,6 +128,32 @@ func newEnvWithPinnedAndLocked(t *testing.T) (*env, *config.Config, v1.ImageInde
 	return e, cfg, lockedIdx
 }
 
+// reopened is a proxy over cfg's storage opened anew, as a restarted
+// process opens it: a new Store (maxSizeBytes limit, the lock files'
+// digests as roots) that has seen no commit or read, started.
+func (e *env) reopened(cfg *config.Config, limit int64) *env {
+	t := e.t
+	t.Helper()
+	drv, localRoot, err := cache.OpenDriver(t.Context(), cfg.Storage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	locked, err := tags.LockedRoots(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &env{t: t, up: e.up, clock: e.clock, metrics: prometheus.NewRegistry(), logs: &testenv.SyncBuffer{}}
+	r.store, err = cache.New(drv, cache.Options{Registerer: r.metrics, LocalRoot: localRoot, SpoolDir: cfg.Storage.SpoolDir,
+		MaxSizeBytes: limit,
+		Roots:        func(context.Context) ([]cache.Root, error) { return locked, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.serve(cfg)
+	r.store.Start(t.Context())
+	return r
+}
+
 // TestEvictionKeepsPinnedAndLockedImages fills a cache with many images,
 // one pinned (a sticky rule) and one locked (a multi-platform index named
 // by a lock file), all read longest ago so that LRU alone would evict
@@ -155,23 +181,7 @@ func TestEvictionKeepsPinnedAndLockedImages(t *testing.T) {
 
 	// The restart with a limit: eviction runs once the walk measured it.
 	limit := total / 2
-	drv, localRoot, err := cache.OpenDriver(t.Context(), cfg.Storage)
-	if err != nil {
-		t.Fatal(err)
-	}
-	locked, err := tags.LockedRoots(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &env{t: t, up: e.up, clock: e.clock, metrics: prometheus.NewRegistry(), logs: &testenv.SyncBuffer{}}
-	r.store, err = cache.New(drv, cache.Options{Registerer: r.metrics, LocalRoot: localRoot, SpoolDir: cfg.Storage.SpoolDir,
-		MaxSizeBytes: limit,
-		Roots:        func(ctx context.Context) ([]cache.Root, error) { return locked, nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.serve(cfg)
-	r.store.Start(t.Context())
+	r := e.reopened(cfg, limit)
 	eventually(t, "the cache is under storage.maxSizeBytes", func() bool {
 		return r.counter("pullbroker_evictions_total", "size") > 0 && int64(r.gauge("pullbroker_cache_size_bytes")) <= limit
 	})

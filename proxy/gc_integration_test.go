@@ -2,7 +2,6 @@ package proxy_test
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"maps"
@@ -17,11 +16,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pullbroker/pullbroker/cache"
-	"github.com/pullbroker/pullbroker/internal/testenv"
-	"github.com/pullbroker/pullbroker/tags"
 )
 
 // wantedGET is a GET through the proxy and the body it must answer.
@@ -157,22 +153,7 @@ func TestGCWhileClientsPull(t *testing.T) {
 	}
 
 	// A restart, as a process that did not see these blobs committed.
-	drv, localRoot, err := cache.OpenDriver(t.Context(), cfg.Storage)
-	if err != nil {
-		t.Fatal(err)
-	}
-	locked, err := tags.LockedRoots(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &env{t: t, up: e.up, clock: e.clock, metrics: prometheus.NewRegistry(), logs: &testenv.SyncBuffer{}}
-	r.store, err = cache.New(drv, cache.Options{Registerer: r.metrics, LocalRoot: localRoot, SpoolDir: cfg.Storage.SpoolDir,
-		Roots: func(context.Context) ([]cache.Root, error) { return locked, nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.serve(cfg)
-	r.store.Start(t.Context())
+	r := e.reopened(cfg, 0)
 	young := newImage()
 	_, youngDigest, _ := manifestOf(t, young)
 	e.up.Push("team/young", "v1", young)
