@@ -40,6 +40,27 @@ type Config struct {
 	Catalog Catalog `mapstructure:"catalog"`
 	// Sync re-runs a sync list inside serve.
 	Sync Sync `mapstructure:"sync"`
+	// Cache decides what eviction must keep beyond pins and lock files.
+	Cache Cache `mapstructure:"cache"`
+	// Cluster is how this replica reaches the Kubernetes API.
+	Cluster Cluster `mapstructure:"cluster"`
+}
+
+// Cache decides what eviction (storage.maxSizeBytes) and GC must keep
+// beyond pinned and locked images.
+type Cache struct {
+	// KeepRunningImages never evicts an image that a Pod of the cluster
+	// runs (any phase but Succeeded and Failed): a Pod informer on every
+	// namespace (list and watch on pods), tags resolved through the
+	// proxy's own tag records.
+	KeepRunningImages bool `mapstructure:"keepRunningImages"`
+}
+
+// Cluster is how this replica reaches the Kubernetes API of its cluster.
+type Cluster struct {
+	// Kubeconfig is a kubeconfig path; empty means the in-cluster config
+	// (the Pod's service account).
+	Kubeconfig string `mapstructure:"kubeconfig"`
 }
 
 // Sync re-runs an image list, as `pullbroker sync -f` takes it, inside a
