@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"strings"
 	"sync"
 	"time"
@@ -15,9 +14,9 @@ import (
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/internal/kubeclient"
 )
 
 func (s *source) startKubernetesSecret(ctx context.Context, k *config.KubernetesSecret) error {
@@ -52,27 +51,6 @@ func (s *source) secretMaterial(sec *corev1.Secret) (material, error) {
 	return nil, fmt.Errorf("has type %q; want %s or %s", sec.Type, corev1.SecretTypeDockerConfigJson, corev1.SecretTypeBasicAuth)
 }
 
-// restConfig loads a kubeconfig, or the in-cluster config when path is
-// empty. Errors quote neither file contents nor tokens.
-func restConfig(path string) (*rest.Config, error) {
-	if path == "" {
-		cfg, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("no kubeconfig given and not running in a cluster: %w", err)
-		}
-		return cfg, nil
-	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", path)
-	if err != nil {
-		var pe *fs.PathError
-		if errors.As(err, &pe) || clientcmd.IsConfigurationInvalid(err) {
-			return nil, fmt.Errorf("kubeconfig %s: %w", path, err)
-		}
-		return nil, fmt.Errorf("kubeconfig %s cannot be loaded", path)
-	}
-	return cfg, nil
-}
-
 // startSecretWatch watches the one Secret namespace/name with an informer
 // scoped to its namespace and, by field selector, to its name. parse turns
 // each version of the Secret into a credential; a version that does not
@@ -83,7 +61,7 @@ func (s *source) startSecretWatch(ctx context.Context, nsName, kubeconfig string
 	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
 		return fmt.Errorf("secret %q is not namespace/name", nsName)
 	}
-	cfg, err := restConfig(kubeconfig)
+	cfg, err := kubeclient.RESTConfig(kubeconfig)
 	if err != nil {
 		return err
 	}

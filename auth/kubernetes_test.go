@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/internal/kubeclient"
 )
 
 // One kube-apiserver (with etcd) for the package, started by the first
@@ -77,7 +78,7 @@ func apiServer(t *testing.T) (string, kubernetes.Interface) {
 		if envErr = os.WriteFile(kubeconfig, kc, 0o600); envErr != nil {
 			return
 		}
-		cfg, err := restConfig(kubeconfig)
+		cfg, err := kubeclient.RESTConfig(kubeconfig)
 		if err != nil {
 			envErr = err
 			return
