@@ -1,9 +1,14 @@
 package podimages
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	toolscache "k8s.io/client-go/tools/cache"
 
 	"github.com/pullbroker/pullbroker/config"
 )
@@ -75,5 +80,54 @@ func TestStatusDigestOnlyForTheSameRepository(t *testing.T) {
 		if got := statusDigest(cfg, nginx, tc.imageID); got != tc.want {
 			t.Errorf("statusDigest(%q) = %q, want %q", tc.imageID, got, tc.want)
 		}
+	}
+}
+
+// TestInformerKeepsOnlyImages checks the transform: of a Pod, the informer
+// keeps the key, the containers' names and images and the statuses'
+// imageIDs, and nothing else that a large cluster would make costly.
+func TestInformerKeepsOnlyImages(t *testing.T) {
+	full := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: "web", Namespace: "apps", UID: "u1", ResourceVersion: "7",
+			Labels: map[string]string{"app": "web"}, Annotations: map[string]string{"big": strings.Repeat("x", 1000)},
+			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}},
+		},
+		Spec: corev1.PodSpec{
+			InitContainers: []corev1.Container{{Name: "init", Image: "busybox", Command: []string{"sh", "-c", "true"}}},
+			Containers: []corev1.Container{{Name: "web", Image: "nginx:1.27", Args: []string{"-g", "daemon off;"},
+				Env: []corev1.EnvVar{{Name: "A", Value: "b"}}}},
+			EphemeralContainers: []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "debug", Image: "alpine", Stdin: true}}},
+			NodeName:            "node-1",
+		},
+		Status: corev1.PodStatus{
+			Phase: corev1.PodRunning, PodIP: "10.0.0.1",
+			Conditions:            []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}},
+			InitContainerStatuses: []corev1.ContainerStatus{{Name: "init", Image: "busybox", ImageID: "docker.io/library/busybox@sha256:aa", ContainerID: "containerd://1"}},
+			ContainerStatuses:     []corev1.ContainerStatus{{Name: "web", Image: "nginx:1.27", ImageID: "docker.io/library/nginx@sha256:bb", Ready: true}},
+		},
+	}
+	want := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "apps", UID: "u1", ResourceVersion: "7"},
+		Spec: corev1.PodSpec{
+			InitContainers:      []corev1.Container{{Name: "init", Image: "busybox"}},
+			Containers:          []corev1.Container{{Name: "web", Image: "nginx:1.27"}},
+			EphemeralContainers: []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "debug", Image: "alpine"}}},
+		},
+		Status: corev1.PodStatus{
+			InitContainerStatuses: []corev1.ContainerStatus{{Name: "init", ImageID: "docker.io/library/busybox@sha256:aa"}},
+			ContainerStatuses:     []corev1.ContainerStatus{{Name: "web", ImageID: "docker.io/library/nginx@sha256:bb"}},
+		},
+	}
+	got, err := podImages(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !equality.Semantic.DeepEqual(got, want) {
+		t.Errorf("kept %+v\nwant %+v", got, want)
+	}
+	tombstone := toolscache.DeletedFinalStateUnknown{Key: "apps/web"}
+	if got, err := podImages(tombstone); err != nil || got != tombstone {
+		t.Errorf("a tombstone came back as %v, %v", got, err)
 	}
 }

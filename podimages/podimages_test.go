@@ -242,6 +242,30 @@ func testRootsFollowThePods(t *testing.T, kubeconfig string, kube kubernetes.Int
 		"docker.io/library/redis@"+redisRan.String(),
 		"quay.io/org/batch@"+done.String())
 
+	// A debugging session adds an ephemeral container to a running Pod.
+	debug := randomDigest(t)
+	app, err := kube.CoreV1().Pods(ns).Get(ctx, "app", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app.Spec.EphemeralContainers = append(app.Spec.EphemeralContainers, corev1.EphemeralContainer{
+		EphemeralContainerCommon: corev1.EphemeralContainerCommon{
+			Name: "debug", Image: proxyHost + "/docker.io/library/debug@" + debug.String(),
+			TerminationMessagePolicy: corev1.TerminationMessageReadFile, ImagePullPolicy: corev1.PullIfNotPresent,
+		},
+	})
+	if _, err := kube.CoreV1().Pods(ns).UpdateEphemeralContainers(ctx, app.Name, app, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitForRoots(t, w, "an ephemeral container added",
+		"docker.io/library/nginx@"+nginx.String(),
+		"quay.io/org/tool@"+tool.String(),
+		"ghcr.io/org/app@"+appByDigest.String(),
+		"docker.io/library/debug@"+debug.String(),
+		"registry.k8s.io/pause@"+pauseRan.String(),
+		"docker.io/library/redis@"+redisRan.String(),
+		"quay.io/org/batch@"+done.String())
+
 	batch = setStatus(t, kube, batch, corev1.PodRunning, nil)
 	setStatus(t, kube, batch, corev1.PodSucceeded, nil)
 	if err := kube.CoreV1().Pods(ns).Delete(ctx, web.Name, *metav1.NewDeleteOptions(0)); err != nil {
@@ -250,10 +274,11 @@ func testRootsFollowThePods(t *testing.T, kubeconfig string, kube kubernetes.Int
 	waitForRoots(t, w, "a Pod succeeded and one deleted",
 		"quay.io/org/tool@"+tool.String(),
 		"ghcr.io/org/app@"+appByDigest.String(),
+		"docker.io/library/debug@"+debug.String(),
 		"registry.k8s.io/pause@"+pauseRan.String(),
 		"docker.io/library/redis@"+redisRan.String())
-	if got := metric(t, reg, "pullbroker_running_images_protected"); got != 4 {
-		t.Errorf("pullbroker_running_images_protected = %v, want 4", got)
+	if got := metric(t, reg, "pullbroker_running_images_protected"); got != 5 {
+		t.Errorf("pullbroker_running_images_protected = %v, want 5", got)
 	}
 }
 
