@@ -52,15 +52,15 @@ type Options struct {
 	Registerer prometheus.Registerer
 }
 
-// Watcher follows the cluster's Pods. Roots is safe for concurrent use.
+// Watcher follows the cluster's Pods once started. Roots is safe for
+// concurrent use.
 type Watcher struct {
-	cfg      *config.Config
-	tags     TagRecords
-	log      *slog.Logger
-	informer toolscache.SharedIndexInformer
-	images   prometheus.Gauge
+	opts   Options
+	log    *slog.Logger
+	images prometheus.Gauge
 
 	mu           sync.Mutex
+	informer     toolscache.SharedIndexInformer // nil until Start
 	lastWatchErr time.Time
 }
 
@@ -73,11 +73,30 @@ var activePods = fields.AndSelectors(
 	fields.OneTermNotEqualSelector("status.phase", string(corev1.PodFailed)),
 ).String()
 
-// New builds the informer; Start runs it.
-func New(opts Options) (*Watcher, error) {
-	kube, err := kubeclient.RESTConfig(opts.Kubeconfig)
+// New prepares a Watcher; nothing reads the kubeconfig or talks to the API
+// server before Start, so a command that never evicts needs no cluster.
+func New(opts Options) *Watcher {
+	w := &Watcher{
+		opts: opts,
+		log:  opts.Logger,
+		images: metricsreg.Shared(opts.Registerer, prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pullbroker_running_images_protected",
+			Help: "Images (manifest digests) that Pods of the cluster use and eviction keeps (cache.keepRunningImages), as of the last eviction or GC pass.",
+		})),
+	}
+	if w.log == nil {
+		w.log = slog.New(slog.DiscardHandler)
+	}
+	return w
+}
+
+// Start runs the Pod informer until ctx ends. It does not wait for the
+// first list: until it arrives, Roots fails and eviction removes nothing.
+// Its error is a kubeconfig that cannot be loaded.
+func (w *Watcher) Start(ctx context.Context) error {
+	kube, err := kubeclient.RESTConfig(w.opts.Kubeconfig)
 	if err != nil {
-		return nil, fmt.Errorf("cluster.kubeconfig: %w", err)
+		return fmt.Errorf("cluster.kubeconfig: %w", err)
 	}
 	kube = rest.CopyConfig(kube)
 	kube.UserAgent = "pullbroker"
@@ -89,37 +108,23 @@ func New(opts Options) (*Watcher, error) {
 	// group into the binary.
 	client, err := corev1client.NewForConfig(kube)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	w := &Watcher{
-		cfg:  opts.Config,
-		tags: opts.Tags,
-		log:  opts.Logger,
-		images: metricsreg.Shared(opts.Registerer, prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "pullbroker_running_images_protected",
-			Help: "Images (manifest digests) that Pods of the cluster use and eviction keeps (cache.keepRunningImages), as of the last eviction or GC pass.",
-		})),
-	}
-	if w.log == nil {
-		w.log = slog.New(slog.DiscardHandler)
+		return fmt.Errorf("kubernetes client: %w", err)
 	}
 	lw := toolscache.NewFilteredListWatchFromClient(client.RESTClient(), "pods", metav1.NamespaceAll, func(o *metav1.ListOptions) {
 		o.FieldSelector = activePods
 	})
-	w.informer = toolscache.NewSharedIndexInformer(lw, &corev1.Pod{}, 0, toolscache.Indexers{})
-	if err := w.informer.SetTransform(podImages); err != nil {
-		return nil, err
+	inf := toolscache.NewSharedIndexInformer(lw, &corev1.Pod{}, 0, toolscache.Indexers{})
+	if err := inf.SetTransform(podImages); err != nil {
+		return err
 	}
-	if err := w.informer.SetWatchErrorHandlerWithContext(w.watchError); err != nil {
-		return nil, err
+	if err := inf.SetWatchErrorHandlerWithContext(w.watchError); err != nil {
+		return err
 	}
-	return w, nil
-}
-
-// Start runs the informer until ctx ends. It does not wait for the first
-// list: until it arrives, Roots fails and eviction removes nothing.
-func (w *Watcher) Start(ctx context.Context) {
-	go w.informer.RunWithContext(ctx)
+	w.mu.Lock()
+	w.informer = inf
+	w.mu.Unlock()
+	go inf.RunWithContext(ctx)
+	return nil
 }
 
 // errNotSynced keeps eviction from removing what a Pod may need before
@@ -133,12 +138,15 @@ var errNotSynced = errors.New("the Pods of the cluster are not listed yet (cache
 // adds none. It fails until the informer listed the Pods, and when a tag
 // record cannot be read.
 func (w *Watcher) Roots(ctx context.Context) ([]cache.Root, error) {
-	if !w.informer.HasSynced() {
+	w.mu.Lock()
+	inf := w.informer
+	w.mu.Unlock()
+	if inf == nil || !inf.HasSynced() {
 		return nil, errNotSynced
 	}
 	seen := map[containerImage]bool{}
 	roots := map[cache.Root]bool{}
-	for _, obj := range w.informer.GetStore().List() {
+	for _, obj := range inf.GetStore().List() {
 		pod, ok := obj.(*corev1.Pod)
 		if !ok {
 			continue
@@ -167,16 +175,16 @@ func (w *Watcher) Roots(ctx context.Context) ([]cache.Root, error) {
 
 // root resolves one container's image to the manifest it runs.
 func (w *Watcher) root(ctx context.Context, image, imageID string) (cache.Root, bool, error) {
-	img, ok := proxyImage(w.cfg, image)
+	img, ok := proxyImage(w.opts.Config, image)
 	if !ok {
 		return cache.Root{}, false, nil
 	}
 	r := cache.Root{Registry: img.Registry, Repository: img.Repository, Digest: img.Digest}
 	if r.Digest == "" {
-		r.Digest = statusDigest(w.cfg, img, imageID)
+		r.Digest = statusDigest(w.opts.Config, img, imageID)
 	}
 	if r.Digest == "" {
-		t, err := w.tags.GetTag(ctx, img.Registry, img.Repository, img.Tag)
+		t, err := w.opts.Tags.GetTag(ctx, img.Registry, img.Repository, img.Tag)
 		if errors.Is(err, cache.ErrNotFound) {
 			w.log.Debug("running image has no tag record: nothing cached to keep", "image", img.String())
 			return cache.Root{}, false, nil

@@ -121,12 +121,22 @@ func waitForRoots(t *testing.T, w *podimages.Watcher, what string, want ...strin
 
 func newWatcher(t *testing.T, kubeconfig string, records podimages.TagRecords, reg prometheus.Registerer) *podimages.Watcher {
 	t.Helper()
-	w, err := podimages.New(podimages.Options{Config: loadConfig(t), Kubeconfig: kubeconfig, Tags: records, Registerer: reg})
-	if err != nil {
+	w := podimages.New(podimages.Options{Config: loadConfig(t), Kubeconfig: kubeconfig, Tags: records, Registerer: reg})
+	if err := w.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	w.Start(t.Context())
 	return w
+}
+
+func TestStartNeedsAKubeconfig(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "kubeconfig")
+	w := podimages.New(podimages.Options{Config: loadConfig(t), Kubeconfig: missing})
+	if _, err := w.Roots(t.Context()); err == nil {
+		t.Error("Roots before Start did not fail")
+	}
+	if err := w.Start(t.Context()); err == nil || !strings.Contains(err.Error(), "cluster.kubeconfig") || !strings.Contains(err.Error(), missing) {
+		t.Errorf("Start with a missing kubeconfig = %v; want an error naming cluster.kubeconfig and the file", err)
+	}
 }
 
 func TestRootsFailUntilThePodsAreListed(t *testing.T) {

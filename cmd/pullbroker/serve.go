@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,7 @@ import (
 	"github.com/pullbroker/pullbroker/config"
 	"github.com/pullbroker/pullbroker/internal/version"
 	"github.com/pullbroker/pullbroker/mirror"
+	"github.com/pullbroker/pullbroker/podimages"
 	"github.com/pullbroker/pullbroker/proxy"
 	"github.com/pullbroker/pullbroker/tags"
 	"github.com/pullbroker/pullbroker/tlsreload"
@@ -74,6 +76,10 @@ type app struct {
 	tags     *tags.Resolver
 	handler  *proxy.Handler
 	sources  []auth.Source
+	// runningImages, with cache.keepRunningImages, are the images the
+	// cluster's Pods use: roots of eviction and GC once serve starts it
+	// (other commands never evict, so they need no cluster).
+	runningImages *podimages.Watcher
 	// draining turns /readyz to 503 once shutdown began.
 	draining atomic.Bool
 }
@@ -98,11 +104,18 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 	if err != nil {
 		return nil, err
 	}
+	roots := func(context.Context) ([]cache.Root, error) { return locked, nil }
+	if cfg.Cache.KeepRunningImages {
+		roots = func(ctx context.Context) ([]cache.Root, error) {
+			running, err := a.runningImages.Roots(ctx)
+			return append(slices.Clip(locked), running...), err
+		}
+	}
 	a.store, err = cache.New(driver, cache.Options{
 		Logger: log.With("component", "cache"), Registerer: a.registry,
 		LocalRoot: localRoot, SpoolDir: cfg.Storage.SpoolDir,
 		MaxSizeBytes:        cfg.Storage.MaxSizeBytes,
-		Roots:               func(context.Context) ([]cache.Root, error) { return locked, nil },
+		Roots:               roots,
 		FillTimeout:         cfg.Storage.Fills.Timeout,
 		FillStallTimeout:    cfg.Storage.Fills.StallTimeout,
 		MaxConcurrentFills:  cfg.Storage.Fills.MaxConcurrent,
@@ -114,6 +127,12 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 	})
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Cache.KeepRunningImages {
+		a.runningImages = podimages.New(podimages.Options{
+			Config: cfg, Kubeconfig: cfg.Cluster.Kubeconfig, Tags: a.store,
+			Logger: log.With("component", "podimages"), Registerer: a.registry,
+		})
 	}
 
 	clients := map[string]*upstream.Client{}
@@ -179,6 +198,13 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	defer a.Close()
+	// Before the store's eviction: until its Pods are listed, nothing is
+	// evicted.
+	if a.runningImages != nil {
+		if err := a.runningImages.Start(ctx); err != nil {
+			return fmt.Errorf("cache.keepRunningImages: %w", err)
+		}
+	}
 	// Removes what a crash left under uploads/, measures the cache for the
 	// metrics, runs eviction (storage.maxSizeBytes), the scrub
 	// (storage.scrub) and GC (storage.gc).
