@@ -127,6 +127,11 @@ func (w *Watcher) Start(ctx context.Context) error {
 	return nil
 }
 
+// firstListWait is how long Roots waits for the first list of Pods: at
+// start, eviction's first pass would otherwise find none and be put off
+// until its next round.
+const firstListWait = 10 * time.Second
+
 // errNotSynced keeps eviction from removing what a Pod may need before
 // the Pods are known.
 var errNotSynced = errors.New("the Pods of the cluster are not listed yet (cache.keepRunningImages): " +
@@ -135,14 +140,21 @@ var errNotSynced = errors.New("the Pods of the cluster are not listed yet (cache
 // Roots are the manifests of the images that the Pods not Succeeded or
 // Failed use, each once. An image the proxy does not serve, and a tag the
 // proxy holds no record of (it never served it, so holds nothing of it),
-// adds none. It fails until the informer listed the Pods, and when a tag
-// record cannot be read.
+// adds none. It fails when the informer has not listed the Pods within
+// firstListWait (or ctx), and when a tag record cannot be read.
 func (w *Watcher) Roots(ctx context.Context) ([]cache.Root, error) {
 	w.mu.Lock()
 	inf := w.informer
 	w.mu.Unlock()
-	if inf == nil || !inf.HasSynced() {
+	if inf == nil {
 		return nil, errNotSynced
+	}
+	if !inf.HasSynced() {
+		wait, cancel := context.WithTimeout(ctx, firstListWait)
+		defer cancel()
+		if !toolscache.WaitForCacheSync(wait.Done(), inf.HasSynced) {
+			return nil, errNotSynced
+		}
 	}
 	seen := map[containerImage]bool{}
 	roots := map[cache.Root]bool{}

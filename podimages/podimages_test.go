@@ -152,8 +152,9 @@ func TestRootsFailUntilThePodsAreListed(t *testing.T) {
 		t.Fatal(err)
 	}
 	w := newWatcher(t, dead, store, nil)
-	time.Sleep(200 * time.Millisecond)
-	if roots, err := w.Roots(t.Context()); err == nil || !strings.Contains(err.Error(), "list and watch pods") {
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	if roots, err := w.Roots(ctx); err == nil || !strings.Contains(err.Error(), "list and watch pods") {
 		t.Fatalf("Roots before any list = %v, %v; want an error naming the permission", roots, err)
 	}
 }
