@@ -40,6 +40,16 @@ type Config struct {
 	Catalog Catalog `mapstructure:"catalog"`
 	// Sync re-runs a sync list inside serve.
 	Sync Sync `mapstructure:"sync"`
+	// Cluster is how replicas sharing one storage work together.
+	Cluster Cluster `mapstructure:"cluster"`
+}
+
+// Cluster is how replicas sharing one storage work together.
+type Cluster struct {
+	// AccountingInterval is how often each replica writes the blobs it
+	// read, committed and deleted to storage for the leader, and reads the
+	// cluster-wide cache size the leader publishes.
+	AccountingInterval time.Duration `mapstructure:"accountingInterval"`
 }
 
 // Sync re-runs an image list, as `pullbroker sync -f` takes it, inside a
