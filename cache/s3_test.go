@@ -72,7 +72,7 @@ func TestS3Storage(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer b.Content.Close()
+		defer b.Close()
 		if b.Size != int64(len(content)) {
 			t.Fatalf("size %d, want %d", b.Size, len(content))
 		}

@@ -130,7 +130,7 @@ func newEnvWithPinnedAndLocked(t *testing.T) (*env, *config.Config, v1.ImageInde
 
 // reopened is a proxy over cfg's storage opened anew, as a restarted
 // process opens it: a new Store (maxSizeBytes limit, the lock files'
-// digests as roots) that has seen no commit or read, started.
+// digests as roots) that has seen no commit or read, started and leading.
 func (e *env) reopened(cfg *config.Config, limit int64) *env {
 	t := e.t
 	t.Helper()
@@ -151,6 +151,7 @@ func (e *env) reopened(cfg *config.Config, limit int64) *env {
 	}
 	r.serve(cfg)
 	r.store.Start(t.Context())
+	go r.store.Lead(t.Context())
 	return r
 }
 

@@ -93,6 +93,7 @@ pins:
 	}
 	t.Cleanup(a.Close)
 	a.store.Start(t.Context())
+	go a.store.Lead(t.Context())
 	admin, err := adminMux(a, cfg)
 	if err != nil {
 		t.Fatal(err)
