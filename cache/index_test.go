@@ -3,6 +3,7 @@ package cache
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"math/rand/v2"
 	"runtime"
 	"testing"
 
@@ -58,5 +59,67 @@ func TestBlobKeys(t *testing.T) {
 	x.remove(keyOf(other))
 	if x.len() != 1 || x.bytes != 5 {
 		t.Fatalf("after a replace and a removal: %d blobs of %d bytes, want 1 of 5", x.len(), x.bytes)
+	}
+}
+
+// TestShaTableAgreesWithAMap puts and removes many digests, a few of them
+// crowded into one run of slots, and checks every answer against a map.
+func TestShaTableAgreesWithAMap(t *testing.T) {
+	x := newBlobIndex()
+	want := map[blobKey]blobEntry{}
+	rnd := rand.New(rand.NewPCG(1, 2))
+	key := func() blobKey {
+		var k blobKey
+		for i := range k.sha256 {
+			k.sha256[i] = byte(rnd.IntN(256))
+		}
+		if rnd.IntN(4) == 0 { // the same table and home region
+			k.sha256[0], k.sha256[8] = 7, 0
+		}
+		return k
+	}
+	var keys []blobKey
+	for round := range 20_000 {
+		switch op := rnd.IntN(10); {
+		case op < 6 || len(keys) == 0:
+			k := key()
+			keys = append(keys, k)
+			e := blobEntry{size: int64(rnd.IntN(1000)), access: int64(round)}
+			x.put(k, e)
+			want[k] = e
+		case op < 7:
+			k := keys[rnd.IntN(len(keys))]
+			e := blobEntry{size: 0, access: int64(round)}
+			x.put(k, e)
+			want[k] = e
+		default:
+			i := rnd.IntN(len(keys))
+			x.remove(keys[i])
+			delete(want, keys[i])
+			keys[i] = keys[len(keys)-1]
+			keys = keys[:len(keys)-1]
+		}
+	}
+	var bytes int64
+	for k, e := range want {
+		bytes += e.size
+		if got, ok := x.get(k); !ok || got != e {
+			t.Fatalf("get(%x) = %+v, %v; want %+v", k.sha256[:4], got, ok, e)
+		}
+	}
+	seen := 0
+	x.each(func(k blobKey, e blobEntry) {
+		seen++
+		if want[k] != e {
+			t.Fatalf("each gave %x %+v, want %+v", k.sha256[:4], e, want[k])
+		}
+	})
+	if seen != len(want) || x.len() != len(want) || x.bytes != bytes {
+		t.Fatalf("index: %d entries (each %d), %d bytes; want %d, %d", x.len(), seen, x.bytes, len(want), bytes)
+	}
+	for range 1000 {
+		if _, ok := x.get(key()); ok {
+			t.Fatal("an absent digest was found")
+		}
 	}
 }

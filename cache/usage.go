@@ -250,6 +250,9 @@ func (s *Store) applyLocked(k blobKey, ev journalEvent) (over bool) {
 	e, known := u.index.get(k)
 	switch ev.Op {
 	case opCommit:
+		if ev.Size < 0 {
+			return false // not from this package's journals
+		}
 		if u.walking {
 			u.changed[k] = struct{}{}
 		}
