@@ -247,3 +247,16 @@ func TestReadsCostOneJournalObjectPerInterval(t *testing.T) {
 		t.Fatalf("a flush with nothing to report wrote %v", w)
 	}
 }
+
+// TestLeaderEvictsWhatItsWalkFindsOverTheLimit: a replica that starts
+// leading over a cache already over storage.maxSizeBytes evicts without
+// waiting for a commit.
+func TestLeaderEvictsWhatItsWalkFindsOverTheLimit(t *testing.T) {
+	r := newReplicas(t)
+	for range 3 {
+		r.committedLongAgo(t, randomBytes(t, 1000))
+	}
+	a := r.open(t, "a", nil, Options{MaxSizeBytes: 2500})
+	lead(t, a)
+	waitFor(t, "an eviction", func() bool { return testutil.ToFloat64(a.metrics.evictions.WithLabelValues(reasonSize)) == 1 })
+}

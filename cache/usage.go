@@ -144,6 +144,7 @@ func (s *Store) Lead(ctx context.Context) {
 		work.Go(func() { every(ctx, s.gcInterval, s.gcOnce) })
 	}
 	if s.maxSize > 0 {
+		s.signalEvict() // the walk may have found the cache over the limit
 		work.Go(func() { s.evictLoop(ctx) })
 	}
 	every(ctx, s.accountingInterval, s.mergeJournals)
