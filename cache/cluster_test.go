@@ -85,9 +85,9 @@ func indexed(s *Store, d digest.Digest) (blobEntry, bool) {
 func TestLeaderIndexesWhatOtherReplicasCommitAndRead(t *testing.T) {
 	r := newReplicas(t)
 	a, b := r.open(t, "a", nil, Options{}), r.open(t, "b", nil, Options{})
-	a.Start(t.Context())
+	start(t, a)
 	lead(t, a)
-	b.Start(t.Context())
+	start(t, b)
 
 	d := fillBlob(t, b, randomBytes(t, 1234))
 	waitFor(t, "B's commit in A's index", func() bool {
@@ -106,16 +106,23 @@ func TestLeaderIndexesWhatOtherReplicasCommitAndRead(t *testing.T) {
 	})
 	blob.Close()
 
-	waitFor(t, "the journal objects consumed", func() bool {
-		var left []string
-		_ = r.driver.Walk(t.Context(), journalRoot, func(fi storagedriver.FileInfo) error {
-			if !fi.IsDir() {
-				left = append(left, fi.Path())
-			}
-			return nil
-		})
-		return len(left) == 0
+	waitFor(t, "the journal objects consumed", func() bool { return len(journalObjects(t, r.driver)) == 0 })
+}
+
+// journalObjects lists the journal objects in storage.
+func journalObjects(t *testing.T, driver storagedriver.StorageDriver) []string {
+	t.Helper()
+	var objects []string
+	err := driver.Walk(t.Context(), journalRoot, func(fi storagedriver.FileInfo) error {
+		if !fi.IsDir() {
+			objects = append(objects, fi.Path())
+		}
+		return nil
 	})
+	if err != nil && !isPathNotFound(err) {
+		t.Fatal(err)
+	}
+	return objects
 }
 
 // TestLeaderEvictsForTheCluster: A leads with storage.maxSizeBytes; a
@@ -128,9 +135,9 @@ func TestLeaderEvictsForTheCluster(t *testing.T) {
 	b := r.open(t, "b", nil, Options{})
 	readByB := r.committedLongAgo(t, randomBytes(t, 1000))
 	unread := r.committedLongAgo(t, randomBytes(t, 1000))
-	a.Start(t.Context())
+	start(t, a)
 	lead(t, a)
-	b.Start(t.Context())
+	start(t, b)
 
 	read(t, b, readByB)
 	committedByB := fillBlob(t, b, randomBytes(t, 1000)) // 3000 > 2500
@@ -159,7 +166,7 @@ func TestLeadEndsEviction(t *testing.T) {
 	r := newReplicas(t)
 	a := r.open(t, "a", nil, Options{MaxSizeBytes: 1500})
 	a.evictMinIdle = 0
-	a.Start(t.Context())
+	start(t, a)
 	stop := lead(t, a)
 	stop()
 	if _, ok := indexed(a, digest.FromString("anything")); ok || a.usage.index != nil {

@@ -116,6 +116,8 @@ type Store struct {
 	journal            *journal
 	replica            string
 	accountingInterval time.Duration
+	// sharing counts Start's goroutines that write to storage.
+	sharing sync.WaitGroup
 
 	fillTimeout      time.Duration
 	fillStallTimeout time.Duration

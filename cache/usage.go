@@ -92,13 +92,13 @@ func (s *Store) Start(ctx context.Context) {
 			s.log.Warn("counting pins failed; the pin metric counts only pins changed by this process", "error", err)
 		}
 	}()
-	go func() {
+	s.sharing.Go(func() {
 		s.readClusterUsage(ctx)
 		every(ctx, s.accountingInterval, func(ctx context.Context) {
 			s.flushJournal(ctx)
 			s.readClusterUsage(ctx)
 		})
-	}()
+	})
 }
 
 // Lead runs, until ctx ends, what one replica of those sharing the storage

@@ -43,6 +43,17 @@ func holds(t *testing.T, s *Store, d digest.Digest) bool {
 	return err == nil
 }
 
+// start runs s.Start until the test ends, and then waits until it no
+// longer writes to storage.
+func start(t *testing.T, s *Store) {
+	ctx, cancel := context.WithCancel(t.Context())
+	s.Start(ctx)
+	t.Cleanup(func() {
+		cancel()
+		s.sharing.Wait()
+	})
+}
+
 // lead runs s.Lead until stop is called or the test ends, and waits for
 // its walk of storage.
 func lead(t *testing.T, s *Store) (stop func()) {

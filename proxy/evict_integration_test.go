@@ -158,7 +158,16 @@ func (e *env) reopened(cfg *config.Config, limit int64) *env {
 	}
 	r.serve(cfg)
 	r.store.Start(t.Context())
-	go r.store.Lead(t.Context())
+	leading, stopLeading := context.WithCancel(t.Context())
+	led := make(chan struct{})
+	go func() {
+		defer close(led)
+		r.store.Lead(leading)
+	}()
+	t.Cleanup(func() { // before the storage directory is removed
+		stopLeading()
+		<-led
+	})
 	return r
 }
 
