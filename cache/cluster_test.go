@@ -235,7 +235,7 @@ func TestReadsCostOneJournalObjectPerInterval(t *testing.T) {
 	counting := &writeCountingDriver{StorageDriver: r.driver}
 	b := r.open(t, "b", counting, Options{})
 	blobs := []digest.Digest{fillBlob(t, b, randomBytes(t, 100)), fillBlob(t, b, randomBytes(t, 200))}
-	b.flushJournal(t.Context())
+	flush(t, b)
 	counting.take()
 
 	for i := range 1000 {
@@ -244,12 +244,12 @@ func TestReadsCostOneJournalObjectPerInterval(t *testing.T) {
 	if w := counting.take(); len(w) != 0 {
 		t.Fatalf("1,000 reads wrote to storage: %v", w)
 	}
-	b.flushJournal(t.Context())
+	flush(t, b)
 	w := counting.take()
 	if len(w) != 2 || !strings.HasPrefix(w[0], "put /uploads/") || !strings.HasPrefix(w[1], "move "+journalRoot+"/b/") {
 		t.Fatalf("a flush after 1,000 reads wrote %v, want one journal object under %s/b/", w, journalRoot)
 	}
-	b.flushJournal(t.Context())
+	flush(t, b)
 	if w := counting.take(); len(w) != 0 {
 		t.Fatalf("a flush with nothing to report wrote %v", w)
 	}
@@ -266,4 +266,34 @@ func TestLeaderEvictsWhatItsWalkFindsOverTheLimit(t *testing.T) {
 	a := r.open(t, "a", nil, Options{MaxSizeBytes: 2500})
 	lead(t, a)
 	waitFor(t, "an eviction", func() bool { return testutil.ToFloat64(a.metrics.evictions.WithLabelValues(reasonSize)) == 1 })
+}
+
+func flush(t *testing.T, s *Store) {
+	t.Helper()
+	if err := s.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCommandDeletionsReachTheLeader: what a process that does not run
+// Start (pullbroker gc) removes leaves the leader's index with its Flush.
+func TestCommandDeletionsReachTheLeader(t *testing.T) {
+	r := newReplicas(t)
+	unreferenced := r.committedLongAgo(t, randomBytes(t, 1000))
+	a := r.open(t, "a", nil, Options{})
+	lead(t, a)
+	if _, ok := indexed(a, unreferenced); !ok {
+		t.Fatal("the leader's walk missed a blob")
+	}
+
+	gc := r.open(t, "gc", nil, Options{})
+	report, err := gc.GC(t.Context(), time.Minute, false)
+	if err != nil || len(report.Removed) != 1 {
+		t.Fatalf("GC removed %v (%v), want the unreferenced blob", report.Removed, err)
+	}
+	flush(t, gc)
+	waitFor(t, "the removal in the leader's index", func() bool {
+		_, ok := indexed(a, unreferenced)
+		return !ok && testutil.ToFloat64(a.metrics.objects) == 0
+	})
 }

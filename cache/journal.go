@@ -129,13 +129,25 @@ func (j *journal) restore(batch map[digest.Digest]journalEvent) {
 	}
 }
 
-// flushJournal writes what this replica recorded in the last interval as
+// Flush writes what this Store recorded since the last write (the blobs
+// it read, committed and deleted) to storage for the leader now, instead
+// of at Start's next interval. Commands that change the cache without
+// Start (gc, verify) call it before they exit, so that the leader's
+// cache size drops by what they removed.
+func (s *Store) Flush(ctx context.Context) error {
+	if err := s.flushJournal(ctx); err != nil {
+		return fmt.Errorf("telling the leader what this process changed in the cache (%s): %w", journalRoot, err)
+	}
+	return nil
+}
+
+// flushJournal writes what this replica recorded since the last write as
 // one journal object; the leader applies it to its index directly. A
-// failed write is retried with the next interval's batch.
-func (s *Store) flushJournal(ctx context.Context) {
+// batch that could not be written is kept for the next write.
+func (s *Store) flushJournal(ctx context.Context) error {
 	batch := s.journal.take(time.Now())
 	if len(batch) == 0 {
-		return
+		return nil
 	}
 	u := s.usage
 	u.mu.Lock()
@@ -151,11 +163,11 @@ func (s *Store) flushJournal(ctx context.Context) {
 		if over {
 			s.signalEvict()
 		}
-		return
+		return nil
 	}
-	if ctx.Err() != nil {
+	if err := ctx.Err(); err != nil {
 		s.journal.restore(batch)
-		return
+		return err
 	}
 	body, err := json.Marshal(journalObject{Replica: s.replica, Blobs: batch})
 	if err == nil {
@@ -164,10 +176,8 @@ func (s *Store) flushJournal(ctx context.Context) {
 	}
 	if err != nil {
 		s.journal.restore(batch)
-		if ctx.Err() == nil {
-			s.log.Warn("writing this replica's journal of reads and commits failed; retrying with the next interval's", "error", err)
-		}
 	}
+	return err
 }
 
 // mergeJournals applies every replica's journal objects to the index, in

@@ -95,7 +95,9 @@ func (s *Store) Start(ctx context.Context) {
 	s.sharing.Go(func() {
 		s.readClusterUsage(ctx)
 		every(ctx, s.accountingInterval, func(ctx context.Context) {
-			s.flushJournal(ctx)
+			if err := s.flushJournal(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("writing this replica's journal of reads and commits failed; retrying with the next interval's", "error", err)
+			}
 			s.readClusterUsage(ctx)
 		})
 	})
