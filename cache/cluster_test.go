@@ -297,3 +297,24 @@ func TestCommandDeletionsReachTheLeader(t *testing.T) {
 		return !ok && testutil.ToFloat64(a.metrics.objects) == 0
 	})
 }
+
+// TestEvictMinIdleExceedsTheJournalLag: a read reaches the leader within
+// two accounting intervals; eviction spares blobs read within at least
+// three.
+func TestEvictMinIdleExceedsTheJournalLag(t *testing.T) {
+	for interval, want := range map[time.Duration]time.Duration{
+		10 * time.Second: time.Minute,
+		time.Minute:      3 * time.Minute,
+	} {
+		s, err := New(newReplicas(t).driver, Options{Replica: "a", AccountingInterval: interval})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.evictMinIdle != want {
+			t.Errorf("accounting interval %s: evictMinIdle %s, want %s", interval, s.evictMinIdle, want)
+		}
+	}
+	if _, err := New(newReplicas(t).driver, Options{Replica: "a/b"}); err == nil || !strings.Contains(err.Error(), "cluster.name") {
+		t.Errorf("a replica name that is no path component: %v, want an error naming cluster.name", err)
+	}
+}
