@@ -104,7 +104,7 @@ func (s *Store) Start(ctx context.Context) {
 }
 
 // Lead runs, until ctx ends, what one replica of those sharing the storage
-// runs for all (see the leader package): a walk of storage that builds the
+// runs for all (leader election decides which; one Lead at a time): a walk of storage that builds the
 // index of every blob, then every Options.AccountingInterval the merge of
 // the replicas' journals and the publication of the cluster's cache size;
 // with Options.MaxSizeBytes eviction of the blobs least recently read,
