@@ -16,11 +16,23 @@ import (
 
 // Blob is a committed blob opened for reading. Content is an *os.File when
 // the storage is a local filesystem, so that http.ServeContent can use
-// sendfile.
+// sendfile. Close it, not Content: until then the blob counts as being
+// read, and is not evicted.
 type Blob struct {
 	Size    int64
 	ModTime time.Time
 	Content io.ReadSeekCloser
+	// readDone, when set, ends the read that OpenBlob began.
+	readDone func()
+}
+
+// Close closes Content and ends the read.
+func (b *Blob) Close() error {
+	if b.readDone != nil {
+		b.readDone()
+		b.readDone = nil
+	}
+	return b.Content.Close()
 }
 
 // OpenBlob opens a committed blob. size is the size its descriptor gives
@@ -34,6 +46,7 @@ func (s *Store) OpenBlob(ctx context.Context, dgst digest.Digest, size int64) (*
 	}
 	s.touch(dgst)
 	if size < 0 || b.Size == size {
+		s.beginRead(b, dgst)
 		return b, nil
 	}
 	b.Content.Close()
@@ -47,7 +60,21 @@ func (s *Store) OpenBlob(ctx context.Context, dgst digest.Digest, size int64) (*
 	// The bytes match the digest: the descriptor that gave size is wrong,
 	// not the cache.
 	s.log.Warn("a descriptor's size disagrees with a verified cached blob", "digest", dgst, "descriptorSize", size, "storedSize", b.Size)
-	return s.openBlob(ctx, dgst)
+	b, err = s.openBlob(ctx, dgst)
+	if err != nil {
+		return nil, err
+	}
+	s.beginRead(b, dgst)
+	return b, nil
+}
+
+// beginRead counts b as being read until it is closed (see journal.take).
+func (s *Store) beginRead(b *Blob, dgst digest.Digest) {
+	s.journal.beginRead(dgst)
+	b.readDone = func() {
+		s.journal.endRead(dgst)
+		s.touch(dgst) // read until now
+	}
 }
 
 // openBlob opens a committed blob without counting it as a read for

@@ -115,7 +115,7 @@ func TestDiskFull(t *testing.T) {
 	if err != nil {
 		t.Fatalf("cached blob on a full disk: %v", err)
 	}
-	b.Content.Close()
+	b.Close()
 	if _, err := s.GetManifest(ctx, "docker.io", "team/app", digest.FromBytes(manifest)); err != nil {
 		t.Fatalf("cached manifest on a full disk: %v", err)
 	}

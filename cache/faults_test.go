@@ -163,7 +163,7 @@ func TestOpenBlobRemovesATruncatedBlob(t *testing.T) {
 	if err != nil {
 		t.Fatalf("an intact blob with a wrong descriptor size: %v", err)
 	}
-	b.Content.Close()
+	b.Close()
 
 	corruptOnDisk(t, s, dgst, content[:len(content)/2])
 	if _, err := s.OpenBlob(t.Context(), dgst, size); !errors.Is(err, ErrNotFound) {
@@ -180,7 +180,7 @@ func TestOpenBlobRemovesATruncatedBlob(t *testing.T) {
 	if err != nil || b.Size != size {
 		t.Fatalf("refetched blob: %v", err)
 	}
-	b.Content.Close()
+	b.Close()
 }
 
 // TestScrubRemovesCorruptBlobs (issue 12): Scrub (pullbroker verify) and
@@ -194,18 +194,13 @@ func TestScrubRemovesCorruptBlobs(t *testing.T) {
 	flipped[10] ^= 1
 	corruptOnDisk(t, s, badDigest, flipped) // same size: only a re-hash sees it
 
-	lastRead := func() int64 {
-		s.usage.mu.Lock()
-		defer s.usage.mu.Unlock()
-		return s.usage.blobs[good].access
-	}
-	before := lastRead()
+	s.journal.take(time.Now())
 	report, err := s.Scrub(t.Context(), 10<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if lastRead() != before {
-		t.Error("the scrub counted as a read: eviction would keep what nobody pulls")
+	if ev, ok := s.journal.take(time.Now())[good]; ok {
+		t.Errorf("the scrub counted as a read (%+v): eviction would keep what nobody pulls", ev)
 	}
 	if report.Blobs != 2 || len(report.Corrupt) != 1 || report.Corrupt[0] != badDigest || report.Bytes != 120<<10 {
 		t.Fatalf("scrub report %+v, want 2 blobs, 120 KiB, corrupt %s", report, badDigest)
@@ -222,7 +217,7 @@ func TestScrubRemovesCorruptBlobs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	scheduled.Start(t.Context())
+	lead(t, scheduled)
 	waitFor(t, "the scheduled scrub", func() bool {
 		return testutil.ToFloat64(scheduled.metrics.corruptRemoved.WithLabelValues("scrub")) == 1
 	})

@@ -98,7 +98,7 @@ func TestFillServesManyReadersFromOneFetch(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer b.Content.Close()
+			defer b.Close()
 			got, _ := io.ReadAll(b.Content)
 			if !bytes.Equal(got, content) {
 				t.Fatal("committed blob differs from upstream content")
@@ -120,7 +120,7 @@ func readThroughFill(s *Store, dgst digest.Digest, fetch Fetcher, want []byte, v
 		if err != nil {
 			return err
 		}
-		defer b.Content.Close()
+		defer b.Close()
 		got, _ := io.ReadAll(b.Content)
 		if !bytes.Equal(got, want) {
 			return errors.New("cached blob differs")

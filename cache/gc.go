@@ -123,15 +123,19 @@ func (s *Store) listBlobs(ctx context.Context) ([]storedBlob, error) {
 	return out, err
 }
 
-// usedSince reports whether b was committed, or read by this process,
-// after cutoff: its storage time, or the index's last read, is newer.
+// usedSince reports whether b was committed, or read, after cutoff: its
+// storage time, or the last read the leader's index knows (from every
+// replica's journal), is newer.
 func (s *Store) usedSince(b storedBlob, cutoff time.Time) bool {
 	if b.modTime.After(cutoff) {
 		return true
 	}
 	s.usage.mu.Lock()
-	e, ok := s.usage.blobs[b.Digest]
-	s.usage.mu.Unlock()
+	defer s.usage.mu.Unlock()
+	if s.usage.index == nil {
+		return false
+	}
+	e, ok := s.usage.index.get(keyOf(b.Digest))
 	return ok && e.access > cutoff.UnixNano()
 }
 

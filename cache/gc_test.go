@@ -11,7 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
-// TestScheduledGCKeepsPinnedImages: with GCInterval, Start runs GC: an
+// TestScheduledGCKeepsPinnedImages: with GCInterval, Lead runs GC: an
 // unreferenced blob goes, a pinned manifest and its config and layer stay.
 func TestScheduledGCKeepsPinnedImages(t *testing.T) {
 	s, err := New(inmemory.New(), Options{SpoolDir: t.TempDir(), Registerer: prometheus.NewRegistry(),
@@ -32,7 +32,7 @@ func TestScheduledGCKeepsPinnedImages(t *testing.T) {
 		t.Fatal(err)
 	}
 	unreferenced := fillBlob(t, s, randomBytes(t, 500))
-	s.Start(ctx)
+	lead(t, s)
 	waitFor(t, "GC to remove the unreferenced blob", func() bool {
 		return testutil.ToFloat64(s.metrics.evictedBytes.WithLabelValues(reasonGC)) == 500
 	})

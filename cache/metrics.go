@@ -36,7 +36,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		sizeBytes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pullbroker_cache_size_bytes",
-			Help: "Bytes of blobs and manifests in the cache storage: measured at start in the background, then kept by this process's commits and evictions.",
+			Help: "Bytes of blobs and manifests in the cache storage, all replicas' together: the leader's index (a walk of storage, then every replica's journal), or on other replicas what the leader last published to cluster/usage.",
 		}),
 		objects: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pullbroker_cache_objects",

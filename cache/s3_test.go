@@ -72,7 +72,7 @@ func TestS3Storage(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer b.Content.Close()
+		defer b.Close()
 		if b.Size != int64(len(content)) {
 			t.Fatalf("size %d, want %d", b.Size, len(content))
 		}
@@ -144,5 +144,29 @@ func TestS3Storage(t *testing.T) {
 		if keys := keysUnder(t, "/uploads/"); len(keys) != 0 {
 			t.Fatalf("the sweep left %v", keys)
 		}
+	})
+
+	t.Run("replicas share reads, commits and the cache size through the bucket", func(t *testing.T) {
+		a := newStore(t, Options{Replica: "a", AccountingInterval: clusterInterval})
+		b := newStore(t, Options{Replica: "b", AccountingInterval: clusterInterval})
+		start(t, a)
+		lead(t, a)
+		start(t, b)
+
+		committed := time.Now()
+		d := fillBlob(t, b, randomBytes(t, 4321))
+		read(t, b, d)
+		waitFor(t, "B's commit and read in A's index", func() bool {
+			e, ok := indexed(a, d)
+			return ok && e.size == 4321 && e.access > committed.UnixNano()
+		})
+		waitFor(t, "B's size metrics equal to A's", func() bool {
+			bytes := testutil.ToFloat64(a.metrics.sizeBytes)
+			return bytes >= 4321 && testutil.ToFloat64(b.metrics.sizeBytes) == bytes &&
+				testutil.ToFloat64(b.metrics.objects) == testutil.ToFloat64(a.metrics.objects)
+		})
+		// Listed through the driver: a new S3 client while the stores run
+		// races inside the AWS SDK.
+		waitFor(t, "the journal objects consumed", func() bool { return len(journalObjects(t, a.driver)) == 0 })
 	})
 }

@@ -52,8 +52,8 @@ type Options struct {
 	LocalRoot string
 	// SpoolDir holds in-flight fills when LocalRoot is empty.
 	SpoolDir string
-	// MaxSizeBytes, when positive, makes Start evict the blobs read least
-	// recently once the cache holds more than this. Pinned images, and
+	// MaxSizeBytes, when positive, makes Lead evict the blobs read least
+	// recently once the cache (all of the storage) holds more than this. Pinned images, and
 	// those Roots names, are never evicted.
 	MaxSizeBytes int64
 	// Roots names the manifests that eviction and GC must keep, with
@@ -72,11 +72,11 @@ type Options struct {
 	// MaxConcurrentFills caps the fills and Streams running at once.
 	// Default config.DefaultMaxConcurrentFills.
 	MaxConcurrentFills int
-	// ScrubInterval, when positive, makes Start re-hash every cached blob
+	// ScrubInterval, when positive, makes Lead re-hash every cached blob
 	// this often, at ScrubBytesPerSecond, and remove corrupt ones.
 	ScrubInterval       time.Duration
 	ScrubBytesPerSecond int64
-	// GCInterval, when positive, makes Start run GC this often with
+	// GCInterval, when positive, makes Lead run GC this often with
 	// GCGrace.
 	GCInterval time.Duration
 	GCGrace    time.Duration
@@ -85,6 +85,15 @@ type Options struct {
 	// bound: a pinned or fresh tag then costs no storage request. A change
 	// made by another process sharing the storage is seen within it.
 	RecordCacheTTL time.Duration
+	// Replica names this process among those sharing the storage: its
+	// journal objects are cluster/journal/<Replica>/. Default: the host
+	// name.
+	Replica string
+	// AccountingInterval is how often Start writes this replica's journal
+	// and reads the cluster's cache size, and how often Lead merges the
+	// journals and publishes the size. Default
+	// config.DefaultAccountingInterval.
+	AccountingInterval time.Duration
 }
 
 // manifestBodiesBytes bounds the memory of cached manifest bodies.
@@ -102,9 +111,13 @@ type Store struct {
 	maxSize   int64
 	roots     func(context.Context) ([]Root, error)
 	// evictMinIdle: blobs read this recently are not evicted.
-	evictMinIdle time.Duration
-	usage        *usage
-	scanned      chan struct{} // closed when Start's walk of storage ended
+	evictMinIdle       time.Duration
+	usage              *usage
+	journal            *journal
+	replica            string
+	accountingInterval time.Duration
+	// sharing counts Start's goroutines that write to storage.
+	sharing sync.WaitGroup
 
 	fillTimeout      time.Duration
 	fillStallTimeout time.Duration
@@ -140,17 +153,32 @@ func New(driver storagedriver.StorageDriver, opts Options) (*Store, error) {
 	if opts.MaxConcurrentFills <= 0 {
 		opts.MaxConcurrentFills = config.DefaultMaxConcurrentFills
 	}
+	if opts.AccountingInterval <= 0 {
+		opts.AccountingInterval = config.DefaultAccountingInterval
+	}
+	if opts.Replica == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("naming this replica: set cluster.name (%w)", err)
+		}
+		opts.Replica = host
+	}
+	if !replicaName.MatchString(opts.Replica) {
+		return nil, fmt.Errorf("replica name %q: must be letters, digits, '.', '_' and '-', starting with a letter or digit (set cluster.name)", opts.Replica)
+	}
 	s := &Store{
-		driver:       driver,
-		localRoot:    opts.LocalRoot,
-		spoolDir:     opts.SpoolDir,
-		log:          opts.Logger,
-		fills:        map[digest.Digest]*Fill{},
-		maxSize:      opts.MaxSizeBytes,
-		roots:        opts.Roots,
-		evictMinIdle: defaultEvictMinIdle,
-		usage:        newUsage(),
-		scanned:      make(chan struct{}),
+		driver:             driver,
+		localRoot:          opts.LocalRoot,
+		spoolDir:           opts.SpoolDir,
+		log:                opts.Logger,
+		fills:              map[digest.Digest]*Fill{},
+		maxSize:            opts.MaxSizeBytes,
+		roots:              opts.Roots,
+		evictMinIdle:       max(defaultEvictMinIdle, evictMinIdleIntervals*opts.AccountingInterval),
+		usage:              newUsage(),
+		journal:            newJournal(),
+		replica:            opts.Replica,
+		accountingInterval: opts.AccountingInterval,
 
 		fillTimeout:      opts.FillTimeout,
 		fillStallTimeout: opts.FillStallTimeout,

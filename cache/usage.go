@@ -2,6 +2,7 @@ package cache
 
 import (
 	"cmp"
+	"container/heap"
 	"context"
 	"path"
 	"slices"
@@ -18,33 +19,44 @@ import (
 // Usage accounting: the size and number of committed blobs (layers,
 // configs and manifests), when each was last read, and the pins by policy.
 //
-// The index lives in memory. It is filled by a walk of storage that Start
-// runs in the background, and kept current by this process's own commits,
-// reads and deletions. Objects that another replica sharing the storage
-// commits or deletes are seen at the next start only.
+// Several replicas may share one storage. Each records the blobs it reads,
+// commits and deletes in its journal (journal.go), which reaches storage
+// once per Options.AccountingInterval. The leader (the replica running
+// Lead) alone holds the index of every blob: it walks storage when it
+// starts leading, merges the journals of all replicas into the index each
+// interval, publishes the cluster's totals under cluster/usage, and evicts,
+// scrubs and collects for the whole cluster. The other replicas read the
+// published totals for their size metrics, so all report the same size.
 
 // defaultEvictMinIdle protects blobs read or committed this recently from
 // eviction: a pull that just fetched a manifest is about to fetch its
-// layers. Tests shorten Store.evictMinIdle.
+// layers. New raises it to evictMinIdleIntervals accounting intervals when
+// that is longer. Tests shorten Store.evictMinIdle.
 const defaultEvictMinIdle = time.Minute
+
+// evictMinIdleIntervals: a read on another replica reaches the leader's
+// index within two accounting intervals (one until that replica's journal
+// is written, one until the leader merges it), so a blob read on any
+// replica at least once every evictMinIdle minus two intervals is never
+// evicted; the third interval is the margin.
+const evictMinIdleIntervals = 3
 
 // evictLowWater is the fraction of MaxSizeBytes that an eviction pass
 // brings the cache down to, so that passes are not run for every commit.
 const evictLowWater = 0.9
 
-type blobEntry struct {
-	size   int64
-	access int64 // unix nanoseconds of the last read or commit
-}
-
 type usage struct {
-	mu      sync.Mutex
-	blobs   map[digest.Digest]blobEntry
-	bytes   int64
+	mu sync.Mutex
+	// index is nil unless this replica leads.
+	index *blobIndex
+	// indexed is closed when the leader's walk of storage ended.
+	indexed chan struct{}
 	walking bool
-	// changed holds digests committed or deleted while the walk runs: what
+	// changed holds blobs committed or deleted while the walk runs: what
 	// the walk finds for them is stale, the index is right.
-	changed map[digest.Digest]struct{}
+	changed map[blobKey]struct{}
+	// published is what the leader last wrote to cluster/usage.
+	published clusterUsage
 
 	pins        map[string]string // "registry/repository:tag" -> policy label
 	pinCounts   map[string]int
@@ -61,52 +73,90 @@ type usage struct {
 
 func newUsage() *usage {
 	return &usage{
-		blobs:     map[digest.Digest]blobEntry{},
 		pins:      map[string]string{},
 		pinCounts: map[string]int{},
 		evict:     make(chan struct{}, 1),
 	}
 }
 
-// Start runs the background work of a long-lived Store until ctx ends: the
-// removal of temporary files a crash left under uploads/, a walk of
-// storage that measures the cache (and counts pins) for the metrics, with
-// Options.MaxSizeBytes eviction of the blobs least recently read, with
-// Options.ScrubInterval the scrub, and with Options.GCInterval GC. Commands that only use the Store
-// briefly need not call it.
+// Start runs what every replica runs until ctx ends: the removal of
+// temporary files a crash left under uploads/, the count of pins for the
+// metrics, and every Options.AccountingInterval the write of this
+// replica's journal and, unless it leads, the read of the cluster's cache
+// size for its metrics. Commands that only use the Store briefly need not
+// call it.
 func (s *Store) Start(ctx context.Context) {
 	go s.sweepUploads(ctx)
-	if s.scrubInterval > 0 {
-		go every(ctx, s.scrubInterval, s.scrubOnce)
-	}
-	if s.gcInterval > 0 {
-		go every(ctx, s.gcInterval, s.gcOnce)
-	}
 	go func() {
-		defer close(s.scanned)
-		start := time.Now()
-		if err := s.walkBlobs(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("measuring the cache failed; size metrics count only what this process stores", "error", err)
-		}
 		if err := s.walkPins(ctx); err != nil && ctx.Err() == nil {
 			s.log.Warn("counting pins failed; the pin metric counts only pins changed by this process", "error", err)
 		}
-		s.usage.mu.Lock()
-		bytes, objects := s.usage.bytes, len(s.usage.blobs)
-		s.usage.mu.Unlock()
-		s.log.Info("cache measured", "bytes", bytes, "objects", objects, "took", time.Since(start).Round(time.Millisecond))
-		s.signalEvict()
 	}()
-	if s.maxSize > 0 {
-		go s.evictLoop(ctx)
+	s.sharing.Go(func() {
+		s.readClusterUsage(ctx)
+		every(ctx, s.accountingInterval, func(ctx context.Context) {
+			if err := s.flushJournal(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("writing this replica's journal of reads and commits failed; retrying with the next interval's", "error", err)
+			}
+			s.readClusterUsage(ctx)
+		})
+	})
+}
+
+// Lead runs, until ctx ends, what one replica of those sharing the storage
+// runs for all (leader election decides which; one Lead at a time): a walk of storage that builds the
+// index of every blob, then every Options.AccountingInterval the merge of
+// the replicas' journals and the publication of the cluster's cache size;
+// with Options.MaxSizeBytes eviction of the blobs least recently read,
+// with Options.ScrubInterval the scrub, and with Options.GCInterval GC.
+// When ctx ends it stops all of that and drops the index before
+// returning. Run it alongside Start.
+func (s *Store) Lead(ctx context.Context) {
+	u := s.usage
+	indexed := make(chan struct{})
+	u.mu.Lock()
+	u.index, u.indexed, u.published = newBlobIndex(), indexed, clusterUsage{}
+	u.mu.Unlock()
+	var work sync.WaitGroup
+	defer func() {
+		work.Wait()
+		u.mu.Lock()
+		u.index = nil
+		u.mu.Unlock()
+	}()
+
+	start := time.Now()
+	if err := s.walkBlobs(ctx); err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("measuring the cache failed; the index holds only what was found and what replicas report", "error", err)
 	}
+	u.mu.Lock()
+	bytes, objects := u.index.bytes, u.index.len()
+	u.mu.Unlock()
+	s.log.Info("cache measured", "bytes", bytes, "objects", objects, "took", time.Since(start).Round(time.Millisecond))
+	close(indexed)
+
+	s.mergeJournals(ctx)
+	if s.scrubInterval > 0 {
+		work.Go(func() { every(ctx, s.scrubInterval, s.scrubOnce) })
+	}
+	if s.gcInterval > 0 {
+		work.Go(func() { every(ctx, s.gcInterval, s.gcOnce) })
+	}
+	if s.maxSize > 0 {
+		s.signalEvict() // the walk may have found the cache over the limit
+		work.Go(func() { s.evictLoop(ctx) })
+	}
+	every(ctx, s.accountingInterval, s.mergeJournals)
 }
 
 // walkBlobs adds every committed blob in storage to the index.
 func (s *Store) walkBlobs(ctx context.Context) error {
 	u := s.usage
 	u.mu.Lock()
-	u.walking, u.changed = true, map[digest.Digest]struct{}{}
+	u.walking, u.changed = true, map[blobKey]struct{}{}
 	u.mu.Unlock()
 	defer func() {
 		u.mu.Lock()
@@ -124,14 +174,14 @@ func (s *Store) walkBlobs(ctx context.Context) error {
 		if !ok {
 			return nil
 		}
+		k := keyOf(dgst)
 		u.mu.Lock()
 		defer u.mu.Unlock()
-		if _, changed := u.changed[dgst]; changed {
+		if _, changed := u.changed[k]; changed {
 			return nil
 		}
-		if _, known := u.blobs[dgst]; !known {
-			u.blobs[dgst] = blobEntry{size: fi.Size(), access: fi.ModTime().UnixNano()}
-			u.bytes += fi.Size()
+		if _, known := u.index.get(k); !known {
+			u.index.put(k, blobEntry{size: fi.Size(), access: fi.ModTime().UnixNano()})
 			s.setSizeGauges()
 		}
 		return nil
@@ -155,56 +205,79 @@ func digestFromBlobPath(p string) (digest.Digest, bool) {
 	return d, true
 }
 
-// setSizeGauges publishes the totals; u.mu is held.
+// setSizeGauges publishes the index's totals; u.mu is held and the index
+// is live.
 func (s *Store) setSizeGauges() {
-	s.metrics.sizeBytes.Set(float64(s.usage.bytes))
-	s.metrics.objects.Set(float64(len(s.usage.blobs)))
+	s.metrics.sizeBytes.Set(float64(s.usage.index.bytes))
+	s.metrics.objects.Set(float64(s.usage.index.len()))
 }
 
 // accountCommit records a blob just committed under dgst.
 func (s *Store) accountCommit(dgst digest.Digest, size int64) {
-	u := s.usage
-	u.mu.Lock()
-	if u.walking {
-		u.changed[dgst] = struct{}{}
-	}
-	if old, ok := u.blobs[dgst]; ok {
-		u.bytes -= old.size
-	}
-	u.blobs[dgst] = blobEntry{size: size, access: time.Now().UnixNano()}
-	u.bytes += size
-	s.setSizeGauges()
-	over := s.maxSize > 0 && u.bytes > s.maxSize
-	u.mu.Unlock()
+	s.account(dgst, journalEvent{Op: opCommit, Size: size, At: time.Now().UnixNano()})
+}
+
+// accountDelete records that the blob dgst is gone from storage.
+func (s *Store) accountDelete(dgst digest.Digest) {
+	s.account(dgst, journalEvent{Op: opDelete, At: time.Now().UnixNano()})
+}
+
+// touch records a read of dgst, for eviction.
+func (s *Store) touch(dgst digest.Digest) {
+	s.account(dgst, journalEvent{Op: opRead, At: time.Now().UnixNano()})
+}
+
+// account records ev in the journal and, when this replica leads, in the
+// index at once.
+func (s *Store) account(dgst digest.Digest, ev journalEvent) {
+	s.journal.record(dgst, ev)
+	s.usage.mu.Lock()
+	over := s.applyLocked(keyOf(dgst), ev)
+	s.usage.mu.Unlock()
 	if over {
 		s.signalEvict()
 	}
 }
 
-// accountDelete records that the blob dgst is gone from storage.
-func (s *Store) accountDelete(dgst digest.Digest) {
+// applyLocked brings the index up to date with ev, when there is an index;
+// over reports that the cache is now over its limit. u.mu is held.
+//
+// Journals of several replicas arrive in any order and may be merged twice
+// (by a leader that died before deleting them, then by the next), so
+// applying an event is idempotent and keeps the latest access.
+func (s *Store) applyLocked(k blobKey, ev journalEvent) (over bool) {
 	u := s.usage
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if u.walking {
-		u.changed[dgst] = struct{}{}
+	if u.index == nil {
+		return false
 	}
-	if old, ok := u.blobs[dgst]; ok {
-		delete(u.blobs, dgst)
-		u.bytes -= old.size
-		s.setSizeGauges()
+	e, known := u.index.get(k)
+	switch ev.Op {
+	case opCommit:
+		if ev.Size < 0 {
+			return false // not from this package's journals
+		}
+		if u.walking {
+			u.changed[k] = struct{}{}
+		}
+		u.index.put(k, blobEntry{size: ev.Size, access: max(e.access, ev.At)})
+	case opRead:
+		// A blob unknown to the index was deleted since, or its commit is
+		// in a journal not merged yet, which brings the size.
+		if known && ev.At > e.access {
+			e.access = ev.At
+			u.index.put(k, e)
+		}
+	case opDelete:
+		if u.walking {
+			u.changed[k] = struct{}{}
+		}
+		// Committed or read again after this deletion: it is stored.
+		if known && e.access <= ev.At {
+			u.index.remove(k)
+		}
 	}
-}
-
-// touch records a read of dgst, for eviction.
-func (s *Store) touch(dgst digest.Digest) {
-	u := s.usage
-	u.mu.Lock()
-	if e, ok := u.blobs[dgst]; ok {
-		e.access = time.Now().UnixNano()
-		u.blobs[dgst] = e
-	}
-	u.mu.Unlock()
+	s.setSizeGauges()
+	return s.maxSize > 0 && u.index.bytes > s.maxSize
 }
 
 func (s *Store) signalEvict() {
@@ -215,13 +288,6 @@ func (s *Store) signalEvict() {
 }
 
 func (s *Store) evictLoop(ctx context.Context) {
-	// Eviction needs the whole index; before the walk ends the cache
-	// looks smaller than it is.
-	select {
-	case <-s.scanned:
-	case <-ctx.Done():
-		return
-	}
 	// Blobs protected by evictMinIdle become evictable later without any
 	// commit to signal it.
 	tick := time.NewTicker(max(s.evictMinIdle/2, 10*time.Millisecond))
@@ -238,10 +304,12 @@ func (s *Store) evictLoop(ctx context.Context) {
 }
 
 // evictOnce deletes the blobs read least recently until the cache is at
-// the low-water mark. It never deletes a blob read within evictMinIdle,
-// nor one that a pin or Options.Roots reaches (see mark): a pinned or
-// locked image stays whole, so it is served while its upstream is down.
-// A blob being filled is not in the index yet, so it is never a candidate.
+// the low-water mark. It never deletes a blob read within evictMinIdle
+// (on any replica: see evictMinIdleIntervals), nor one that a pin or
+// Options.Roots reaches (see mark): a pinned or locked image stays whole,
+// so it is served while its upstream is down. A blob being filled is not
+// in the index yet, so it is never a candidate; one being read is
+// reported as read by every journal written during the read.
 //
 // Evicting a manifest needs nothing more: the config and layers that only
 // it referenced are now reached by no root either, so they are ordinary
@@ -251,58 +319,67 @@ func (s *Store) evictOnce(ctx context.Context) {
 	u.evictMu.Lock()
 	defer u.evictMu.Unlock()
 	u.mu.Lock()
-	over := u.bytes > s.maxSize
+	over := u.index != nil && u.index.bytes > s.maxSize
 	u.mu.Unlock()
 	if !over {
 		return
 	}
-	protected, err := s.protected(ctx)
+	protectedDigests, err := s.protected(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
 			s.log.Warn("not evicting: the pinned and locked images could not be listed, so nothing is known to be safe to delete", "error", err)
 		}
 		return
 	}
+	protected := make(map[blobKey]bool, len(protectedDigests))
+	for d := range protectedDigests {
+		protected[keyOf(d)] = true
+	}
 
 	u.mu.Lock()
-	target := int64(float64(s.maxSize) * evictLowWater)
-	idleBefore := time.Now().Add(-s.evictMinIdle).UnixNano()
-	type candidate struct {
-		dgst digest.Digest
-		blobEntry
+	if u.index == nil {
+		u.mu.Unlock()
+		return
 	}
-	var all []candidate
+	target := int64(float64(s.maxSize) * evictLowWater)
+	excess := u.index.bytes - target
+	idleBefore := time.Now().Add(-s.evictMinIdle).UnixNano()
 	var protectedBytes int64
-	for d, e := range u.blobs {
+	oldest := oldestCovering{excess: excess}
+	u.index.each(func(k blobKey, e blobEntry) {
 		switch {
-		case protected[d]:
+		case protected[k]:
 			protectedBytes += e.size
 		case e.access < idleBefore:
-			all = append(all, candidate{d, e})
+			oldest.offer(evictCandidate{k, e})
 		}
-	}
-	excess := u.bytes - target
+	})
 	u.mu.Unlock()
 
-	slices.SortFunc(all, func(a, b candidate) int { return cmp.Compare(a.access, b.access) })
 	var freed int64
-	for _, c := range all {
+	for _, c := range oldest.sorted() {
 		if freed >= excess || ctx.Err() != nil {
 			break
 		}
 		u.mu.Lock()
-		cur, ok := u.blobs[c.dgst]
+		cur, ok := blobEntry{}, false
+		if u.index != nil {
+			cur, ok = u.index.get(c.key)
+		}
 		u.mu.Unlock()
 		if !ok || cur.access != c.access {
 			continue // read (or deleted) since the candidates were picked
 		}
-		if gone, _ := s.removeBlob(ctx, c.dgst, c.size, reasonSize); gone {
+		if gone, _ := s.removeBlob(ctx, c.key.digest(), c.size, reasonSize); gone {
 			freed += c.size
 		}
 	}
 	if freed < excess {
 		u.mu.Lock()
-		over := u.bytes - s.maxSize
+		over := int64(0)
+		if u.index != nil {
+			over = u.index.bytes - s.maxSize
+		}
 		u.mu.Unlock()
 		if over > 0 && time.Since(u.overWarned) > 10*time.Minute {
 			u.overWarned = time.Now()
@@ -310,6 +387,47 @@ func (s *Store) evictOnce(ctx context.Context) {
 				"overBytes", over, "pinnedBytes", protectedBytes, "minIdle", s.evictMinIdle)
 		}
 	}
+}
+
+type evictCandidate struct {
+	key blobKey
+	blobEntry
+}
+
+// oldestCovering keeps, of the candidates offered, the fewest read longest
+// ago whose sizes add up to excess: a pass over a million blobs holds only
+// what it may evict. It is a heap with the most recently read on top.
+type oldestCovering struct {
+	excess int64
+	bytes  int64
+	heap   []evictCandidate
+}
+
+func (o *oldestCovering) Len() int           { return len(o.heap) }
+func (o *oldestCovering) Less(i, j int) bool { return o.heap[i].access > o.heap[j].access }
+func (o *oldestCovering) Swap(i, j int)      { o.heap[i], o.heap[j] = o.heap[j], o.heap[i] }
+func (o *oldestCovering) Push(x any)         { o.heap = append(o.heap, x.(evictCandidate)) }
+func (o *oldestCovering) Pop() any {
+	last := o.heap[len(o.heap)-1]
+	o.heap = o.heap[:len(o.heap)-1]
+	return last
+}
+
+func (o *oldestCovering) offer(c evictCandidate) {
+	if o.bytes >= o.excess && len(o.heap) > 0 && c.access >= o.heap[0].access {
+		return // enough is kept, all read longer ago
+	}
+	heap.Push(o, c)
+	o.bytes += c.size
+	for len(o.heap) > 1 && o.bytes-o.heap[0].size >= o.excess {
+		o.bytes -= heap.Pop(o).(evictCandidate).size
+	}
+}
+
+// sorted is the candidates kept, read longest ago first.
+func (o *oldestCovering) sorted() []evictCandidate {
+	slices.SortFunc(o.heap, func(a, b evictCandidate) int { return cmp.Compare(a.access, b.access) })
+	return o.heap
 }
 
 // protected is every digest a pin or Options.Roots reaches.

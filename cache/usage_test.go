@@ -43,6 +43,49 @@ func holds(t *testing.T, s *Store, d digest.Digest) bool {
 	return err == nil
 }
 
+// start runs s.Start until the test ends, and then waits until it no
+// longer writes to storage.
+func start(t *testing.T, s *Store) {
+	ctx, cancel := context.WithCancel(t.Context())
+	s.Start(ctx)
+	t.Cleanup(func() {
+		cancel()
+		s.sharing.Wait()
+	})
+}
+
+// lead runs s.Lead until stop is called or the test ends, and waits for
+// its walk of storage.
+func lead(t *testing.T, s *Store) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.Lead(ctx)
+	}()
+	stop = func() {
+		cancel()
+		<-done
+	}
+	t.Cleanup(stop)
+	waitFor(t, "the leader's walk of storage", func() bool {
+		s.usage.mu.Lock()
+		indexed := s.usage.indexed
+		s.usage.mu.Unlock()
+		if indexed == nil {
+			return false
+		}
+		select {
+		case <-indexed:
+			return true
+		default:
+			return false
+		}
+	})
+	return stop
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
@@ -80,7 +123,8 @@ func TestUsageIsMeasuredAtStartAndKeptOnCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Start(ctx)
-	<-s.scanned
+	lead(t, s)
+	waitFor(t, "the pins counted", func() bool { return testutil.ToFloat64(s.metrics.pins.WithLabelValues("sticky")) == 1 })
 	wantBytes := float64(1000 + 2000 + len(body))
 	if got := testutil.ToFloat64(s.metrics.sizeBytes); got != wantBytes {
 		t.Errorf("size after walk = %v, want %v", got, wantBytes)
@@ -160,7 +204,7 @@ func TestEvictionRemovesLeastRecentlyReadBlobs(t *testing.T) {
 			s.evictMinIdle = 0
 			ctx := t.Context()
 			s.Start(ctx)
-			<-s.scanned
+			lead(t, s)
 
 			a := fillBlob(t, s, randomBytes(t, 1000))
 			time.Sleep(time.Millisecond)
@@ -171,7 +215,7 @@ func TestEvictionRemovesLeastRecentlyReadBlobs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			blob.Content.Close()
+			blob.Close()
 			time.Sleep(time.Millisecond)
 			c := fillBlob(t, s, randomBytes(t, 1000)) // 3000 > 2500: evict down to 2250
 
@@ -208,7 +252,7 @@ func TestEvictionSparesRecentlyReadBlobs(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s.Start(ctx)
-	<-s.scanned
+	lead(t, s)
 	a := fillBlob(t, s, randomBytes(t, 1000))
 	b := fillBlob(t, s, randomBytes(t, 1000))
 	s.evictOnce(ctx)
@@ -226,6 +270,7 @@ func TestEvictionStopsWhenRootsCannotBeListed(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.evictMinIdle = 0
+	lead(t, s)
 	a := fillBlob(t, s, randomBytes(t, 1000))
 	b := fillBlob(t, s, randomBytes(t, 1000))
 	s.evictOnce(t.Context())

@@ -42,7 +42,7 @@ type Config struct {
 	Sync Sync `mapstructure:"sync"`
 	// Cache decides what eviction must keep beyond pins and lock files.
 	Cache Cache `mapstructure:"cache"`
-	// Cluster is how this replica reaches the Kubernetes API.
+	// Cluster is how replicas sharing one storage work together.
 	Cluster Cluster `mapstructure:"cluster"`
 }
 
@@ -56,11 +56,16 @@ type Cache struct {
 	KeepRunningImages bool `mapstructure:"keepRunningImages"`
 }
 
-// Cluster is how this replica reaches the Kubernetes API of its cluster.
+// Cluster is how replicas sharing one storage work together, and how this
+// replica reaches the Kubernetes API of its cluster.
 type Cluster struct {
 	// Kubeconfig is a kubeconfig path; empty means the in-cluster config
 	// (the Pod's service account).
 	Kubeconfig string `mapstructure:"kubeconfig"`
+	// AccountingInterval is how often each replica writes the blobs it
+	// read, committed and deleted to storage for the leader, and reads the
+	// cluster-wide cache size the leader publishes.
+	AccountingInterval time.Duration `mapstructure:"accountingInterval"`
 }
 
 // Sync re-runs an image list, as `pullbroker sync -f` takes it, inside a

@@ -91,6 +91,7 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		{`storage: {fills: {stallTimeout: 2h}}`, "storage.fills.stallTimeout"},
 		{`storage: {fills: {maxConcurrent: -1}}`, "storage.fills.maxConcurrent"},
 		{`storage: {scrub: {interval: -1s}}`, "storage.scrub.interval"},
+		{`cluster: {accountingInterval: 0s}`, "cluster.accountingInterval"},
 		{`storage: {scrub: {interval: 1h, bytesPerSecond: 0}}`, "storage.scrub.bytesPerSecond"},
 		{`storage: {driver: s4}`, "storage.driver"},
 		{`storage: {redirect: true}`, "storage.redirect: the filesystem driver"},

@@ -19,6 +19,9 @@ const (
 	DefaultMaxConcurrentFills = 64
 )
 
+// DefaultAccountingInterval is cluster.accountingInterval when unset.
+const DefaultAccountingInterval = 10 * time.Second
+
 // DefaultFilesystemRoot is storage.parameters.rootdirectory of the
 // filesystem driver when unset. It is applied after loading rather than
 // written in the embedded default, where a file choosing another driver

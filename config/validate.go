@@ -76,6 +76,9 @@ func (c *Config) Validate() error {
 	if c.Storage.Scrub.Interval > 0 && c.Storage.Scrub.BytesPerSecond <= 0 {
 		bad("storage.scrub.bytesPerSecond", "must be positive when storage.scrub.interval is set")
 	}
+	if c.Cluster.AccountingInterval <= 0 {
+		bad("cluster.accountingInterval", "must be positive, for example 10s")
+	}
 	switch c.Log.Format {
 	case "text", "json":
 	default:

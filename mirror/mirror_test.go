@@ -125,7 +125,7 @@ func TestSyncExportImport(t *testing.T) {
 		if err != nil {
 			t.Fatalf("layer %s not imported: %v", d, err)
 		}
-		b.Content.Close()
+		b.Close()
 	}
 }
 
@@ -204,7 +204,7 @@ func TestScheduledSyncFollowsTheUpstream(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the moved tag's layer was not fetched: %v", err)
 	}
-	b.Content.Close()
+	b.Close()
 }
 
 // waitForRuns waits until the scheduled sync has counted n successful runs.

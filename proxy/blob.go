@@ -30,7 +30,7 @@ func (h *Handler) serveBlob(w http.ResponseWriter, r *http.Request, rt *route, i
 	blob, err := h.store.OpenBlob(ctx, dgst, size)
 	if err == nil {
 		h.cacheResult(info, "blob", rt.registry, tags.Hit)
-		defer blob.Content.Close()
+		defer blob.Close()
 		if h.cfg.Storage.Redirect && r.Method == http.MethodGet && h.redirectToStorage(w, r, dgst) {
 			return
 		}
@@ -241,7 +241,7 @@ func (h *Handler) serveFromCache(w http.ResponseWriter, r *http.Request, dgst di
 		writeError(w, r, internalError(err))
 		return
 	}
-	defer blob.Content.Close()
+	defer blob.Close()
 	h.serveCachedBlob(w, r, dgst, blob)
 }
 

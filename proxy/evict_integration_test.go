@@ -84,7 +84,8 @@ func imageDigests(t *testing.T, img v1.Image) []digest.Digest {
 // ageBlobs sets the modification time of every blob under a filesystem
 // cache root to age ago (an hour earlier for those in oldest), which a new
 // Store takes as their last-read time: as a cache left by a previous run.
-func ageBlobs(t *testing.T, root string, age time.Duration, oldest []digest.Digest) {
+// It returns the bytes of the blobs it aged.
+func ageBlobs(t *testing.T, root string, age time.Duration, oldest []digest.Digest) (bytes int64) {
 	t.Helper()
 	first := map[string]bool{}
 	for _, d := range oldest {
@@ -98,11 +99,17 @@ func ageBlobs(t *testing.T, root string, age time.Duration, oldest []digest.Dige
 		if first[filepath.Base(filepath.Dir(p))] {
 			when = when.Add(-time.Hour)
 		}
+		info, err := de.Info()
+		if err != nil {
+			return err
+		}
+		bytes += info.Size()
 		return os.Chtimes(p, when, when)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return bytes
 }
 
 // newEnvWithPinnedAndLocked is a proxy on the filesystem whose pin rules
@@ -130,7 +137,7 @@ func newEnvWithPinnedAndLocked(t *testing.T) (*env, *config.Config, v1.ImageInde
 
 // reopened is a proxy over cfg's storage opened anew, as a restarted
 // process opens it: a new Store (maxSizeBytes limit, the lock files'
-// digests as roots) that has seen no commit or read, started.
+// digests as roots) that has seen no commit or read, started and leading.
 func (e *env) reopened(cfg *config.Config, limit int64) *env {
 	t := e.t
 	t.Helper()
@@ -151,6 +158,16 @@ func (e *env) reopened(cfg *config.Config, limit int64) *env {
 	}
 	r.serve(cfg)
 	r.store.Start(t.Context())
+	leading, stopLeading := context.WithCancel(t.Context())
+	led := make(chan struct{})
+	go func() {
+		defer close(led)
+		r.store.Lead(leading)
+	}()
+	t.Cleanup(func() { // before the storage directory is removed
+		stopLeading()
+		<-led
+	})
 	return r
 }
 
@@ -176,8 +193,7 @@ func TestEvictionKeepsPinnedAndLockedImages(t *testing.T) {
 		e.pull(fmt.Sprintf("team/app%d:v1", i), img)
 	}
 	protected := append(imageDigests(t, pinnedImg), indexDigests(t, lockedIdx)...)
-	ageBlobs(t, cfg.Storage.Parameters["rootdirectory"].(string), 2*time.Hour, protected)
-	total := int64(e.gauge("pullbroker_cache_size_bytes"))
+	total := ageBlobs(t, cfg.Storage.Parameters["rootdirectory"].(string), 2*time.Hour, protected)
 
 	// The restart with a limit: eviction runs once the walk measured it.
 	limit := total / 2

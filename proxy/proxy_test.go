@@ -349,7 +349,7 @@ func committed(t *testing.T, s *cache.Store, d digest.Digest) bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.Content.Close()
+	b.Close()
 	return true
 }
 

@@ -38,6 +38,7 @@ func newGCCmd() *cobra.Command {
 			}
 			start := time.Now()
 			report, err := store.GC(cmd.Context(), cfg.Storage.GC.Grace, dryRun)
+			flushForLeader(cmd, store)
 			out := cmd.OutOrStdout()
 			verb := "removed"
 			if dryRun {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -93,6 +94,16 @@ pins:
 	}
 	t.Cleanup(a.Close)
 	a.store.Start(t.Context())
+	leading, stopLeading := context.WithCancel(t.Context())
+	led := make(chan struct{})
+	go func() {
+		defer close(led)
+		a.store.Lead(leading)
+	}()
+	t.Cleanup(func() { // before the storage directory is removed
+		stopLeading()
+		<-led
+	})
 	admin, err := adminMux(a, cfg)
 	if err != nil {
 		t.Fatal(err)

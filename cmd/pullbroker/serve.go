@@ -124,6 +124,7 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 		GCInterval:          cfg.Storage.GC.Interval,
 		GCGrace:             cfg.Storage.GC.Grace,
 		RecordCacheTTL:      cfg.Storage.RecordCacheTTL,
+		AccountingInterval:  cfg.Cluster.AccountingInterval,
 	})
 	if err != nil {
 		return nil, err
@@ -205,10 +206,13 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			return fmt.Errorf("cache.keepRunningImages: %w", err)
 		}
 	}
-	// Removes what a crash left under uploads/, measures the cache for the
-	// metrics, runs eviction (storage.maxSizeBytes), the scrub
-	// (storage.scrub) and GC (storage.gc).
+	// Removes what a crash left under uploads/ and shares this replica's
+	// reads and commits with the leader (cluster.accountingInterval).
 	a.store.Start(ctx)
+	// The leader measures the cache and runs eviction (storage.maxSizeBytes),
+	// the scrub (storage.scrub) and GC (storage.gc) for all replicas; a
+	// single replica leads itself.
+	go a.store.Lead(ctx)
 	if cfg.Sync.ImagesFile != "" {
 		// Checked now, so a bad list fails the start rather than a run hours later.
 		if _, err := mirror.ReadImageList(cfg, cfg.Sync.ImagesFile); err != nil {

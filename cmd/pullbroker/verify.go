@@ -31,6 +31,7 @@ func newVerifyCmd() *cobra.Command {
 				return err
 			}
 			report, err := store.Scrub(cmd.Context(), bytesPerSecond)
+			flushForLeader(cmd, store)
 			out := cmd.OutOrStdout()
 			for _, d := range report.Corrupt {
 				fmt.Fprintf(out, "removed corrupt blob %s\n", d)
@@ -65,4 +66,13 @@ func openStoreForCommand(cmd *cobra.Command, cfg *config.Config, roots []cache.R
 		opts.Roots = func(context.Context) ([]cache.Root, error) { return roots, nil }
 	}
 	return cache.New(driver, opts)
+}
+
+// flushForLeader tells the serve process that leads (if any) what a
+// command removed from the cache, so that its cache size drops now rather
+// than at its next restart. A failure is worth a warning only.
+func flushForLeader(cmd *cobra.Command, store *cache.Store) {
+	if err := store.Flush(cmd.Context()); err != nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "warning: %v; the cache size that serve reports counts the removed blobs until it restarts\n", err)
+	}
 }

@@ -1,0 +1,320 @@
+package cache
+
+import (
+	"context"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// clusterInterval is the accounting interval of the replicas in these tests.
+const clusterInterval = 50 * time.Millisecond
+
+// replicas are Stores sharing one filesystem directory, as replicas share
+// a bucket.
+type replicas struct {
+	root   string
+	driver storagedriver.StorageDriver
+}
+
+func newReplicas(t *testing.T) *replicas {
+	root := t.TempDir()
+	return &replicas{root: root, driver: filesystem.New(filesystem.DriverParameters{RootDirectory: root, MaxThreads: 100})}
+}
+
+// open returns the replica name, over driver (nil: the shared one, as
+// a local filesystem).
+func (r *replicas) open(t *testing.T, name string, driver storagedriver.StorageDriver, opts Options) *Store {
+	t.Helper()
+	opts.Replica, opts.AccountingInterval, opts.Registerer = name, clusterInterval, prometheus.NewRegistry()
+	if driver == nil {
+		driver, opts.LocalRoot = r.driver, r.root
+	} else {
+		opts.SpoolDir = t.TempDir()
+	}
+	s, err := New(driver, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// committedLongAgo stores content as a blob that an earlier process
+// committed an hour ago.
+func (r *replicas) committedLongAgo(t *testing.T, content []byte) digest.Digest {
+	t.Helper()
+	s := r.open(t, "earlier", nil, Options{})
+	d := fillBlob(t, s, content)
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(s.localPath(blobPath(d)), old, old); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func read(t *testing.T, s *Store, d digest.Digest) {
+	t.Helper()
+	b, err := s.OpenBlob(t.Context(), d, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+}
+
+// indexed is the leader's entry for d.
+func indexed(s *Store, d digest.Digest) (blobEntry, bool) {
+	s.usage.mu.Lock()
+	defer s.usage.mu.Unlock()
+	if s.usage.index == nil {
+		return blobEntry{}, false
+	}
+	return s.usage.index.get(keyOf(d))
+}
+
+// TestLeaderIndexesWhatOtherReplicasCommitAndRead: a blob committed and
+// read through B reaches the leader A's index with B's next journal; a
+// read still in progress keeps it fresh; the journal objects are consumed.
+func TestLeaderIndexesWhatOtherReplicasCommitAndRead(t *testing.T) {
+	r := newReplicas(t)
+	a, b := r.open(t, "a", nil, Options{}), r.open(t, "b", nil, Options{})
+	start(t, a)
+	lead(t, a)
+	start(t, b)
+
+	d := fillBlob(t, b, randomBytes(t, 1234))
+	waitFor(t, "B's commit in A's index", func() bool {
+		e, ok := indexed(a, d)
+		return ok && e.size == 1234
+	})
+
+	blob, err := b.OpenBlob(t.Context(), d, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opened := time.Now()
+	waitFor(t, "B's read still in progress reported after it began", func() bool {
+		e, _ := indexed(a, d)
+		return e.access > opened.Add(3*clusterInterval).UnixNano()
+	})
+	blob.Close()
+
+	waitFor(t, "the journal objects consumed", func() bool { return len(journalObjects(t, r.driver)) == 0 })
+}
+
+// journalObjects lists the journal objects in storage.
+func journalObjects(t *testing.T, driver storagedriver.StorageDriver) []string {
+	t.Helper()
+	var objects []string
+	err := driver.Walk(t.Context(), journalRoot, func(fi storagedriver.FileInfo) error {
+		if !fi.IsDir() {
+			objects = append(objects, fi.Path())
+		}
+		return nil
+	})
+	if err != nil && !isPathNotFound(err) {
+		t.Fatal(err)
+	}
+	return objects
+}
+
+// TestLeaderEvictsForTheCluster: A leads with storage.maxSizeBytes; a
+// commit through B takes the cache over the limit: A evicts the blob
+// nobody read, and spares the one B read and the one B committed. B's
+// size metrics then agree with A's, from cluster/usage.
+func TestLeaderEvictsForTheCluster(t *testing.T) {
+	r := newReplicas(t)
+	a := r.open(t, "a", nil, Options{MaxSizeBytes: 2500})
+	b := r.open(t, "b", nil, Options{})
+	readByB := r.committedLongAgo(t, randomBytes(t, 1000))
+	unread := r.committedLongAgo(t, randomBytes(t, 1000))
+	start(t, a)
+	lead(t, a)
+	start(t, b)
+
+	read(t, b, readByB)
+	committedByB := fillBlob(t, b, randomBytes(t, 1000)) // 3000 > 2500
+
+	waitFor(t, "an eviction", func() bool { return testutil.ToFloat64(a.metrics.evictions.WithLabelValues(reasonSize)) == 1 })
+	if holds(t, a, unread) {
+		t.Error("the blob nobody read is still stored")
+	}
+	for _, d := range []digest.Digest{readByB, committedByB} {
+		if !holds(t, a, d) {
+			t.Errorf("blob %s evicted although B used it within evictMinIdle", d)
+		}
+	}
+	waitFor(t, "B's size metrics equal to A's", func() bool {
+		return testutil.ToFloat64(b.metrics.sizeBytes) == 2000 && testutil.ToFloat64(a.metrics.sizeBytes) == 2000 &&
+			testutil.ToFloat64(b.metrics.objects) == 2 && testutil.ToFloat64(a.metrics.objects) == 2
+	})
+	if got := testutil.ToFloat64(b.metrics.evictions.WithLabelValues(reasonSize)); got != 0 {
+		t.Errorf("B evicted %v blobs; only the leader evicts", got)
+	}
+}
+
+// TestLeadEndsEviction: once Lead's context ended the Store evicts nothing
+// more and holds no index, however far over the limit the cache grows.
+func TestLeadEndsEviction(t *testing.T) {
+	r := newReplicas(t)
+	a := r.open(t, "a", nil, Options{MaxSizeBytes: 1500})
+	a.evictMinIdle = 0
+	start(t, a)
+	stop := lead(t, a)
+	stop()
+	if _, ok := indexed(a, digest.FromString("anything")); ok || a.usage.index != nil {
+		t.Fatal("the index was kept after leading ended")
+	}
+
+	blobs := []digest.Digest{fillBlob(t, a, randomBytes(t, 1000)), fillBlob(t, a, randomBytes(t, 1000)), fillBlob(t, a, randomBytes(t, 1000))}
+	time.Sleep(5 * clusterInterval)
+	for _, d := range blobs {
+		if !holds(t, a, d) {
+			t.Errorf("blob %s evicted after leading ended", d)
+		}
+	}
+	if got := testutil.ToFloat64(a.metrics.evictions.WithLabelValues(reasonSize)); got != 0 {
+		t.Errorf("%v evictions after leading ended", got)
+	}
+}
+
+// writeCountingDriver records the storage writes of a Store.
+type writeCountingDriver struct {
+	storagedriver.StorageDriver
+	mu     sync.Mutex
+	writes []string
+}
+
+func (c *writeCountingDriver) wrote(op, p string) {
+	c.mu.Lock()
+	c.writes = append(c.writes, op+" "+p)
+	c.mu.Unlock()
+}
+
+func (c *writeCountingDriver) PutContent(ctx context.Context, p string, content []byte) error {
+	c.wrote("put", p)
+	return c.StorageDriver.PutContent(ctx, p, content)
+}
+
+func (c *writeCountingDriver) Writer(ctx context.Context, p string, append bool) (storagedriver.FileWriter, error) {
+	c.wrote("write", p)
+	return c.StorageDriver.Writer(ctx, p, append)
+}
+
+func (c *writeCountingDriver) Move(ctx context.Context, from, to string) error {
+	c.wrote("move", to)
+	return c.StorageDriver.Move(ctx, from, to)
+}
+
+func (c *writeCountingDriver) Delete(ctx context.Context, p string) error {
+	c.wrote("delete", p)
+	return c.StorageDriver.Delete(ctx, p)
+}
+
+func (c *writeCountingDriver) take() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w := c.writes
+	c.writes = nil
+	return w
+}
+
+// TestReadsCostOneJournalObjectPerInterval: 1,000 reads on a replica whose
+// storage is not a local filesystem write nothing to storage; its next
+// journal flush writes one object (an upload moved into place), whatever
+// the number of reads, and a flush with nothing to report writes nothing.
+func TestReadsCostOneJournalObjectPerInterval(t *testing.T) {
+	r := newReplicas(t)
+	counting := &writeCountingDriver{StorageDriver: r.driver}
+	b := r.open(t, "b", counting, Options{})
+	blobs := []digest.Digest{fillBlob(t, b, randomBytes(t, 100)), fillBlob(t, b, randomBytes(t, 200))}
+	flush(t, b)
+	counting.take()
+
+	for i := range 1000 {
+		read(t, b, blobs[i%len(blobs)])
+	}
+	if w := counting.take(); len(w) != 0 {
+		t.Fatalf("1,000 reads wrote to storage: %v", w)
+	}
+	flush(t, b)
+	w := counting.take()
+	if len(w) != 2 || !strings.HasPrefix(w[0], "put /uploads/") || !strings.HasPrefix(w[1], "move "+journalRoot+"/b/") {
+		t.Fatalf("a flush after 1,000 reads wrote %v, want one journal object under %s/b/", w, journalRoot)
+	}
+	flush(t, b)
+	if w := counting.take(); len(w) != 0 {
+		t.Fatalf("a flush with nothing to report wrote %v", w)
+	}
+}
+
+// TestLeaderEvictsWhatItsWalkFindsOverTheLimit: a replica that starts
+// leading over a cache already over storage.maxSizeBytes evicts without
+// waiting for a commit.
+func TestLeaderEvictsWhatItsWalkFindsOverTheLimit(t *testing.T) {
+	r := newReplicas(t)
+	for range 3 {
+		r.committedLongAgo(t, randomBytes(t, 1000))
+	}
+	a := r.open(t, "a", nil, Options{MaxSizeBytes: 2500})
+	lead(t, a)
+	waitFor(t, "an eviction", func() bool { return testutil.ToFloat64(a.metrics.evictions.WithLabelValues(reasonSize)) == 1 })
+}
+
+func flush(t *testing.T, s *Store) {
+	t.Helper()
+	if err := s.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCommandDeletionsReachTheLeader: what a process that does not run
+// Start (pullbroker gc) removes leaves the leader's index with its Flush.
+func TestCommandDeletionsReachTheLeader(t *testing.T) {
+	r := newReplicas(t)
+	unreferenced := r.committedLongAgo(t, randomBytes(t, 1000))
+	a := r.open(t, "a", nil, Options{})
+	lead(t, a)
+	if _, ok := indexed(a, unreferenced); !ok {
+		t.Fatal("the leader's walk missed a blob")
+	}
+
+	gc := r.open(t, "gc", nil, Options{})
+	report, err := gc.GC(t.Context(), time.Minute, false)
+	if err != nil || len(report.Removed) != 1 {
+		t.Fatalf("GC removed %v (%v), want the unreferenced blob", report.Removed, err)
+	}
+	flush(t, gc)
+	waitFor(t, "the removal in the leader's index", func() bool {
+		_, ok := indexed(a, unreferenced)
+		return !ok && testutil.ToFloat64(a.metrics.objects) == 0
+	})
+}
+
+// TestEvictMinIdleExceedsTheJournalLag: a read reaches the leader within
+// two accounting intervals; eviction spares blobs read within at least
+// three.
+func TestEvictMinIdleExceedsTheJournalLag(t *testing.T) {
+	for interval, want := range map[time.Duration]time.Duration{
+		10 * time.Second: time.Minute,
+		time.Minute:      3 * time.Minute,
+	} {
+		s, err := New(newReplicas(t).driver, Options{Replica: "a", AccountingInterval: interval})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.evictMinIdle != want {
+			t.Errorf("accounting interval %s: evictMinIdle %s, want %s", interval, s.evictMinIdle, want)
+		}
+	}
+	if _, err := New(newReplicas(t).driver, Options{Replica: "a/b"}); err == nil || !strings.Contains(err.Error(), "cluster.name") {
+		t.Errorf("a replica name that is no path component: %v, want an error naming cluster.name", err)
+	}
+}
