@@ -9,7 +9,9 @@ import (
 	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
 
 	// The drivers pullbroker ships with register themselves with the factory.
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/azure"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/gcs"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws"
 
