@@ -122,6 +122,7 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		{`storage: {driver: azure, parameters: {accountname: a, container: c, connectionstring: "x", credentials: {type: default_credentials}}}`, "storage.parameters.connectionstring: distribution's azure driver ignores it"},
 		{`storage: {driver: azure, parameters: {accountname: a, container: c, retry_delay: 5, credentials: {type: default_credentials}}}`, "storage.parameters.retry_delay"},
 		{`storage: {driver: azure, parameters: {accountname: a, container: c, max_retries: "3", credentials: {type: default_credentials}}}`, "storage.parameters.max_retries"},
+		{`storage: {driver: azure, parameters: {accountname: a, container: c, max_retries: -1, credentials: {type: default_credentials}}}`, "storage.parameters.max_retries"},
 		{`storage: {driver: azure, parameters: {accountname: a, container: c, skipverify: "yes", credentials: {type: default_credentials}}}`, "storage.parameters.skipverify"},
 		{`storage: {driver: azure, redirect: true, parameters: {accountname: a, container: c, credentials: {type: default_credentials}}}`, "storage.redirect: only s3 can redirect"},
 		{`pins: [{policy: forever}]`, "pins[0].policy"},

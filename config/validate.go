@@ -318,8 +318,10 @@ func validateAzureParameters(params map[string]any, bad func(key, format string,
 		bad(key+".serviceurl", "%q is not a URL such as https://ACCOUNT.blob.core.windows.net", u)
 	}
 	if v, ok := params["max_retries"]; ok {
-		if _, ok := v.(int); !ok {
-			bad(key+".max_retries", "%v is not a whole number", v)
+		// At -1 the driver aborts a copy still pending and reports the
+		// move done: a committed blob would be missing.
+		if n, ok := v.(int); !ok || n < 0 {
+			bad(key+".max_retries", "%v is not a whole number of at least 1 (0 or unset: 5)", v)
 		}
 	}
 	if d := parameterString(params, "retry_delay"); d != "" {
