@@ -3,8 +3,11 @@ package cache
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -43,12 +46,26 @@ func TestAzureStorage(t *testing.T) {
 // testObjectStorage runs the cache on an object-storage driver whose bucket
 // (or container) listKeys lists: fills commit and read back through another
 // replica's store with ranges, failed fills leave nothing, and an upload
-// left by a killed commit is never served and is swept.
+// left by a killed commit is never served and is swept. The parameters go
+// through a configuration file, as `pullbroker serve` reads them.
 func testObjectStorage(t *testing.T, driverName string, params map[string]any, listKeys func(testing.TB) []string) {
 	params["rootdirectory"] = "/pullbroker"
+	// JSON is YAML, and quotes a PEM key without fuss.
+	file, err := json.Marshal(map[string]any{"storage": map[string]any{"driver": driverName, "parameters": params}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "pullbroker.yaml")
+	if err := os.WriteFile(path, file, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
 	newStore := func(t *testing.T, opts Options) *Store {
 		t.Helper()
-		driver, localRoot, err := OpenDriver(t.Context(), config.Storage{Driver: driverName, Parameters: params})
+		driver, localRoot, err := OpenDriver(t.Context(), cfg.Storage)
 		if err != nil {
 			t.Fatal(err)
 		}
