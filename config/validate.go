@@ -265,7 +265,7 @@ func validateGCSParameters(params map[string]any, bad func(key, format string, a
 	}
 	if v, ok := params["chunksize"]; ok {
 		if n, ok := parameterInt(v); !ok || n < gcsChunkUnit || n%gcsChunkUnit != 0 {
-			bad(key+".chunksize", "%v is not a multiple of %d bytes (256 KiB), at least that", v, gcsChunkUnit)
+			bad(key+".chunksize", "%v is not a positive multiple of %d bytes (256 KiB)", v, gcsChunkUnit)
 		}
 	}
 	if v, ok := params["maxconcurrency"]; ok {
@@ -321,7 +321,7 @@ func validateAzureParameters(params map[string]any, bad func(key, format string,
 		// At -1 the driver aborts a copy still pending and reports the
 		// move done: a committed blob would be missing.
 		if n, ok := v.(int); !ok || n < 0 {
-			bad(key+".max_retries", "%v is not a whole number of at least 1 (0 or unset: 5)", v)
+			bad(key+".max_retries", "%v is not a whole number of at least 0 (0 means the default, 5)", v)
 		}
 	}
 	if d := parameterString(params, "retry_delay"); d != "" {
