@@ -2,17 +2,22 @@ package testenv
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/oauth2"
 )
 
 // GCSServer is a fake-gcs-server started by StartFakeGCS, serving one bucket of Google Cloud
@@ -67,10 +72,13 @@ func StartFakeGCS(t testing.TB) *GCSServer {
 	}
 }
 
+// gcsTokenURI is the token endpoint of the test's service-account key: a dead loopback port, so
+// that a token request fails here instead of leaving the machine, unless DriverContext's client
+// answers it.
+const gcsTokenURI = "http://127.0.0.1:1/token"
+
 // Parameters are the gcs storage driver parameters that reach the bucket, as storage.parameters
-// takes them, with inline credentials: a service-account key made for this server. Its token_uri
-// is a dead loopback port, so that a token request, which the emulator never needs, fails here
-// instead of leaving the machine.
+// takes them, with inline credentials: a service-account key made for this server.
 func (s *GCSServer) Parameters() map[string]any {
 	return map[string]any{
 		"bucket": s.Bucket,
@@ -81,9 +89,39 @@ func (s *GCSServer) Parameters() map[string]any {
 			"private_key":    s.privateKeyPEM,
 			"client_email":   "pullbroker-test@pullbroker-test.iam.gserviceaccount.com",
 			"client_id":      "1",
-			"token_uri":      "http://127.0.0.1:1/token",
+			"token_uri":      gcsTokenURI,
 		},
 	}
+}
+
+// DriverContext returns ctx carrying, for golang.org/x/oauth2, the HTTP client of the requests
+// that distribution's gcs driver makes itself rather than through cloud.google.com/go/storage:
+// an object larger than its chunksize is uploaded in a resumable session that it opens at
+// https://www.googleapis.com with an OAuth token. Under this context those requests reach the
+// server, and the token request is answered with a dummy token (Google's token endpoint cannot
+// run here). Open the driver with it.
+func (s *GCSServer) DriverContext(ctx context.Context) context.Context {
+	emulator, _ := url.Parse(s.Endpoint)
+	return context.WithValue(ctx, oauth2.HTTPClient, &http.Client{Transport: googleAPIsToServer{emulator}})
+}
+
+type googleAPIsToServer struct{ server *url.URL }
+
+func (g googleAPIsToServer) RoundTrip(req *http.Request) (*http.Response, error) {
+	switch {
+	case req.URL.String() == gcsTokenURI:
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		token := `{"access_token":"pullbroker-test","token_type":"Bearer","expires_in":3600}`
+		return &http.Response{StatusCode: http.StatusOK, Status: "200 OK", Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			Header: http.Header{"Content-Type": {"application/json"}}, Body: io.NopCloser(strings.NewReader(token)),
+			ContentLength: int64(len(token)), Request: req}, nil
+	case req.URL.Host == "www.googleapis.com":
+		req = req.Clone(req.Context())
+		req.URL.Scheme, req.URL.Host, req.Host = g.server.Scheme, g.server.Host, ""
+	}
+	return http.DefaultTransport.RoundTrip(req)
 }
 
 func (s *GCSServer) createBucket(t testing.TB) {
