@@ -101,6 +101,31 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		{`storage: {driver: s3, parameters: {bucket: b, regionendpoint: "127.0.0.1:9000"}}`, "storage.parameters.regionendpoint"},
 		{`storage: {driver: s3, parameters: {bucket: b, region: eu-west-1, forcepathstyle: maybe}}`, "storage.parameters.forcepathstyle"},
 		{`storage: {driver: s3, parameters: {bucket: b, region: eu-west-1, accesskey: k}}`, "storage.parameters.accesskey"},
+		{`storage: {driver: gcs}`, "storage.parameters.bucket: required for gcs"},
+		{`storage: {driver: gcs, parameters: {bucket: b, keyfile: 7}}`, "storage.parameters.keyfile"},
+		{`storage: {driver: gcs, parameters: {bucket: b, keyfile: /k.json, credentials: {type: service_account}}}`, "storage.parameters.credentials: set keyfile or credentials, not both"},
+		{`storage: {driver: gcs, parameters: {bucket: b, credentials: key.json}}`, "storage.parameters.credentials: must be the fields"},
+		{`storage: {driver: gcs, parameters: {bucket: b, credentials: {type: authorized_user, client_email: e, private_key: k}}}`, "storage.parameters.credentials.type"},
+		{`storage: {driver: gcs, parameters: {bucket: b, credentials: {type: service_account, client_email: e}}}`, "storage.parameters.credentials.private_key: required"},
+		{`storage: {driver: gcs, parameters: {bucket: b, chunksize: 1000000}}`, "storage.parameters.chunksize"},
+		{`storage: {driver: gcs, parameters: {bucket: b, chunksize: big}}`, "storage.parameters.chunksize"},
+		{`storage: {driver: gcs, parameters: {bucket: b, maxconcurrency: -3}}`, "storage.parameters.maxconcurrency"},
+		{`storage: {driver: gcs, redirect: true, parameters: {bucket: b}}`, "storage.redirect: only s3 can redirect"},
+		{`storage: {driver: azure, parameters: {container: c, credentials: {type: default_credentials}}}`, "storage.parameters.accountname: required for azure"},
+		{`storage: {driver: azure, parameters: {accountname: a, credentials: {type: default_credentials}}}`, "storage.parameters.container: required for azure"},
+		{`storage: {driver: azure, parameters: {accountname: a, container: c}}`, "storage.parameters.credentials.type: required for azure"},
+		{`storage: {driver: azure, parameters: {accountname: a, container: c, credentials: {type: sas}}}`, "storage.parameters.credentials.type: \"sas\" is not one of"},
+		{`storage: {driver: azure, parameters: {accountname: a, container: c, credentials: {type: shared_key}}}`, "storage.parameters.accountkey: required with credentials.type shared_key"},
+		{`storage: {driver: azure, parameters: {accountname: a, container: c, accountkey: "not base64!", credentials: {type: shared_key}}}`, "storage.parameters.accountkey: is not base64"},
+		{`storage: {driver: azure, parameters: {accountname: a, container: c, credentials: {type: client_secret, clientid: i, tenantid: t}}}`, "storage.parameters.credentials.secret: required"},
+		{`storage: {driver: azure, parameters: {accountname: 12, container: c, credentials: {type: default_credentials}}}`, "storage.parameters.accountname: must be a string"},
+		{`storage: {driver: azure, parameters: {accountname: a, container: c, serviceurl: "127.0.0.1:10000", credentials: {type: default_credentials}}}`, "storage.parameters.serviceurl"},
+		{`storage: {driver: azure, parameters: {accountname: a, container: c, connectionstring: "x", credentials: {type: default_credentials}}}`, "storage.parameters.connectionstring: distribution's azure driver ignores it"},
+		{`storage: {driver: azure, parameters: {accountname: a, container: c, retry_delay: 5, credentials: {type: default_credentials}}}`, "storage.parameters.retry_delay"},
+		{`storage: {driver: azure, parameters: {accountname: a, container: c, max_retries: "3", credentials: {type: default_credentials}}}`, "storage.parameters.max_retries"},
+		{`storage: {driver: azure, parameters: {accountname: a, container: c, max_retries: -1, credentials: {type: default_credentials}}}`, "storage.parameters.max_retries"},
+		{`storage: {driver: azure, parameters: {accountname: a, container: c, skipverify: "yes", credentials: {type: default_credentials}}}`, "storage.parameters.skipverify"},
+		{`storage: {driver: azure, redirect: true, parameters: {accountname: a, container: c, credentials: {type: default_credentials}}}`, "storage.redirect: only s3 can redirect"},
 		{`pins: [{policy: forever}]`, "pins[0].policy"},
 		{`pins: [{policy: locked}]`, "pins[0].lockFile"},
 	}
@@ -131,9 +156,35 @@ func TestStorageParametersAreTheChosenDriversOnly(t *testing.T) {
 	}
 }
 
+// TestObjectStorageParametersLoad: the parameters distribution's gcs and
+// azure drivers take, as its own configuration writes them, pass
+// validation unchanged.
+func TestObjectStorageParametersLoad(t *testing.T) {
+	for _, yaml := range []string{
+		`storage: {driver: gcs, parameters: {bucket: b, rootdirectory: /pb, chunksize: 5242880, keyfile: /etc/gcs/key.json}}`,
+		`storage: {driver: gcs, parameters: {bucket: b, maxconcurrency: 50, credentials: {type: service_account, project_id: p, client_email: "pb@p.iam.gserviceaccount.com", private_key: "-----BEGIN PRIVATE KEY-----\n..."}}}`,
+		`storage: {driver: gcs, parameters: {bucket: b}}`,
+		`storage: {driver: azure, parameters: {accountname: a, accountkey: "c2VjcmV0", container: c, realm: core.chinacloudapi.cn, max_retries: 3, retry_delay: 1s, credentials: {type: shared_key}}}`,
+		`storage: {driver: azure, parameters: {accountname: a, container: c, serviceurl: "https://a.blob.core.windows.net", credentials: {type: client_secret, clientid: i, tenantid: t, secret: s}}}`,
+		`storage: {driver: azure, parameters: {accountname: a, container: c, credentials: {type: default_credentials}}}`,
+	} {
+		if _, err := Load(write(t, yaml)); err != nil {
+			t.Errorf("Load(%s): %v", yaml, err)
+		}
+	}
+}
+
 func TestSecretsAreNotEchoedInErrors(t *testing.T) {
 	_, err := Load(write(t, `storage: {driver: s3, parameters: {bucket: b, region: eu-west-1, secretkey: hunter3}}`))
 	if err == nil || strings.Contains(err.Error(), "hunter3") {
+		t.Fatalf("error = %v", err)
+	}
+	_, err = Load(write(t, `storage: {driver: azure, parameters: {accountname: a, container: c, accountkey: "hunter4!", credentials: {type: shared_key}}}`))
+	if err == nil || strings.Contains(err.Error(), "hunter4") {
+		t.Fatalf("error = %v", err)
+	}
+	_, err = Load(write(t, `storage: {driver: gcs, parameters: {bucket: b, credentials: {type: user, private_key: hunter5}}}`))
+	if err == nil || strings.Contains(err.Error(), "hunter5") {
 		t.Fatalf("error = %v", err)
 	}
 	_, err = Load(write(t, `upstreams: [{name: "x.io", endpoint: "https://x.io", credentials: {basic: {username: u, password: hunter2, passwordEnv: PW}}}]`))

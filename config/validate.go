@@ -1,13 +1,16 @@
 package config
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pullbroker/pullbroker/internal/glob"
 	"github.com/pullbroker/pullbroker/internal/registryname"
@@ -155,6 +158,11 @@ func (c *Config) Validate() error {
 // Driver names are distribution's: its S3 driver (package s3-aws)
 // registers as "s3" and "s3aws".
 func validateStorageDriver(s Storage, bad func(key, format string, args ...any)) {
+	// Both drivers sign URLs too, but their URLs are not tested against a
+	// server that checks them (the emulators do not).
+	if s.Redirect && (s.Driver == "gcs" || s.Driver == "azure") {
+		bad("storage.redirect", "only s3 can redirect; the %s driver's signed URLs are not supported", s.Driver)
+	}
 	switch s.Driver {
 	case "filesystem", "inmemory":
 		if s.Redirect {
@@ -162,13 +170,29 @@ func validateStorageDriver(s Storage, bad func(key, format string, args ...any))
 		}
 	case "s3", "s3aws":
 		validateS3Parameters(s.Driver, s.Parameters, bad)
+	case "gcs":
+		validateGCSParameters(s.Parameters, bad)
+	case "azure":
+		validateAzureParameters(s.Parameters, bad)
 	case "s3-aws":
 		bad("storage.driver", "%q is the name of distribution's package; its S3 driver is named s3", s.Driver)
 	case "":
-		bad("storage.driver", "must be set to one of filesystem, s3, inmemory")
+		bad("storage.driver", "must be set to one of %s", storageDrivers)
 	default:
-		bad("storage.driver", "%q is not one of filesystem, s3, inmemory", s.Driver)
+		bad("storage.driver", "%q is not one of %s", s.Driver, storageDrivers)
 	}
+}
+
+const storageDrivers = "filesystem, s3, gcs, azure, inmemory"
+
+// parameterString is a driver parameter as the drivers read a string: ""
+// when unset.
+func parameterString(params map[string]any, name string) string {
+	v, ok := params[name]
+	if !ok || v == nil {
+		return ""
+	}
+	return fmt.Sprint(v)
 }
 
 // validateS3Parameters checks the parameters of distribution's S3 driver
@@ -176,13 +200,7 @@ func validateStorageDriver(s Storage, bad func(key, format string, args ...any))
 // storage class, ACL) when it is created at start.
 func validateS3Parameters(driver string, params map[string]any, bad func(key, format string, args ...any)) {
 	const key = "storage.parameters"
-	str := func(name string) string {
-		v, ok := params[name]
-		if !ok || v == nil {
-			return ""
-		}
-		return fmt.Sprint(v)
-	}
+	str := func(name string) string { return parameterString(params, name) }
 	if str("bucket") == "" {
 		bad(key+".bucket", "required for %s", driver)
 	}
@@ -190,10 +208,8 @@ func validateS3Parameters(driver string, params map[string]any, bad func(key, fo
 	if str("region") == "" && endpoint == "" {
 		bad(key+".region", "required for %s, for example eu-west-1 (an S3-compatible server may set regionendpoint instead)", driver)
 	}
-	if endpoint != "" {
-		if u, err := url.Parse(endpoint); err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-			bad(key+".regionendpoint", "%q is not a URL such as https://s3.example.com:9000", endpoint)
-		}
+	if endpoint != "" && !isHTTPURL(endpoint) {
+		bad(key+".regionendpoint", "%q is not a URL such as https://s3.example.com:9000", endpoint)
 	}
 	// A secret is never echoed: only whether it is set.
 	if (str("accesskey") == "") != (str("secretkey") == "") {
@@ -210,6 +226,148 @@ func validateS3Parameters(driver string, params map[string]any, bad func(key, fo
 			bad(key+"."+name, "%v is not true or false", v)
 		}
 	}
+}
+
+// gcsChunkUnit is the GCS resumable-upload granule: the gcs driver's
+// chunksize must be a multiple of it.
+const gcsChunkUnit = 256 << 10
+
+// validateGCSParameters checks the parameters of distribution's gcs driver.
+// Credentials are a service-account key, from the file keyfile names or
+// inline under credentials, or else Google's application default
+// credentials (GOOGLE_APPLICATION_CREDENTIALS, the metadata server).
+func validateGCSParameters(params map[string]any, bad func(key, format string, args ...any)) {
+	const key = "storage.parameters"
+	if parameterString(params, "bucket") == "" {
+		bad(key+".bucket", "required for gcs")
+	}
+	_, hasKeyfile := params["keyfile"]
+	if hasKeyfile {
+		if s, ok := params["keyfile"].(string); !ok || s == "" {
+			bad(key+".keyfile", "must be the path of a service-account JSON key file")
+		}
+	}
+	if creds, ok := params["credentials"]; ok {
+		if hasKeyfile {
+			bad(key+".credentials", "set keyfile or credentials, not both (the driver would ignore credentials)")
+		}
+		fields, ok := creds.(map[string]any)
+		if !ok {
+			bad(key+".credentials", "must be the fields of a service-account JSON key (type, client_email, private_key, ...)")
+		} else {
+			// The private key is never echoed: only whether it is set.
+			if t := parameterString(fields, "type"); t != "service_account" {
+				bad(key+".credentials.type", "%q is not service_account", t)
+			}
+			for _, name := range []string{"client_email", "private_key"} {
+				if parameterString(fields, name) == "" {
+					bad(key+".credentials."+name, "required in a service-account key")
+				}
+			}
+		}
+	}
+	if v, ok := params["chunksize"]; ok {
+		if n, ok := parameterInt(v); !ok || n < gcsChunkUnit || n%gcsChunkUnit != 0 {
+			bad(key+".chunksize", "%v is not a positive multiple of %d bytes (256 KiB)", v, gcsChunkUnit)
+		}
+	}
+	if v, ok := params["maxconcurrency"]; ok {
+		if n, ok := parameterInt(v); !ok || n <= 0 {
+			bad(key+".maxconcurrency", "%v is not a positive whole number", v)
+		}
+	}
+}
+
+// parameterInt reads a whole number as YAML or an environment override
+// gives it.
+func parameterInt(v any) (int64, bool) {
+	switch n := v.(type) {
+	case int:
+		return int64(n), true
+	case int64:
+		return n, true
+	case uint64:
+		return int64(n), n <= math.MaxInt64
+	case string:
+		i, err := strconv.ParseInt(n, 10, 64)
+		return i, err == nil
+	}
+	return 0, false
+}
+
+// validateAzureParameters checks the parameters of distribution's azure
+// driver, which decodes them strictly by type and needs credentials.type.
+func validateAzureParameters(params map[string]any, bad func(key, format string, args ...any)) {
+	const key = "storage.parameters"
+	stringsOnly := func(prefix string, params map[string]any, names ...string) {
+		for _, name := range names {
+			if v, ok := params[name]; ok {
+				if _, ok := v.(string); !ok {
+					bad(prefix+name, "must be a string")
+				}
+			}
+		}
+	}
+	stringsOnly(key+".", params, "accountname", "accountkey", "container", "realm", "serviceurl", "rootdirectory", "retry_delay")
+	for _, name := range []string{"accountname", "container"} {
+		if parameterString(params, name) == "" {
+			bad(key+"."+name, "required for azure")
+		}
+	}
+	if _, ok := params["connectionstring"]; ok {
+		bad(key+".connectionstring", "distribution's azure driver ignores it; set accountname, accountkey and serviceurl (or realm) instead")
+	}
+	if u := parameterString(params, "serviceurl"); u != "" && !isHTTPURL(u) {
+		bad(key+".serviceurl", "%q is not a URL such as https://ACCOUNT.blob.core.windows.net", u)
+	}
+	if v, ok := params["max_retries"]; ok {
+		// At -1 the driver aborts a copy still pending and reports the
+		// move done: a committed blob would be missing.
+		if n, ok := v.(int); !ok || n < 0 {
+			bad(key+".max_retries", "%v is not a whole number of at least 0 (0 means the default, 5)", v)
+		}
+	}
+	if d := parameterString(params, "retry_delay"); d != "" {
+		if _, err := time.ParseDuration(d); err != nil {
+			bad(key+".retry_delay", "%q is not a duration such as 100ms", d)
+		}
+	}
+	if v, ok := params["skipverify"]; ok {
+		if _, ok := v.(bool); !ok {
+			bad(key+".skipverify", "%v is not true or false", v)
+		}
+	}
+	creds, ok := params["credentials"].(map[string]any)
+	if !ok && params["credentials"] != nil {
+		bad(key+".credentials", "must be a map with type (and clientid, tenantid, secret for client_secret)")
+		return
+	}
+	stringsOnly(key+".credentials.", creds, "type", "clientid", "tenantid", "secret")
+	// Secrets are never echoed: only whether they are set.
+	switch t := parameterString(creds, "type"); t {
+	case "shared_key":
+		if k := parameterString(params, "accountkey"); k == "" {
+			bad(key+".accountkey", "required with credentials.type shared_key")
+		} else if _, err := base64.StdEncoding.DecodeString(k); err != nil {
+			bad(key+".accountkey", "is not base64, as the storage account's access keys are")
+		}
+	case "client_secret":
+		for _, name := range []string{"clientid", "tenantid", "secret"} {
+			if parameterString(creds, name) == "" {
+				bad(key+".credentials."+name, "required with credentials.type client_secret")
+			}
+		}
+	case "default_credentials":
+	case "":
+		bad(key+".credentials.type", "required for azure: shared_key (with accountkey), client_secret or default_credentials")
+	default:
+		bad(key+".credentials.type", "%q is not one of shared_key, client_secret, default_credentials", t)
+	}
+}
+
+func isHTTPURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && u.Host != "" && (u.Scheme == "http" || u.Scheme == "https")
 }
 
 func validateUpstream(key string, u Upstream, bad func(key, format string, args ...any)) {

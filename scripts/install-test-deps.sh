@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs every tool the test suite runs against: Debian packages (upstream registry, real
-# clients, namespace tools) and pinned Go tools built from the Go module proxy (nothing else is
-# reachable from CI, so nothing here downloads a prebuilt binary).
+# clients, namespace tools), pinned Go tools built from the Go module proxy and Azurite from npm
+# (nothing else is reachable from CI, so nothing here downloads a prebuilt binary). Azurite needs
+# node 20 or later and npm on the machine.
 #
-# Idempotent: apt runs only when a package is missing, and each Go tool is built once into
-# $HOME/.cache/pullbroker-test/<tool>-<version>/ and skipped when that folder exists.
+# Idempotent: apt runs only when a package is missing, and each Go or npm tool is installed once
+# into $HOME/.cache/pullbroker-test/<tool>-<version>/ and skipped when that folder exists.
 #
 # Usage: scripts/install-test-deps.sh [--no-envtest]
 #   --no-envtest  skip etcd, kube-apiserver and kubelet (kube-apiserver takes ~11 min and 2.8 GB);
@@ -74,6 +75,32 @@ go_install() {
 	tmp=$(mktemp -d "$dir.partial.XXXXXX")
 	(cd "$tmp" && go_env GOBIN="$tmp" go install "$pkg")
 	publish "$tmp" "$dir" "$start"
+}
+
+# install_azurite: Azurite, Microsoft's Azure Storage emulator (the Azure blob server of the
+# object-storage tests), pinned from npm, once. About 1 min cold.
+install_azurite() {
+	local bin=node_modules/.bin/azurite-blob
+	if [ -x "$AZURITE_DIR/$bin" ]; then
+		log "azurite: cached in $AZURITE_DIR"
+		return
+	fi
+	local node_major
+	node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+	if ! command -v npm >/dev/null || [ "$node_major" -lt 20 ]; then
+		log "azurite: needs node 20 or later and npm (found node major version $node_major)"
+		exit 1
+	fi
+	log "azurite: installing azurite@$AZURITE_VERSION"
+	local tmp start=$SECONDS
+	tmp=$(mktemp -d "$AZURITE_DIR.partial.XXXXXX")
+	# The bin links npm writes are relative, so the folder can be moved into place.
+	npm install --prefix "$tmp" --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION" >&2
+	[ -x "$tmp/$bin" ] || {
+		log "azurite: npm installed no $bin"
+		exit 1
+	}
+	publish "$tmp" "$AZURITE_DIR" "$start"
 }
 
 # new_tool_module NAME: a throwaway module in a temp dir, for tools that `go install` refuses
@@ -199,6 +226,8 @@ Test tools:
   crane            $CRANE_DIR/crane
   conformance      $CONFORMANCE_DIR/conformance
   versitygw        $VERSITYGW_DIR/versitygw
+  fake-gcs-server  $FAKE_GCS_SERVER_DIR/fake-gcs-server
+  azurite-blob     $AZURITE_DIR/node_modules/.bin/azurite-blob
   etcd             $([ -x "$ETCD_DIR/etcd" ] && echo "$ETCD_DIR/etcd" || echo "not built (--no-envtest)")
   kube-apiserver   $([ -x "$KUBE_APISERVER_DIR/kube-apiserver" ] && echo "$KUBE_APISERVER_DIR/kube-apiserver" || echo "not built (--no-envtest)")
   kubelet          $([ -x "$KUBELET_DIR/kubelet" ] && echo "$KUBELET_DIR/kubelet" || echo "not built (--no-envtest)")
@@ -234,12 +263,16 @@ main() {
 		"github.com/opencontainers/distribution-spec/conformance@$CONFORMANCE_VERSION"
 	# The S3 server behind the object-storage tests; about 2.5 min cold.
 	go_install "$VERSITYGW_DIR" versitygw "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
+	# The GCS server; about 1 min cold.
+	go_install "$FAKE_GCS_SERVER_DIR" fake-gcs-server "github.com/fsouza/fake-gcs-server@$FAKE_GCS_SERVER_VERSION"
+	install_azurite
 	if [ "$envtest" = 1 ]; then
 		build_etcd
 		build_kube_apiserver
 		build_kubelet
 	fi
-	link_into "$TOOLS_DIR" "$CRANE_DIR/crane" "$CONFORMANCE_DIR/conformance" "$VERSITYGW_DIR/versitygw"
+	link_into "$TOOLS_DIR" "$CRANE_DIR/crane" "$CONFORMANCE_DIR/conformance" "$VERSITYGW_DIR/versitygw" \
+		"$FAKE_GCS_SERVER_DIR/fake-gcs-server" "$AZURITE_DIR/node_modules/.bin/azurite-blob"
 	link_into "$KUBE_ASSETS_DIR" "$ETCD_DIR/etcd" "$KUBE_APISERVER_DIR/kube-apiserver" "$KUBELET_DIR/kubelet"
 	summary
 }

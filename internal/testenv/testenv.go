@@ -1,7 +1,7 @@
 // Package testenv starts and drives the real programs that end-to-end tests run against: Debian's
-// docker-registry as an upstream, versitygw as S3 object storage, crane to make images, skopeo,
-// containerd (ctr) and podman as clients, the OCI conformance suite and the envtest Kubernetes
-// binaries.
+// docker-registry as an upstream, versitygw, fake-gcs-server and Azurite as S3, GCS and Azure
+// object storage, crane to make images, skopeo, containerd (ctr) and podman as clients, the OCI
+// conformance suite and the envtest Kubernetes binaries.
 //
 // scripts/install-test-deps.sh installs them all; scripts/test.sh runs the tests inside a
 // loopback-only network namespace and sets PULLBROKER_REQUIRE_TOOLS=1, so that a tool missing in
@@ -24,7 +24,8 @@ import (
 const (
 	// RequireToolsEnv, when set to anything, turns "tool missing: skip" into a test failure.
 	RequireToolsEnv = "PULLBROKER_REQUIRE_TOOLS"
-	// ToolsEnv names the folder holding the pinned Go tools (crane, conformance, versitygw).
+	// ToolsEnv names the folder holding the pinned tools (crane, conformance, versitygw,
+	// fake-gcs-server, azurite-blob).
 	ToolsEnv = "PULLBROKER_TEST_TOOLS"
 	// KubeAssetsEnv names the folder holding etcd and kube-apiserver, as envtest expects.
 	KubeAssetsEnv = "KUBEBUILDER_ASSETS"

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -167,5 +168,33 @@ func TestStartS3(t *testing.T) {
 	}
 	if ops := s.Operations(t); ops["CreateBucket"] != 1 || ops["PutObject"] != 1 || ops["ListObjectsV2"] != 1 {
 		t.Fatalf("operations = %v", ops)
+	}
+}
+
+func TestStartFakeGCS(t *testing.T) {
+	s := StartFakeGCS(t)
+	if got := os.Getenv("STORAGE_EMULATOR_HOST"); got != s.Endpoint {
+		t.Fatalf("STORAGE_EMULATOR_HOST = %q, want %q", got, s.Endpoint)
+	}
+	resp, err := http.Post(s.Endpoint+"/upload/storage/v1/b/"+s.Bucket+"/o?uploadType=media&name=a/b", "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("upload: %s", resp.Status)
+	}
+	if keys := s.Keys(t); len(keys) != 1 || keys[0] != "a/b" {
+		t.Fatalf("keys = %v", keys)
+	}
+}
+
+func TestStartAzurite(t *testing.T) {
+	s := StartAzurite(t)
+	if _, err := s.Client(t).UploadBuffer(t.Context(), s.Container, "a/b", []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if keys := s.Keys(t); len(keys) != 1 || keys[0] != "a/b" {
+		t.Fatalf("keys = %v", keys)
 	}
 }
