@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"log"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -154,8 +156,7 @@ type s3Requests struct {
 	all, cluster s3Ops
 }
 
-// requests reads the access log. Each request is one line whose 8th field
-// is the operation (as s3_GetObject) and 9th the key ("-" for none).
+// requests reads the access log: see countRequests.
 func (s *s3Server) requests() (s3Requests, error) {
 	out := s3Requests{all: s3Ops{}, cluster: s3Ops{}}
 	f, err := os.Open(s.accessLog)
@@ -166,20 +167,39 @@ func (s *s3Server) requests() (s3Requests, error) {
 		return out, err
 	}
 	defer f.Close()
-	sc := bufio.NewScanner(f)
+	return countRequests(f)
+}
+
+// countRequests counts the requests of a versitygw access log. Each
+// request is one line whose 8th field is the operation (as s3_GetObject),
+// 9th the key ("-" for none, as in a listing) and 10th the request URI
+// (with a listing's prefix).
+func countRequests(log io.Reader) (s3Requests, error) {
+	out := s3Requests{all: s3Ops{}, cluster: s3Ops{}}
+	sc := bufio.NewScanner(log)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) < 9 || !strings.HasPrefix(fields[7], "s3_") {
+		if len(fields) < 10 || !strings.HasPrefix(fields[7], "s3_") {
 			continue
 		}
 		op := strings.TrimPrefix(fields[7], "s3_")
 		out.all[op]++
-		if strings.HasPrefix(fields[8], "cluster/") {
+		if onCluster(fields[8], fields[9]) {
 			out.cluster[op]++
 		}
 	}
 	return out, sc.Err()
+}
+
+// onCluster reports whether a request is on the replicas' coordination
+// objects: its key, or a listing's prefix, is under cluster/.
+func onCluster(key, uri string) bool {
+	if key != "-" {
+		return strings.HasPrefix(key, "cluster/")
+	}
+	u, err := url.Parse(uri)
+	return err == nil && strings.HasPrefix(u.Query().Get("prefix"), "cluster/")
 }
 
 // since is what was counted after before.
@@ -338,9 +358,9 @@ func (e *env) s3(ctx context.Context, r *results, sz sizes) error {
 	// Pinned-tag HEADs: the filesystem reference and S3 alternate, each
 	// round; S3 without the record cache once, for what a HEAD costs
 	// without it.
-	url := func(pb *pbInstance) string { return manifestURL(pb.url, "bench/head", "pinned") }
+	pinnedURL := func(pb *pbInstance) string { return manifestURL(pb.url, "bench/head", "pinned") }
 	for _, pb := range []*pbInstance{pbFS, pbS3, pbS3NoCache} {
-		if _, err := headLoad(ctx, url(pb), 1, 1, time.Minute); err != nil { // resolves and pins the tag
+		if _, err := headLoad(ctx, pinnedURL(pb), 1, 1, time.Minute); err != nil { // resolves and pins the tag
 			return fmt.Errorf("(7) warm-up HEAD: %w", err)
 		}
 	}
@@ -351,14 +371,14 @@ func (e *env) s3(ctx context.Context, r *results, sz sizes) error {
 	for round := range sz.headRounds {
 		for i := range heads {
 			h := heads[(i+round)%len(heads)]
-			row, err := e.s3Heads(ctx, srv, h.name, url(h.pb), sz)
+			row, err := e.s3Heads(ctx, srv, h.name, pinnedURL(h.pb), sz)
 			if err != nil {
 				return err
 			}
 			res.head = append(res.head, row)
 		}
 	}
-	row, err := e.s3Heads(ctx, srv, headS3NoRecordCache, url(pbS3NoCache), sz)
+	row, err := e.s3Heads(ctx, srv, headS3NoRecordCache, pinnedURL(pbS3NoCache), sz)
 	if err != nil {
 		return err
 	}

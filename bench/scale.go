@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io/fs"
 	"log"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -42,7 +44,10 @@ func (e *env) scale(ctx context.Context, r *results, sz sizes) error {
 	res := &scaleResult{headWorkers: sz.headWorkers, headRounds: sz.headRounds, recordCacheTTL: s3RecordCacheTTL}
 	r.scale = res
 
-	// The filesystem.
+	// The filesystem. The synthetic cache is written once, then moved
+	// into the bucket for S3: rewriting a million files would take
+	// minutes. One large cache is on disk at a time (a million blobs take
+	// about 8 GB of directories and 4 KiB blocks).
 	large, err := e.freshDir("scale-fs-large")
 	if err != nil {
 		return err
@@ -51,17 +56,18 @@ func (e *env) scale(ctx context.Context, r *results, sz sizes) error {
 	if err != nil {
 		return err
 	}
-	run, err := e.scaleRun(ctx, "filesystem", large, filesystemStorage(large, 0), filesystemStorage(small, 0), sz)
+	log.Printf("(8) writing %d blobs and %d tag records", sz.scaleBlobs, sz.scaleTags)
+	start := time.Now()
+	c, err := writeSynthetic(large, sz.scaleBlobs, sz.scaleTags)
+	if err != nil {
+		return fmt.Errorf("(8) writing the synthetic cache: %w", err)
+	}
+	res.cache, res.writeTime = c, time.Since(start)
+	run, err := e.scaleRun(ctx, "filesystem", c.objects(), filesystemStorage(large, 0), filesystemStorage(small, 0), sz)
 	if err != nil {
 		return err
 	}
 	res.runs = append(res.runs, run)
-	res.cache = run.cache
-	// One large cache on disk at a time: a million blobs take about 8 GB
-	// of directories and 4 KiB blocks.
-	if err := os.RemoveAll(large); err != nil {
-		return err
-	}
 
 	// S3.
 	srv, err := e.s3Server(ctx)
@@ -73,11 +79,24 @@ func (e *env) scale(ctx context.Context, r *results, sz sizes) error {
 			return err
 		}
 	}
+	// The filesystem run stored the HEAD image beside the synthetic
+	// objects: count what the bucket holds under blobs/ now.
+	objects, err := countBlobFiles(large)
+	if err != nil {
+		return err
+	}
+	// The bucket's folder is empty (its metadata is in the sidecar folder).
+	if err := os.Remove(srv.bucketDir(scaleBucketLarge)); err != nil {
+		return err
+	}
+	if err := os.Rename(large, srv.bucketDir(scaleBucketLarge)); err != nil {
+		return fmt.Errorf("(8) moving the synthetic cache into bucket %s: %w", scaleBucketLarge, err)
+	}
 	spool, err := e.freshDir("scale-spool")
 	if err != nil {
 		return err
 	}
-	run, err = e.scaleRun(ctx, "S3", srv.bucketDir(scaleBucketLarge),
+	run, err = e.scaleRun(ctx, "S3", objects,
 		srv.storage(scaleBucketLarge, spool, s3RecordCacheTTL), srv.storage(scaleBucketSmall, spool, s3RecordCacheTTL), sz)
 	if err != nil {
 		return err
@@ -86,19 +105,24 @@ func (e *env) scale(ctx context.Context, r *results, sz sizes) error {
 	return os.RemoveAll(srv.bucketDir(scaleBucketLarge))
 }
 
-// scaleRun writes the synthetic cache into dir (the large storage's
-// root), starts a pullbroker on the small storage and then one on the
-// large, and measures the large one's start, accounting and memory, and
-// both HEAD rates.
-func (e *env) scaleRun(ctx context.Context, storage, dir, largeStorage, smallStorage string, sz sizes) (scaleRun, error) {
-	run := scaleRun{storage: storage}
-	log.Printf("(8) %s: writing %d blobs and %d tag records", storage, sz.scaleBlobs, sz.scaleTags)
-	start := time.Now()
-	c, err := writeSynthetic(dir, sz.scaleBlobs, sz.scaleTags)
-	if err != nil {
-		return run, fmt.Errorf("(8) writing the synthetic cache: %w", err)
-	}
-	run.cache, run.writeTime = c, time.Since(start)
+// countBlobFiles counts the objects under root/blobs/ (files named data).
+func countBlobFiles(root string) (int, error) {
+	n := 0
+	err := filepath.WalkDir(filepath.Join(root, "blobs"), func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && d.Name() == "data" {
+			n++
+		}
+		return err
+	})
+	return n, err
+}
+
+// scaleRun starts a pullbroker on the small storage and then one on the
+// large, which holds objects objects under blobs/, and measures the large
+// one's start, accounting and memory, and both HEAD rates. Both are
+// stopped when it returns.
+func (e *env) scaleRun(ctx context.Context, storage string, objects int, largeStorage, smallStorage string, sz sizes) (scaleRun, error) {
+	run := scaleRun{storage: storage, objects: objects}
 	name := "pullbroker-scale-" + strings.ToLower(storage)
 
 	smallPB, err := e.launchPullbroker(name+"-small", smallStorage)
@@ -110,7 +134,7 @@ func (e *env) scaleRun(ctx context.Context, storage, dir, largeStorage, smallSto
 		return run, err
 	}
 
-	log.Printf("(8) %s: starting pullbroker over %d objects", storage, c.objects())
+	log.Printf("(8) %s: starting pullbroker over %d objects", storage, objects)
 	largePB, err := e.launchPullbroker(name, largeStorage)
 	if err != nil {
 		return run, err
@@ -119,7 +143,7 @@ func (e *env) scaleRun(ctx context.Context, storage, dir, largeStorage, smallSto
 	if run.ready, err = waitV2(ctx, largePB); err != nil {
 		return run, err
 	}
-	run.accounted, run.counted, err = waitCounted(ctx, largePB, c.objects())
+	run.accounted, run.counted, err = waitCounted(ctx, largePB, objects)
 	if err != nil {
 		return run, err
 	}
@@ -127,9 +151,9 @@ func (e *env) scaleRun(ctx context.Context, storage, dir, largeStorage, smallSto
 	run.rssAccounted <<= 10
 	log.Printf("(8) %s: /v2/ after %s, %d objects counted after %s", storage, run.ready.Round(time.Millisecond), run.counted, run.accounted.Round(time.Millisecond))
 
-	url := func(pb *pbInstance) string { return manifestURL(pb.url, "bench/head", "pinned") }
+	pinnedURL := func(pb *pbInstance) string { return manifestURL(pb.url, "bench/head", "pinned") }
 	for _, pb := range []*pbInstance{smallPB, largePB} {
-		if _, err := headLoad(ctx, url(pb), 1, 1, time.Minute); err != nil { // resolves and pins the tag
+		if _, err := headLoad(ctx, pinnedURL(pb), 1, 1, time.Minute); err != nil { // resolves and pins the tag
 			return run, fmt.Errorf("(8) warm-up HEAD: %w", err)
 		}
 	}
@@ -138,7 +162,7 @@ func (e *env) scaleRun(ctx context.Context, storage, dir, largeStorage, smallSto
 		for i := range pbs {
 			pb := pbs[(i+round)%len(pbs)]
 			log.Printf("(8) %s: round %d: HEADs, %s cache", storage, round+1, map[bool]string{true: "large", false: "small"}[pb == largePB])
-			h, err := headLoad(ctx, url(pb), sz.headWorkers, sz.headReqs, sz.headMax)
+			h, err := headLoad(ctx, pinnedURL(pb), sz.headWorkers, sz.headReqs, sz.headMax)
 			if err != nil {
 				return run, fmt.Errorf("(8) HEADs: %w", err)
 			}
