@@ -27,6 +27,11 @@ import (
 // before it reports it unfinished and goes on.
 const accountingLimit = 10 * time.Minute
 
+// accountingStall: a count above zero that has not moved for this long
+// will not reach the number of objects (a binary that counts them
+// differently); (8) reports it unfinished and goes on.
+const accountingStall = time.Minute
+
 // objectsGauge is the metric whose value is the number of objects the
 // accounting counted.
 const objectsGauge = "pullbroker_cache_objects"
@@ -215,16 +220,21 @@ func waitV2(ctx context.Context, pb *pbInstance) (time.Duration, error) {
 }
 
 // waitCounted polls pullbroker's objects gauge until it reaches want, or
-// accountingLimit passed since the start (then counted is short of want
-// and err nil), and returns the time since the process was started.
+// accountingLimit passed since the start, or the gauge stood still above
+// zero for accountingStall (then counted is short of want and err nil),
+// and returns the time since the process was started.
 func waitCounted(ctx context.Context, pb *pbInstance, want int) (took time.Duration, counted int, err error) {
+	last, lastChange := 0, time.Now()
 	for {
 		counted, err = objectsCounted(ctx, pb.adminURL)
 		if err != nil {
 			return 0, 0, err
 		}
 		took = time.Since(pb.started)
-		if counted >= want || took > accountingLimit {
+		if counted != last {
+			last, lastChange = counted, time.Now()
+		}
+		if counted >= want || took > accountingLimit || (counted > 0 && time.Since(lastChange) > accountingStall) {
 			return took, counted, nil
 		}
 		select {
