@@ -333,8 +333,6 @@ func (r *results) targets() []target {
 		}
 		out = append(out, t)
 	}
-	out = append(out, r.s3Targets()...)
-	out = append(out, r.scaleTargets()...)
 	if l := r.load; l != nil {
 		t := target{goal: fmt.Sprintf("load, %d clients over cached manifests and blobs: zero errors", l.clients), met: l.total.errors == 0}
 		t.detail = fmt.Sprintf("%d errors in %d requests in %s (%.0f req/s; p99 %s, max %s; peak RSS %s)",
@@ -346,7 +344,8 @@ func (r *results) targets() []target {
 			detail: fmt.Sprintf("%d upstream requests for %d requests", l.upstream, l.total.requests),
 		})
 	}
-	return out
+	out = append(out, r.s3Targets()...)
+	return append(out, r.scaleTargets()...)
 }
 
 func (r *results) write(w io.Writer) {
