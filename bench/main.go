@@ -236,13 +236,14 @@ func (e *env) freshDir(name string) (string, error) {
 	return p, nil
 }
 
+// runs reports whether the measurement runs: all do unless -only names one.
 func (o options) runs(measurement string) bool { return o.only == "" || o.only == measurement }
 
 func run(ctx context.Context, root string, o options) error {
 	sz := sizesFor(o)
 	e := &env{o: o, root: root, dirs: map[string]string{}}
 	// Only the folders the harness makes are emptied: the caches start cold.
-	for _, d := range []string{"bin", "data", "logs", "upstream-data", "pullbroker-data", "distribution-data", "spool", "s3", "scale"} {
+	for _, d := range []string{"bin", "data", "logs", "upstream-data", "pullbroker-data", "distribution-data", "spool", "s3"} {
 		if _, err := e.freshDir(d); err != nil {
 			return err
 		}
@@ -279,7 +280,8 @@ func run(ctx context.Context, root string, o options) error {
 	if err := e.startUpstream(ctx); err != nil {
 		return err
 	}
-	if o.runs("") || o.runs(onlyLoad) {
+	// The pullbroker of (1) to (6).
+	if o.runs(onlyLoad) {
 		if err := e.startPullbroker(ctx); err != nil {
 			return err
 		}
@@ -697,8 +699,6 @@ func ensureRegistry(ctx context.Context) (string, error) {
 	return bin, nil
 }
 
-// distributionConfig is a registry on 127.0.0.1:port; with remote it is a
-// pull-through proxy of remote.
 // testCacheDir is where the test tools are cached, as internal/testenv
 // finds it: $PULLBROKER_TEST_CACHE or ~/.cache/pullbroker-test.
 func testCacheDir() (string, error) {
@@ -737,6 +737,8 @@ func isExecutable(path string) bool {
 	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
 }
 
+// distributionConfig is a registry on 127.0.0.1:port; with remote it is a
+// pull-through proxy of remote.
 func distributionConfig(port int, root, remote, level string) string {
 	s := fmt.Sprintf(`version: 0.1
 log:
