@@ -216,15 +216,6 @@ func (r s3Requests) since(before s3Requests) s3Requests {
 	return s3Requests{all: sub(r.all, before.all), cluster: sub(r.cluster, before.cluster)}
 }
 
-// total counts every request.
-func (o s3Ops) total() int64 {
-	var n int64
-	for _, v := range o {
-		n += v
-	}
-	return n
-}
-
 // reads counts the requests that read: GETs, HEADs and listings.
 func (o s3Ops) reads() int64 {
 	var n int64
