@@ -3,13 +3,14 @@
 //
 //	go run ./bench              # the numbers of record (about 4 min, plus the registry build once)
 //	go run ./bench -quick       # small sizes, one round: checks the harness itself
-//	go run ./bench -only load   # measurement (6) alone
+//	go run ./bench -only load   # measurement (6) alone; also -only s3, -only scale
 //
 // It builds pullbroker from this checkout and distribution v3.1.2's
 // registry (cached under ~/.cache/pullbroker-test/), starts an upstream
 // registry, a counting reverse proxy in front of it, and both proxies in
-// front of that, then runs the five measurements of issue 6 and the load
-// test of issue 12. See README.md.
+// front of that, then runs the five measurements of issue 6, the load
+// test of issue 12, and the S3 and index-scale measurements of issue 10.
+// See README.md.
 package main
 
 import (
@@ -27,6 +28,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -38,9 +40,21 @@ type options struct {
 	out, results  string
 	quick         bool
 	pullbrokerBin string
-	// only is "" (every measurement) or "load" (measurement (6) alone).
+	// only is "" (every measurement) or one of onlyChoices.
 	only string
+	// scaleBlobs and scaleTags size measurement (8): the synthetic blobs
+	// and tag records written into storage before pullbroker starts.
+	scaleBlobs, scaleTags int
 }
+
+// onlyChoices are the measurements -only runs alone.
+var onlyChoices = []string{onlyLoad, onlyS3, onlyScale}
+
+const (
+	onlyLoad  = "load"  // (6) load over cached content
+	onlyS3    = "s3"    // (7) S3 storage: cached blob GETs and pinned-tag HEADs
+	onlyScale = "scale" // (8) a large index: start-up, accounting, memory, HEADs
+)
 
 func main() {
 	if len(os.Args) > 1 {
@@ -62,10 +76,15 @@ func main() {
 	flag.StringVar(&o.results, "results", filepath.Join(root, "bench", "RESULTS.md"), "where to write the report")
 	flag.BoolVar(&o.quick, "quick", false, "small sizes and one round, to check the harness (writes RESULTS-quick.md unless -results is given)")
 	flag.StringVar(&o.pullbrokerBin, "pullbroker", "", "use this pullbroker binary instead of building ./cmd/pullbroker")
-	flag.StringVar(&o.only, "only", "", `"load" runs only measurement (6), the load test over cached content (writes RESULTS-load.md unless -results is given)`)
+	flag.StringVar(&o.only, "only", "", `run one measurement alone: "load" (6), "s3" (7) or "scale" (8) (writes RESULTS-<name>.md unless -results is given)`)
+	flag.IntVar(&o.scaleBlobs, "scale-blobs", 0, "blobs written into storage for measurement (8) (default 1000000, with -quick 50000)")
+	flag.IntVar(&o.scaleTags, "scale-tags", 0, "tag records written into storage for measurement (8) (default a tenth of -scale-blobs)")
 	flag.Parse()
-	if o.only != "" && o.only != "load" {
-		log.Fatalf("-only %q: the one measurement that runs alone is \"load\"", o.only)
+	if o.only != "" && !slices.Contains(onlyChoices, o.only) {
+		log.Fatalf("-only %q: the measurements that run alone are %s", o.only, strings.Join(onlyChoices, ", "))
+	}
+	if o.scaleBlobs < 0 || o.scaleTags < 0 {
+		log.Fatalf("-scale-blobs and -scale-tags must not be negative")
 	}
 	// Anything but the full run writes beside the working files, so that
 	// RESULTS.md keeps the numbers of record.
@@ -128,15 +147,36 @@ type sizes struct {
 	loadClients     int
 	loadDuration    time.Duration
 	loadMaxRequests int
+	// Measurement (7): an s3Blob-byte blob GET in s3Rounds rounds (with
+	// perClient GETs), pinned-tag HEADs in headRounds rounds.
+	s3Blob     int64
+	s3Rounds   int
+	headRounds int
+	// Measurement (8): see options.
+	scaleBlobs, scaleTags int
 }
 
-func sizesFor(quick bool) sizes {
+func sizesFor(o options) sizes {
+	sz := baseSizes(o.quick)
+	if o.scaleBlobs > 0 {
+		sz.scaleBlobs = o.scaleBlobs
+		sz.scaleTags = max(o.scaleBlobs/10, 1)
+	}
+	if o.scaleTags > 0 {
+		sz.scaleTags = o.scaleTags
+	}
+	return sz
+}
+
+func baseSizes(quick bool) sizes {
 	if quick {
 		return sizes{
 			big: 32 << 20, coldLayers: 3, coldLayer: 8 << 20, ttfbLayers: 3, ttfbLayer: 4 << 20,
 			coldClients: 32, headWorkers: 16, headReqs: 2000, headMax: 10 * time.Second, rounds: 1,
 			perClient:   map[int]int{1: 2, 8: 1},
 			loadClients: 50, loadDuration: 5 * time.Second, loadMaxRequests: 200_000,
+			s3Blob: 50 << 20, s3Rounds: 1, headRounds: 1,
+			scaleBlobs: 50_000, scaleTags: 5_000,
 		}
 	}
 	return sizes{
@@ -144,6 +184,8 @@ func sizesFor(quick bool) sizes {
 		coldClients: 32, headWorkers: 32, headReqs: 20000, headMax: 20 * time.Second, rounds: 7,
 		perClient:   map[int]int{1: 6, 8: 2},
 		loadClients: 500, loadDuration: 60 * time.Second, loadMaxRequests: 5_000_000,
+		s3Blob: 50 << 20, s3Rounds: 5, headRounds: 3,
+		scaleBlobs: 1_000_000, scaleTags: 100_000,
 	}
 }
 
@@ -154,10 +196,15 @@ type env struct {
 	procs  []*proc
 	self   string // the harness binary, re-executed for its helper servers
 	regBin string // distribution's registry
+	pbBin  string // pullbroker
 	upHost string // the upstream's host:port
 	counts string // base URL of the counting proxy
 	pb     *proc
 	pbURL  string
+	// headPushed: the image of the HEAD measurements is in the upstream.
+	headPushed bool
+	// s3srv is versitygw, once a measurement started it.
+	s3srv *s3Server
 }
 
 func (e *env) start(name, bin string, args []string, env ...string) (*proc, error) {
@@ -175,19 +222,31 @@ func (e *env) stopAll() {
 	}
 }
 
+// freshDir empties (or makes) the working folder name under the output
+// folder and returns its path.
+func (e *env) freshDir(name string) (string, error) {
+	p := filepath.Join(e.o.out, name)
+	if err := os.RemoveAll(p); err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(p, 0o755); err != nil {
+		return "", err
+	}
+	e.dirs[name] = p
+	return p, nil
+}
+
+// runs reports whether the measurement runs: all do unless -only names one.
+func (o options) runs(measurement string) bool { return o.only == "" || o.only == measurement }
+
 func run(ctx context.Context, root string, o options) error {
-	sz := sizesFor(o.quick)
+	sz := sizesFor(o)
 	e := &env{o: o, root: root, dirs: map[string]string{}}
 	// Only the folders the harness makes are emptied: the caches start cold.
-	for _, d := range []string{"bin", "data", "logs", "upstream-data", "pullbroker-data", "distribution-data", "spool"} {
-		p := filepath.Join(o.out, d)
-		if err := os.RemoveAll(p); err != nil {
+	for _, d := range []string{"bin", "data", "logs", "upstream-data", "pullbroker-data", "distribution-data", "spool", "s3"} {
+		if _, err := e.freshDir(d); err != nil {
 			return err
 		}
-		if err := os.MkdirAll(p, 0o755); err != nil {
-			return err
-		}
-		e.dirs[d] = p
 	}
 	defer e.stopAll()
 
@@ -204,6 +263,7 @@ func run(ctx context.Context, root string, o options) error {
 	if err != nil {
 		return err
 	}
+	e.pbBin = pbBin
 	if o.pullbrokerBin != "" {
 		r.machine.Pullbroker = binaryRevision(pbBin) + " (given with -pullbroker)"
 	} else {
@@ -220,18 +280,35 @@ func run(ctx context.Context, root string, o options) error {
 	if err := e.startUpstream(ctx); err != nil {
 		return err
 	}
-	if err := e.startPullbroker(ctx, pbBin); err != nil {
-		return err
+	// The pullbroker of (1) to (6).
+	if o.runs(onlyLoad) {
+		if err := e.startPullbroker(ctx); err != nil {
+			return err
+		}
 	}
 	if o.only == "" {
 		if err := e.compare(ctx, r, sz); err != nil {
 			return err
 		}
 	}
-	// (6) Many clients over cached content, last: it leaves pullbroker's
-	// memory and connections as they are after a busy minute.
-	if err := e.cachedLoad(ctx, r, sz); err != nil {
-		return err
+	// (7) S3 storage, with pullbrokers of their own.
+	if o.runs(onlyS3) {
+		if err := e.s3(ctx, r, sz); err != nil {
+			return err
+		}
+	}
+	// (6) Many clients over cached content, after (1) to (5): it leaves
+	// pullbroker's memory and connections as they are after a busy minute.
+	if o.runs(onlyLoad) {
+		if err := e.cachedLoad(ctx, r, sz); err != nil {
+			return err
+		}
+	}
+	// (8) A large index, last: writing it keeps the disk busy for minutes.
+	if o.runs(onlyScale) {
+		if err := e.scale(ctx, r, sz); err != nil {
+			return err
+		}
 	}
 
 	e.stopAll()
@@ -280,19 +357,45 @@ func (e *env) startUpstream(ctx context.Context) error {
 	return waitHTTP(ctx, counter, e.counts+"/__bench/stats")
 }
 
-// startPullbroker starts pullbroker in front of the counting proxy.
-func (e *env) startPullbroker(ctx context.Context, bin string) error {
-	pbPort, pbAdmin := mustPort(), mustPort()
-	pbCfg := filepath.Join(e.o.out, "pullbroker.yaml")
-	if err := os.WriteFile(pbCfg, []byte(pullbrokerConfig(pbPort, pbAdmin, e.dirs["pullbroker-data"], e.counts)), 0o644); err != nil {
-		return err
-	}
-	pb, err := e.start("pullbroker", bin, []string{"serve", "--config", pbCfg})
+// pbInstance is a pullbroker the harness started.
+type pbInstance struct {
+	p        *proc
+	url      string // the registry listener
+	adminURL string
+	started  time.Time // just before the process was started
+}
+
+// startPullbroker starts the pullbroker of measurements (1) to (6), on the
+// filesystem, in front of the counting proxy.
+func (e *env) startPullbroker(ctx context.Context) error {
+	pb, err := e.launchPullbroker("pullbroker", filesystemStorage(e.dirs["pullbroker-data"], 0))
 	if err != nil {
 		return err
 	}
-	e.pb, e.pbURL = pb, fmt.Sprintf("http://127.0.0.1:%d", pbPort)
-	return waitHTTP(ctx, pb, fmt.Sprintf("http://127.0.0.1:%d/readyz", pbAdmin))
+	e.pb, e.pbURL = pb.p, pb.url
+	return pb.waitReady(ctx)
+}
+
+// launchPullbroker starts a pullbroker named name (its config and log are
+// named after it) with the given storage section, in front of the
+// counting proxy, and returns without waiting for it.
+func (e *env) launchPullbroker(name, storage string) (*pbInstance, error) {
+	port, admin := mustPort(), mustPort()
+	cfg := filepath.Join(e.o.out, name+".yaml")
+	if err := os.WriteFile(cfg, []byte(pullbrokerConfig(port, admin, storage, e.counts)), 0o644); err != nil {
+		return nil, err
+	}
+	started := time.Now()
+	p, err := e.start(name, e.pbBin, []string{"serve", "--config", cfg})
+	if err != nil {
+		return nil, err
+	}
+	return &pbInstance{p: p, url: fmt.Sprintf("http://127.0.0.1:%d", port), adminURL: fmt.Sprintf("http://127.0.0.1:%d", admin), started: started}, nil
+}
+
+// waitReady waits until pullbroker's /readyz answers.
+func (pb *pbInstance) waitReady(ctx context.Context) error {
+	return waitHTTP(ctx, pb.p, pb.adminURL+"/readyz")
 }
 
 // compare runs measurements (1) to (5): pullbroker against distribution's
@@ -323,10 +426,6 @@ func (e *env) compare(ctx context.Context, r *results, sz sizes) error {
 		}
 		ttfbLayers = append(ttfbLayers, l)
 	}
-	small, err := mk("small", 4096, 30)
-	if err != nil {
-		return err
-	}
 
 	log.Printf("pushing the test images to the upstream")
 	upHost := e.upHost
@@ -343,7 +442,7 @@ func (e *env) compare(ctx context.Context, r *results, sz sizes) error {
 	if err != nil {
 		return err
 	}
-	if _, err := pushImage(ctx, upHost, "bench/head", []string{"pinned", "ttl", "plain"}, []*fileLayer{small}); err != nil {
+	if err := e.headImage(ctx); err != nil {
 		return err
 	}
 
@@ -570,13 +669,9 @@ func (e *env) buildPullbroker(ctx context.Context) (string, error) {
 // ensureRegistry returns distribution's registry binary, building it into
 // the test-tool cache the first time (about 6 minutes cold).
 func ensureRegistry(ctx context.Context) (string, error) {
-	cacheDir := os.Getenv("PULLBROKER_TEST_CACHE")
-	if cacheDir == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			return "", err
-		}
-		cacheDir = filepath.Join(home, ".cache", "pullbroker-test")
+	cacheDir, err := testCacheDir()
+	if err != nil {
+		return "", err
 	}
 	dir := filepath.Join(cacheDir, "registry-"+registryVersion)
 	bin := filepath.Join(dir, "registry")
@@ -604,6 +699,44 @@ func ensureRegistry(ctx context.Context) (string, error) {
 	return bin, nil
 }
 
+// testCacheDir is where the test tools are cached, as internal/testenv
+// finds it: $PULLBROKER_TEST_CACHE or ~/.cache/pullbroker-test.
+func testCacheDir() (string, error) {
+	if dir := os.Getenv("PULLBROKER_TEST_CACHE"); dir != "" {
+		return dir, nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(home, ".cache", "pullbroker-test"), nil
+}
+
+// tool is the path of a test tool (versitygw) as internal/testenv finds
+// it: in $PULLBROKER_TEST_TOOLS, else the cache's tools/, else $PATH.
+func tool(name string) (string, error) {
+	dir := os.Getenv("PULLBROKER_TEST_TOOLS")
+	if dir == "" {
+		cache, err := testCacheDir()
+		if err != nil {
+			return "", err
+		}
+		dir = filepath.Join(cache, "tools")
+	}
+	if p := filepath.Join(dir, name); isExecutable(p) {
+		return p, nil
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("%s not found in %s or $PATH: scripts/install-test-deps.sh installs it", name, dir)
+}
+
+func isExecutable(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
+}
+
 // distributionConfig is a registry on 127.0.0.1:port; with remote it is a
 // pull-through proxy of remote.
 func distributionConfig(port int, root, remote, level string) string {
@@ -626,18 +759,15 @@ http:
 }
 
 // pullbrokerConfig fronts one upstream, the default for bare names so that
-// both proxies are asked the same paths. Tags under bench/head named
-// "pinned", and under bench/load named "pinned-*", are pinned on first
-// resolution; others are fresh for an hour.
-func pullbrokerConfig(port, admin int, root, upstream string) string {
+// both proxies are asked the same paths, with the given storage section.
+// Tags under bench/head named "pinned", and under bench/load named
+// "pinned-*", are pinned on first resolution; others are fresh for an hour.
+func pullbrokerConfig(port, admin int, storage, upstream string) string {
 	return fmt.Sprintf(`listen:
   addr: 127.0.0.1:%d
 admin:
   addr: 127.0.0.1:%d
-storage:
-  driver: filesystem
-  parameters:
-    rootdirectory: %s
+%s
 log:
   format: text
   level: info
@@ -656,7 +786,18 @@ pins:
     repository: bench/load
     tag: pinned-*
     policy: sticky
-`, port, admin, root, upstream)
+`, port, admin, strings.TrimRight(storage, "\n"), upstream)
+}
+
+// filesystemStorage is the storage section of a pullbroker on the
+// filesystem at root; recordCacheTTL 0 is the default.
+func filesystemStorage(root string, recordCacheTTL time.Duration) string {
+	return fmt.Sprintf(`storage:
+  driver: filesystem
+  recordCacheTTL: %s
+  parameters:
+    rootdirectory: %s
+`, recordCacheTTL, root)
 }
 
 // checkoutRevision describes the working tree pullbroker was built from.

@@ -15,6 +15,8 @@ const (
 	srvPullbroker   = "pullbroker"
 	srvDistribution = "distribution proxy"
 	srvUpstream     = "upstream itself (reference)"
+	srvS3Direct     = "S3 server, signed GET"
+	srvPullbrokerS3 = "pullbroker on S3"
 )
 
 type machine struct {
@@ -76,7 +78,85 @@ type results struct {
 	coldFill map[string]time.Duration
 	// load is measurement (6), when it ran.
 	load *loadResult
+	// s3 is measurement (7), when it ran.
+	s3 *s3Result
+	// scale is measurement (8), when it ran.
+	scale *scaleResult
 }
+
+// s3Result is measurement (7).
+type s3Result struct {
+	blobSize       int64
+	rounds         int
+	perClient      map[int]int
+	headWorkers    int
+	headRounds     int
+	recordCacheTTL time.Duration
+	// throughput[clients][server] is every round's bytes per second.
+	throughput map[int]map[string][]float64
+	head       []s3HeadRow // in the order they ran
+}
+
+// s3HeadRow is one HEAD load of (7).
+type s3HeadRow struct {
+	name     string
+	requests int
+	rate     float64
+	storage  s3Requests // reaching the S3 server during the load
+	upstream int64
+}
+
+// HEAD loads of (7).
+const (
+	headFSRecordCache   = "filesystem, recordCacheTTL"
+	headS3RecordCache   = "S3, recordCacheTTL"
+	headS3NoRecordCache = "S3, no record cache (recordCacheTTL 0)"
+)
+
+// rates are the rates of the loads named name, in the order they ran.
+func (s *s3Result) rates(name string) []float64 {
+	var out []float64
+	for _, h := range s.head {
+		if h.name == name {
+			out = append(out, h.rate)
+		}
+	}
+	return out
+}
+
+// scaleResult is measurement (8).
+type scaleResult struct {
+	cache          syntheticCache
+	writeTime      time.Duration
+	headWorkers    int
+	headRounds     int
+	recordCacheTTL time.Duration // of the S3 runs
+	runs           []scaleRun
+}
+
+// scaleRun is (8) on one storage.
+type scaleRun struct {
+	storage string
+	// objects is what the storage held under blobs/: the synthetic cache,
+	// and on S3 the HEAD image the filesystem run stored too.
+	objects int
+	// ready is from the process start to /v2/ answering; accounted to the
+	// objects gauge reaching the objects written (counted, if it did not
+	// within accountingLimit).
+	ready, accounted time.Duration
+	counted          int
+	// Peak resident memory (VmHWM) of the large cache's pullbroker when
+	// accounting was done and at the end, and the small one's at the end.
+	rssAccounted, rssPeak, rssSmall int64
+	// Pinned-tag HEAD rates per round.
+	headLarge, headSmall []float64
+}
+
+func (s scaleRun) accountingDone() bool { return s.counted >= s.objects }
+
+// rssAllowance is the peak memory issue 10 allows a cache of blobs
+// objects: 64 MiB and 100 bytes an object.
+func rssAllowance(objects int) int64 { return 64<<20 + 100*int64(objects) }
 
 // loadRow is one request kind of the load (or all of them): requests
 // answered, of which errors failed; latencies of the others.
@@ -155,7 +235,11 @@ type target struct {
 // load from elsewhere on the machine, which comes and goes over a run,
 // weighs on both sides of each ratio alike.
 func (r *results) pairedRatio(clients int, a, b string) float64 {
-	as, bs := r.throughput[clients][a], r.throughput[clients][b]
+	return pairedRatio(r.throughput[clients][a], r.throughput[clients][b])
+}
+
+// pairedRatio is the median over rounds of as[i] / bs[i].
+func pairedRatio(as, bs []float64) float64 {
 	var ratios []float64
 	for i := range min(len(as), len(bs)) {
 		if bs[i] > 0 {
@@ -260,7 +344,8 @@ func (r *results) targets() []target {
 			detail: fmt.Sprintf("%d upstream requests for %d requests", l.upstream, l.total.requests),
 		})
 	}
-	return out
+	out = append(out, r.s3Targets()...)
+	return append(out, r.scaleTargets()...)
 }
 
 func (r *results) write(w io.Writer) {
@@ -268,13 +353,17 @@ func (r *results) write(w io.Writer) {
 	m := r.machine
 	p("# Benchmark: pullbroker against distribution's pull-through proxy\n\n")
 	p("Written by `go run ./bench` (see [README.md](README.md)) on %s. All traffic on 127.0.0.1; one upstream\n", m.Date.UTC().Format("2006-01-02 15:04 MST"))
-	if r.only == "" {
-		p("(distribution `registry`, filesystem storage) behind a counting reverse proxy, with pullbroker and\n")
-		p("distribution's proxy (`proxy.remoteurl`) both in front of it, each with an empty filesystem cache\n")
-		p("at the start. Ratios compare numbers measured in this same run.\n\n")
-	} else {
-		p("(distribution `registry`, filesystem storage) behind a counting reverse proxy, with pullbroker in\n")
-		p("front of it, its filesystem cache empty at the start.\n\n")
+	p("(distribution `registry`, filesystem storage) behind a counting reverse proxy, with ")
+	switch r.only {
+	case "":
+		p("pullbroker and\ndistribution's proxy (`proxy.remoteurl`) both in front of it, each with an empty filesystem cache\n")
+		p("at the start, and further pullbrokers on S3 storage (7) and over a large cache (8). Ratios compare\nnumbers measured in this same run.\n\n")
+	case onlyLoad:
+		p("pullbroker in\nfront of it, its filesystem cache empty at the start.\n\n")
+	case onlyS3:
+		p("pullbrokers on\nS3 storage and on the filesystem in front of it. Ratios compare numbers measured in this same run.\n\n")
+	case onlyScale:
+		p("pullbrokers over\na large synthetic cache and over a small one in front of it. Ratios compare numbers measured in\nthis same run.\n\n")
 	}
 	if r.quick {
 		p("**Quick mode (`-quick`): small sizes, one round. Not the numbers of record.**\n\n")
@@ -303,6 +392,12 @@ func (r *results) write(w io.Writer) {
 	}
 	if r.load != nil {
 		r.writeLoad(p)
+	}
+	if r.s3 != nil {
+		r.writeS3(p)
+	}
+	if r.scale != nil {
+		r.writeScale(p)
 	}
 }
 
@@ -432,4 +527,158 @@ func perClientText(pc map[int]int) string {
 		parts = append(parts, fmt.Sprintf("%d GETs with %d client(s)", pc[c], c))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// s3Targets are issue 10's targets for S3 storage, measurement (7).
+func (r *results) s3Targets() []target {
+	s := r.s3
+	if s == nil {
+		return nil
+	}
+	var out []target
+	for _, c := range slices.Sorted(maps.Keys(s.throughput)) {
+		pb, direct := s.throughput[c][srvPullbrokerS3], s.throughput[c][srvS3Direct]
+		ratio := pairedRatio(pb, direct)
+		t := target{goal: fmt.Sprintf("S3, cached %s blob, %d client(s): at least 0.8× a signed GET from the S3 server", mib(s.blobSize), c), met: ratio >= 0.8}
+		t.detail = fmt.Sprintf("%.2f×, median of per-round ratios (medians: %s and %s)", ratio, rate(median(pb)), rate(median(direct)))
+		if !t.met {
+			t.detail += fmt.Sprintf("; missed by %.2f", 0.8-ratio)
+		}
+		out = append(out, t)
+	}
+	onS3, onFS := s.rates(headS3RecordCache), s.rates(headFSRecordCache)
+	if len(onS3) > 0 && len(onFS) > 0 {
+		ratio := pairedRatio(onS3, onFS)
+		t := target{goal: "S3, pinned-tag HEADs: at least 0.8× the rate on the filesystem", met: ratio >= 0.8}
+		t.detail = fmt.Sprintf("%.2f×, median of per-round ratios (medians: %.0f and %.0f req/s; recordCacheTTL %s on both)", ratio, median(onS3), median(onFS), s.recordCacheTTL)
+		if !t.met {
+			t.detail += fmt.Sprintf("; missed by %.2f", 0.8-ratio)
+		}
+		out = append(out, t)
+		var reads int64
+		var heads int
+		for _, h := range s.head {
+			if h.name == headS3RecordCache {
+				reads += h.storage.cacheReads()
+				heads += h.requests
+			}
+		}
+		out = append(out, target{
+			goal:   "S3, pinned-tag HEADs after warm-up: zero object-storage reads",
+			met:    reads == 0,
+			detail: fmt.Sprintf("%d reads for %d HEADs (%.2f per 1,000)", reads, heads, float64(reads)*1000/float64(max(heads, 1))),
+		})
+	}
+	return out
+}
+
+// scaleTargets are issue 10's targets for a large index, measurement (8).
+func (r *results) scaleTargets() []target {
+	s := r.scale
+	if s == nil {
+		return nil
+	}
+	var out []target
+	for _, run := range s.runs {
+		n := run.objects
+		what := fmt.Sprintf("scale, %s, %d objects", run.storage, n)
+		allowed := rssAllowance(n)
+		t := target{goal: what + ": peak RSS at most 64 MiB + 100 bytes per object", met: run.rssPeak <= allowed}
+		t.detail = fmt.Sprintf("%s against %s (%.0f bytes per object above the small cache's %s)",
+			mib(run.rssPeak), mib(allowed), float64(run.rssPeak-run.rssSmall)/float64(n), mib(run.rssSmall))
+		if !t.met {
+			t.detail += fmt.Sprintf("; %s over", mib(run.rssPeak-allowed))
+		}
+		out = append(out, t)
+		out = append(out, target{
+			goal:   what + ": /v2/ answers within 1 s of the start",
+			met:    run.ready < time.Second,
+			detail: fmt.Sprintf("after %s", run.ready.Round(time.Millisecond)),
+		})
+		t = target{goal: what + ": accounting done within 60 s of the start", met: run.accountingDone() && run.accounted <= time.Minute}
+		if run.accountingDone() {
+			t.detail = fmt.Sprintf("%s gauge reached %d after %s", objectsGauge, n, run.accounted.Round(100*time.Millisecond))
+		} else {
+			t.detail = fmt.Sprintf("%s gauge at %d of %d after %s, when the harness stopped waiting", objectsGauge, run.counted, n, run.accounted.Round(time.Second))
+		}
+		out = append(out, t)
+		ratio := pairedRatio(run.headLarge, run.headSmall)
+		t = target{goal: what + ": pinned-tag HEADs at least 0.8× the rate over a small cache", met: ratio >= 0.8}
+		t.detail = fmt.Sprintf("%.2f×, median of per-round ratios (medians: %.0f and %.0f req/s)", ratio, median(run.headLarge), median(run.headSmall))
+		if !t.met {
+			t.detail += fmt.Sprintf("; missed by %.2f", 0.8-ratio)
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
+func (r *results) writeS3(p func(format string, args ...any)) {
+	s := r.s3
+	p("## (7) S3 storage\n\n")
+	p("versitygw (posix backend, as the tests start it) on 127.0.0.1 is the S3 server; pullbroker reaches\n")
+	p("it through distribution's `s3-aws` driver (path-style). Object-storage requests are the lines of\n")
+	p("versitygw's access log written during a phase.\n\n")
+	p("**Cached blob GETs.** One %s blob, filled into the bucket by a first GET through pullbroker, then\n", mib(s.blobSize))
+	p("GET by concurrent keep-alive clients (each client %s) from pullbroker, which\n", perClientText(s.perClient))
+	p("streams it from the bucket, and straight from versitygw with a signed URL of the same object (what\n")
+	p("`storage.redirect` hands out); %d round(s), the order rotated every round.\n\n", s.rounds)
+	p("| clients | %s | %s | pullbroker / direct |\n|---|---|---|---|\n", srvS3Direct, srvPullbrokerS3)
+	for _, c := range slices.Sorted(maps.Keys(s.throughput)) {
+		pb, direct := s.throughput[c][srvPullbrokerS3], s.throughput[c][srvS3Direct]
+		p("| %d | %s | %s | %.2f |\n", c, rate(median(direct)), rate(median(pb)), pairedRatio(pb, direct))
+	}
+	p("\n**Pinned-tag HEADs.** %d concurrent keep-alive clients HEAD a pinned tag after a warm-up HEAD that\n", s.headWorkers)
+	p("pinned it, on S3 and on the filesystem with the same configuration (`storage.recordCacheTTL` %s,\n", s.recordCacheTTL)
+	p("longer than the phase, so a read here is one the record cache did not spare; a shorter TTL adds\n")
+	p("about three reads per pinned tag per TTL, whatever the traffic), alternating for %d round(s); then\n", s.headRounds)
+	p("once on S3 without the record cache, for what each HEAD costs without it. Reads are GETs, HEADs and\n")
+	p("listings of cache objects; requests on `cluster/` (the replicas' lease and journal, paced by time) are\n")
+	p("shown apart.\n\n")
+	p("| storage | requests | req/s | object-storage reads | reads per 1,000 | requests by operation | of which on cluster/ | upstream requests |\n|---|---|---|---|---|---|---|---|\n")
+	for _, h := range s.head {
+		p("| %s | %d | %.0f | %d | %.1f | %s | %s | %d |\n", h.name, h.requests, h.rate, h.storage.cacheReads(),
+			float64(h.storage.cacheReads())*1000/float64(max(h.requests, 1)), opsText(h.storage.all), opsText(h.storage.cluster), h.upstream)
+	}
+	p("\n")
+}
+
+func opsText(ops s3Ops) string {
+	var parts []string
+	for _, op := range slices.Sorted(maps.Keys(ops)) {
+		parts = append(parts, fmt.Sprintf("%s %d", op, ops[op]))
+	}
+	if len(parts) == 0 {
+		return "–"
+	}
+	return strings.Join(parts, ", ")
+}
+
+func (r *results) writeScale(p func(format string, args ...any)) {
+	s := r.scale
+	c := s.cache
+	p("## (8) A large cache: start, accounting, memory, HEADs\n\n")
+	p("%d blobs, and %d repositories each with one manifest (of two of those blobs), links and %d tag\n", c.blobs, c.repos, tagsPerRepo)
+	p("records (%d in all), written by the harness straight into storage in pullbroker's layout: files\n", c.tags)
+	p("under the filesystem driver's root, and files in versitygw's bucket folder (its posix backend serves\n")
+	p("a file as the object at its key). Then pullbroker starts on it. Ready: from starting the process to\n")
+	p("`/v2/` answering. Accounted: until `%s` on `/metrics` reaches the %d objects\n", objectsGauge, c.objects())
+	p("(blobs and manifests). Peak RSS: VmHWM of the process, when accounting was done and at the end. HEADs:\n")
+	p("%d clients on a pinned tag, against a pullbroker with the same configuration over a small cache (one\n", s.headWorkers)
+	p("image), alternating for %d round(s), after accounting. On S3, `storage.recordCacheTTL` is %s; on the\n", s.headRounds, s.recordCacheTTL)
+	p("filesystem the default (0).\n\n")
+	p("Writing the synthetic cache took %s; it was written once, for the filesystem run, then moved into\n", s.writeTime.Round(time.Second))
+	p("the bucket's folder for the S3 run (with the HEAD image the filesystem run had stored in it).\n\n")
+	p("| storage | objects | ready | accounted | peak RSS when accounted | peak RSS | allowance | small cache's peak RSS | HEAD req/s, large | HEAD req/s, small | large / small |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, run := range s.runs {
+		accounted := run.accounted.Round(100 * time.Millisecond).String()
+		if !run.accountingDone() {
+			accounted = fmt.Sprintf("not done: %d of %d after %s", run.counted, run.objects, run.accounted.Round(time.Second))
+		}
+		p("| %s | %d | %s | %s | %s | %s | %s | %s | %.0f | %.0f | %.2f |\n", run.storage, run.objects,
+			run.ready.Round(time.Millisecond), accounted, mib(run.rssAccounted), mib(run.rssPeak), mib(rssAllowance(run.objects)),
+			mib(run.rssSmall), median(run.headLarge), median(run.headSmall), pairedRatio(run.headLarge, run.headSmall))
+	}
+	p("\n")
 }

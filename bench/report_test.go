@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -141,5 +142,105 @@ func TestLoadReport(t *testing.T) {
 	}
 	if strings.Contains(out, "## (1)") {
 		t.Errorf("-only load report has the comparison's sections:\n%s", out)
+	}
+}
+
+func TestS3Targets(t *testing.T) {
+	r := &results{s3: &s3Result{
+		blobSize: 50 << 20, recordCacheTTL: 5 * time.Minute,
+		throughput: map[int]map[string][]float64{
+			1: {srvS3Direct: {100, 100}, srvPullbrokerS3: {85, 80}},
+			8: {srvS3Direct: {100}, srvPullbrokerS3: {70}},
+		},
+		head: []s3HeadRow{
+			{name: headFSRecordCache, requests: 1000, rate: 1000},
+			{name: headS3RecordCache, requests: 1000, rate: 900},
+			{name: headS3NoRecordCache, requests: 1000, rate: 100, storage: s3Requests{all: s3Ops{"GetObject": 3000}}},
+		},
+	}}
+	got := map[string]bool{}
+	for _, tg := range r.targets() {
+		got[tg.goal] = tg.met
+	}
+	want := map[string]bool{
+		"S3, cached 50 MiB blob, 1 client(s): at least 0.8× a signed GET from the S3 server": true,
+		"S3, cached 50 MiB blob, 8 client(s): at least 0.8× a signed GET from the S3 server": false,
+		"S3, pinned-tag HEADs: at least 0.8× the rate on the filesystem":                     true,
+		// The reads of the load without the record cache are shown, not held against it.
+		"S3, pinned-tag HEADs after warm-up: zero object-storage reads": true,
+	}
+	for goal, met := range want {
+		if g, ok := got[goal]; !ok || g != met {
+			t.Errorf("%q: met=%v (present %v), want %v", goal, g, ok, met)
+		}
+	}
+
+	// A read of a cache object during the load with the record cache misses the target; the
+	// replicas' own requests on cluster/ do not count.
+	r.s3.head[1].storage = s3Requests{all: s3Ops{"GetObject": 4, "HeadObject": 1, "PutObject": 2}, cluster: s3Ops{"GetObject": 3}}
+	for _, tg := range r.targets() {
+		if tg.goal == "S3, pinned-tag HEADs after warm-up: zero object-storage reads" && (tg.met || !strings.Contains(tg.detail, "2 reads for 1000 HEADs")) {
+			t.Errorf("with 2 cache reads: met=%v, %q", tg.met, tg.detail)
+		}
+	}
+}
+
+func TestScaleTargets(t *testing.T) {
+	const n = 1_000_000
+	r := &results{scale: &scaleResult{runs: []scaleRun{
+		{storage: "filesystem", objects: n, ready: 300 * time.Millisecond, accounted: 40 * time.Second, counted: n,
+			rssPeak: 150 << 20, rssSmall: 50 << 20, headLarge: []float64{900, 800}, headSmall: []float64{1000, 1000}},
+		{storage: "S3", objects: n, ready: 2 * time.Second, accounted: accountingLimit, counted: n / 2,
+			rssPeak: 200 << 20, rssSmall: 50 << 20, headLarge: []float64{500}, headSmall: []float64{1000}},
+	}}}
+	got := map[string]target{}
+	for _, tg := range r.targets() {
+		got[tg.goal] = tg
+	}
+	want := map[string]bool{
+		"scale, filesystem, 1000000 objects: peak RSS at most 64 MiB + 100 bytes per object":             true,
+		"scale, filesystem, 1000000 objects: /v2/ answers within 1 s of the start":                       true,
+		"scale, filesystem, 1000000 objects: accounting done within 60 s of the start":                   true,
+		"scale, filesystem, 1000000 objects: pinned-tag HEADs at least 0.8× the rate over a small cache": true,
+		"scale, S3, 1000000 objects: peak RSS at most 64 MiB + 100 bytes per object":                     false,
+		"scale, S3, 1000000 objects: /v2/ answers within 1 s of the start":                               false,
+		"scale, S3, 1000000 objects: accounting done within 60 s of the start":                           false,
+		"scale, S3, 1000000 objects: pinned-tag HEADs at least 0.8× the rate over a small cache":         false,
+	}
+	for goal, met := range want {
+		if g, ok := got[goal]; !ok || g.met != met {
+			t.Errorf("%q: met=%v (present %v), want %v", goal, g.met, ok, met)
+		}
+	}
+	if d := got["scale, S3, 1000000 objects: accounting done within 60 s of the start"].detail; !strings.Contains(d, "at 500000 of 1000000") {
+		t.Errorf("unfinished accounting is reported as %q, want how far it got", d)
+	}
+	var buf bytes.Buffer
+	r.write(&buf)
+	if !strings.Contains(buf.String(), "not done: 500000 of 1000000") {
+		t.Errorf("the table does not show the unfinished accounting:\n%s", buf.String())
+	}
+}
+
+func TestCountRequests(t *testing.T) {
+	line := func(op, key, uri string) string {
+		return "owner bucket [06/December/2026:22:22:49 +0000] 127.0.0.1 owner REQID s3_" + op + " " + key + " " + uri +
+			" 200 - 249 0 0 0 - aws-sdk-go/1.55.5 (go1.26.8; linux; amd64) - HOSTID SigV4 - AuthHeader s3.us-east-1.amazonaws.com -\n"
+	}
+	log := line("GetObject", "repos/upstream.bench/bench/head/_pins/pinned", "/bucket/repos/upstream.bench/bench/head/_pins/pinned") +
+		line("HeadObject", "blobs/sha256/ab/ab12/data", "/bucket/blobs/sha256/ab/ab12/data") +
+		line("ListObjectsV2", "-", "/bucket?list-type=2&max-keys=1000&prefix=blobs%2F") +
+		line("GetObject", "cluster/leader", "/bucket/cluster/leader") +
+		line("ListObjectsV2", "-", "/bucket?list-type=2&prefix=cluster%2Fjournal%2F") +
+		line("PutObject", "cluster/journal/a/1", "/bucket/cluster/journal/a/1") +
+		"log starts 2026-12-06 22:22:49\n"
+	got, err := countRequests(strings.NewReader(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantAll := s3Ops{"GetObject": 2, "HeadObject": 1, "ListObjectsV2": 2, "PutObject": 1}
+	wantCluster := s3Ops{"GetObject": 1, "ListObjectsV2": 1, "PutObject": 1}
+	if !maps.Equal(got.all, wantAll) || !maps.Equal(got.cluster, wantCluster) || got.cacheReads() != 3 {
+		t.Errorf("counted %v, on cluster/ %v, %d cache reads; want %v, %v, 3", got.all, got.cluster, got.cacheReads(), wantAll, wantCluster)
 	}
 }
