@@ -453,6 +453,17 @@ func testEvictionKeepsRunningImages(t *testing.T, kubeconfig string, kube kubern
 	w = newWatcher(t, kubeconfig, s, reg)
 	waitForRoots(t, w, "the Pods listed", "docker.io/library/web@"+web.manifest.String(), "ghcr.io/org/app@"+app.manifest.String())
 	s.Start(ctx)
+	// The only replica leads: the walk that measures the cache and the eviction run there.
+	leading, stopLeading := context.WithCancel(ctx)
+	led := make(chan struct{})
+	go func() {
+		defer close(led)
+		s.Lead(leading)
+	}()
+	t.Cleanup(func() { // before the storage directory is removed
+		stopLeading()
+		<-led
+	})
 
 	deadline := time.Now().Add(30 * time.Second)
 	for {
