@@ -40,6 +40,22 @@ type Config struct {
 	Catalog Catalog `mapstructure:"catalog"`
 	// Sync re-runs a sync list inside serve.
 	Sync Sync `mapstructure:"sync"`
+	// Cluster is how replicas sharing one storage work together.
+	Cluster Cluster `mapstructure:"cluster"`
+}
+
+// Cluster is how replicas sharing one storage work together.
+type Cluster struct {
+	// Peers is the static peer set: the peer listener address ("host:port")
+	// of every replica, this one's included. The owner of a blob or a tag
+	// among them fetches it from the upstream once for all of them.
+	Peers []string `mapstructure:"peers"`
+	// PeerListen is this replica's peer listener, for example ":5002";
+	// empty means no peers: every replica fetches for itself.
+	PeerListen string `mapstructure:"peerListen"`
+	// PeerTokenFile holds the bearer token every replica sends to and
+	// expects from its peers; re-read when it changes.
+	PeerTokenFile string `mapstructure:"peerTokenFile"`
 }
 
 // Sync re-runs an image list, as `pullbroker sync -f` takes it, inside a

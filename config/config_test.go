@@ -102,6 +102,12 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		{`storage: {driver: s3, parameters: {bucket: b, region: eu-west-1, accesskey: k}}`, "storage.parameters.accesskey"},
 		{`pins: [{policy: forever}]`, "pins[0].policy"},
 		{`pins: [{policy: locked}]`, "pins[0].lockFile"},
+		{`cluster: {peers: ["a:5002"]}`, "cluster.peerListen: must be set"},
+		{`cluster: {peerListen: "nope", peerTokenFile: t, peers: ["a:5002"]}`, "cluster.peerListen: \"nope\""},
+		{`cluster: {peerListen: ":5002", peers: ["a:5002"]}`, "cluster.peerTokenFile"},
+		{`cluster: {peerListen: ":5002", peerTokenFile: t}`, "cluster.peers: must list"},
+		{`cluster: {peerListen: ":5002", peerTokenFile: t, peers: ["a:5002", "b"]}`, "cluster.peers[1]"},
+		{`cluster: {peerListen: ":5002", peerTokenFile: t, peers: ["a:5002", "a:5002"]}`, "cluster.peers[1]: \"a:5002\" is listed twice"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {
