@@ -130,8 +130,12 @@ func (h *Handler) redirectToStorage(w http.ResponseWriter, r *http.Request, dgst
 func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, rt *route, dgst digest.Digest, size int64) {
 	client := h.client(rt)
 	repo := rt.repository
-	fetch := func(ctx context.Context) (io.ReadCloser, int64, error) {
+	var fetch cache.Fetcher = func(ctx context.Context) (io.ReadCloser, int64, error) {
 		return client.GetBlob(ctx, repo, dgst)
+	}
+	if h.peers != nil {
+		// The blob's owner among the replicas fetches it once for all.
+		fetch = h.peers.BlobFetcher(rt.registry, repo, dgst, size, fetch)
 	}
 	fill, cached, err := h.store.Fill(dgst, size, fetch)
 	switch {

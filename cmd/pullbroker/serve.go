@@ -25,6 +25,7 @@ import (
 	"github.com/pullbroker/pullbroker/config"
 	"github.com/pullbroker/pullbroker/internal/version"
 	"github.com/pullbroker/pullbroker/mirror"
+	"github.com/pullbroker/pullbroker/peers"
 	"github.com/pullbroker/pullbroker/proxy"
 	"github.com/pullbroker/pullbroker/tags"
 	"github.com/pullbroker/pullbroker/tlsreload"
@@ -73,7 +74,10 @@ type app struct {
 	store    *cache.Store
 	tags     *tags.Resolver
 	handler  *proxy.Handler
-	sources  []auth.Source
+	// peers is nil unless cluster.peerListen is set.
+	peers   *peers.Cluster
+	clients map[string]*upstream.Client
+	sources []auth.Source
 	// draining turns /readyz to 503 once shutdown began.
 	draining atomic.Bool
 }
@@ -142,8 +146,17 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 		clients[u.Name] = c
 	}
 
+	a.clients = clients
+	var owners tags.Owners
+	if cfg.Cluster.PeerListen != "" {
+		if a.peers, err = newPeers(cfg.Cluster, log, a.registry); err != nil {
+			a.Close()
+			return nil, err
+		}
+		owners = a.peers
+	}
 	a.tags, err = tags.New(tags.Options{
-		Config: cfg, Store: a.store, Upstreams: clients,
+		Config: cfg, Store: a.store, Upstreams: clients, Owners: owners,
 		Logger: log.With("component", "tags"),
 	})
 	if err != nil {
@@ -151,7 +164,7 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 		return nil, err
 	}
 	a.handler, err = proxy.New(proxy.Options{
-		Config: cfg, Store: a.store, Tags: a.tags, Upstreams: clients,
+		Config: cfg, Store: a.store, Tags: a.tags, Upstreams: clients, Peers: a.peers,
 		Logger: log.With("component", "proxy"), Registerer: a.registry,
 	})
 	if err != nil {
@@ -159,6 +172,17 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 		return nil, err
 	}
 	return a, nil
+}
+
+// newPeers is the peer set of the static cluster.peers list.
+func newPeers(c config.Cluster, log *slog.Logger, reg prometheus.Registerer) (*peers.Cluster, error) {
+	self, err := peers.SelfAddress(c.PeerListen, c.Peers)
+	if err != nil {
+		return nil, err
+	}
+	set := peers.NewSet(self)
+	set.Update(c.Peers)
+	return peers.New(peers.Options{Set: set, TokenFile: c.PeerTokenFile, Logger: log.With("component", "peers"), Registerer: reg})
 }
 
 // buildInfo is the constant pullbroker_build_info series that names the
@@ -222,7 +246,17 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		defer adminLn.Close()
 	}
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
+	var peerSrv *http.Server
+	if a.peers != nil {
+		peerSrv = newServer(cfg.Listen, a.peers.Handler(peers.Local{Store: a.store, Upstreams: a.clients, Tags: a.tags}), log)
+		peerLn, err := net.Listen("tcp", cfg.Cluster.PeerListen)
+		if err != nil {
+			return fmt.Errorf("cluster.peerListen: %w", err)
+		}
+		defer peerLn.Close()
+		go func() { errc <- run(peerSrv, peerLn) }()
+	}
 	go func() { errc <- run(registrySrv, ln) }()
 	if adminSrv != nil {
 		go func() { errc <- run(adminSrv, adminLn) }()
@@ -240,6 +274,11 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.Listen.DrainTimeout)
 	defer cancel()
 	err = registrySrv.Shutdown(drainCtx)
+	if peerSrv != nil {
+		// After the registry port: the replica's own clients may still
+		// follow fills that peers serve, and peers follow its fills.
+		_ = peerSrv.Shutdown(drainCtx)
+	}
 	if adminSrv != nil {
 		_ = adminSrv.Shutdown(drainCtx)
 	}
@@ -298,11 +337,16 @@ func adminMux(a *app, cfg *config.Config) (*http.ServeMux, error) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	// Ready means the config loaded (the admin listener starts only after
-	// build succeeded), storage takes writes, and no drain has begun.
+	// build succeeded), the peer set is known, storage takes writes, and
+	// no drain has begun.
 	// Upstream reachability is not part of it: the cache serves without.
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if a.draining.Load() {
 			http.Error(w, "not ready: draining", http.StatusServiceUnavailable)
+			return
+		}
+		if a.peers != nil && !a.peers.Ready() {
+			http.Error(w, "not ready: the peer set is not known yet", http.StatusServiceUnavailable)
 			return
 		}
 		if err := ready.storageWritable(r.Context()); err != nil {
