@@ -1,13 +1,16 @@
 package e2e
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"hash"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -34,7 +37,9 @@ type peerReplicas struct {
 	token     string
 }
 
-func (f *fixture) startPeerReplicas(t *testing.T, srv *testenv.S3Server, n int, up upstreamConfig) *peerReplicas {
+// startPeerReplicas starts n replicas whose peer list also names others, peers that are not
+// pullbrokers.
+func (f *fixture) startPeerReplicas(t *testing.T, srv *testenv.S3Server, n int, up upstreamConfig, others ...string) *peerReplicas {
 	t.Helper()
 	c := &peerReplicas{token: randomSecret("peer-token")}
 	f.secrets.add("peer token", c.token, "")
@@ -45,6 +50,9 @@ func (f *fixture) startPeerReplicas(t *testing.T, srv *testenv.S3Server, n int, 
 		c.peerAddrs = append(c.peerAddrs, fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)))
 		quoted[i] = fmt.Sprintf("%q", c.peerAddrs[i])
 	}
+	for _, o := range others {
+		quoted = append(quoted, fmt.Sprintf("%q", o))
+	}
 	for i := range n {
 		cluster := fmt.Sprintf("  peers: [%s]\n  peerListen: %q\n  peerTokenFile: %q", strings.Join(quoted, ", "), c.peerAddrs[i], tokenFile)
 		c.replicas = append(c.replicas, f.startPullbroker(pbConfig{S3: srv, Upstreams: []upstreamConfig{up}, Cluster: cluster}))
@@ -54,15 +62,20 @@ func (f *fixture) startPeerReplicas(t *testing.T, srv *testenv.S3Server, n int, 
 
 // owner is the index of the replica that owns key.
 func (c *peerReplicas) owner(key string) int {
-	set := peers.NewSet("")
-	set.Update(c.peerAddrs)
-	owner := set.Owner(key)
+	owner := ownerOf(key, c.peerAddrs)
 	for i, a := range c.peerAddrs {
 		if a == owner {
 			return i
 		}
 	}
 	panic("no owner of " + key)
+}
+
+// ownerOf is the member of a peer set that owns key.
+func ownerOf(key string, members []string) string {
+	set := peers.NewSet("")
+	set.Update(members)
+	return set.Owner(key)
 }
 
 // peerGet sends a peer request for a blob to addr, with token unless it is empty.
@@ -283,4 +296,78 @@ func TestKillOwnerMidFill(t *testing.T) {
 	}
 	waitUntil(t, "the layer is committed", func() bool { blob, _ := layerKeys(); return len(blob) == 1 })
 	waitUntil(t, "no upload is left", func() bool { _, uploads := layerKeys(); return len(uploads) == 0 })
+}
+
+// TestLyingPeer (issue 11): a peer that owns a layer answers with wrong bytes of the right length.
+// The client of the replica that asked it never gets a whole response of wrong bytes, the failure
+// is counted and logged with the peer's name; the client's retry gets the upstream's verified
+// bytes, which are what the cache then holds (one object, served with the right digest).
+func TestLyingPeer(t *testing.T) {
+	f := newFixture(t)
+	srv := testenv.StartS3(t)
+	f.secrets.add("s3 secret key", srv.SecretKey, srv.AccessKey)
+	liar := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		size, _ := strconv.Atoi(r.URL.Query().Get("size"))
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		_, _ = w.Write(bytes.Repeat([]byte{0}, size))
+	}))
+	t.Cleanup(liar.Close)
+	liarAddr := strings.TrimPrefix(liar.URL, "http://")
+	c := f.startPeerReplicas(t, srv, 1, f.upstreamConfig(""), liarAddr)
+	pb := c.replicas[0]
+	members := append([]string{liarAddr}, c.peerAddrs...)
+	// The blobs of every image the fixture pushed: the liar owns none of them once in 256 runs.
+	var layer descriptor
+	for _, img := range append([]string{f.appDigest}, sortedValues(f.multi.Platforms)...) {
+		for _, d := range parseManifest(t, f.upstreamManifest(appRepo+"@"+img)).blobs() {
+			if ownerOf(d.Digest, members) == liarAddr {
+				layer = d
+			}
+		}
+	}
+	if layer.Digest == "" {
+		t.Skip("the lying peer owns none of the image's blobs")
+	}
+	linkManifest(t, pb)
+	blobURL := pb.url("/v2/" + upstreamName + "/" + appRepo + "/blobs/" + layer.Digest)
+	hex := strings.TrimPrefix(layer.Digest, "sha256:")
+	committed := func() int {
+		n := 0
+		for _, k := range srv.Keys(t) {
+			if strings.HasPrefix(k, "blobs/") && strings.Contains(k, hex) {
+				n++
+			}
+		}
+		return n
+	}
+
+	// The fill through the liar fails before its last byte goes out: the client gets a 502, a cut
+	// response, or (Go's transport retries a GET whose reused connection closed before any
+	// response) the upstream's bytes; never a whole response of the liar's bytes.
+	status, got, n, err := fetchBlob(http.DefaultClient, blobURL)
+	if status == http.StatusOK && err == nil && got != layer.Digest {
+		t.Fatalf("pull through a lying owner: a whole response of %d bytes %s, want %s", n, got, layer.Digest)
+	}
+	status, got, n, err = fetchBlob(http.DefaultClient, blobURL)
+	if status != http.StatusOK || got != layer.Digest || n != layer.Size || err != nil {
+		t.Fatalf("retry: %d, %d bytes %s (%v); want the upstream's %s", status, n, got, err, layer.Digest)
+	}
+	waitUntil(t, "the layer is committed", func() bool { return committed() == 1 })
+	if status, got, _, err := fetchBlob(http.DefaultClient, blobURL); status != http.StatusOK || got != layer.Digest || err != nil {
+		t.Fatalf("the cached layer: %d, %s (%v)", status, got, err)
+	}
+	if m := pb.metrics(t); !strings.Contains(m, "pullbroker_peer_verification_failures_total 1\n") {
+		t.Errorf("no peer verification failure counted:\n%s", m)
+	}
+	if log := pb.logs(t); !strings.Contains(log, "failed verification") || !strings.Contains(log, liarAddr) {
+		t.Errorf("the log does not name the lying peer %s", liarAddr)
+	}
+}
+
+func sortedValues(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for _, k := range sortedKeys(m) {
+		out = append(out, m[k])
+	}
+	return out
 }
