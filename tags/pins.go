@@ -69,6 +69,8 @@ func (r *Resolver) SetPin(ctx context.Context, img Image, dgst digest.Digest) (P
 	}
 	u, _ := r.upstreamOf(img)
 	var ans Answer
+	// An operator's pin is resolved by the replica it was sent to, from
+	// the upstream now: the tag's owner would answer its tag record.
 	if dgst == "" {
 		ans, err = r.resolveShared(ctx, u, img, nil, false, false)
 	} else {
