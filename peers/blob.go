@@ -47,15 +47,18 @@ func (c *Cluster) BlobFetcher(registry, repository string, dgst digest.Digest, s
 	}
 }
 
-var errNoFirstByte = errors.New("no first byte within the bound")
+var (
+	errNoFirstByte = errors.New("no first byte within the bound")
+	errStalled     = errors.New("no byte within the bound")
+)
 
 // openBlob asks owner for the blob and waits for its first byte at most
-// c.firstByte.
-func (c *Cluster) openBlob(ctx context.Context, owner, registry, repository string, dgst digest.Digest, size int64) (io.ReadCloser, int64, error) {
+// c.byteTimeout.
+func (c *Cluster) openBlob(ctx context.Context, owner, registry, repository string, dgst digest.Digest, size int64) (*ownerStream, int64, error) {
 	q := url.Values{"registry": {registry}, "repository": {repository}, "size": {strconv.FormatInt(size, 10)}}
 	ctx, cancel := context.WithCancelCause(ctx)
-	timer := time.AfterFunc(c.firstByte, func() { cancel(fmt.Errorf("%w (%s)", errNoFirstByte, c.firstByte)) })
-	fail := func(err error) (io.ReadCloser, int64, error) {
+	timer := time.AfterFunc(c.byteTimeout, func() { cancel(fmt.Errorf("%w (%s)", errNoFirstByte, c.byteTimeout)) })
+	fail := func(err error) (*ownerStream, int64, error) {
 		timer.Stop()
 		if cause := context.Cause(ctx); errors.Is(cause, errNoFirstByte) {
 			err = cause
@@ -93,7 +96,7 @@ func (c *Cluster) openBlob(ctx context.Context, owner, registry, repository stri
 		resp.Body.Close()
 		return fail(context.Cause(ctx))
 	}
-	return &readCloser{Reader: br, close: func() error { defer cancel(nil); return resp.Body.Close() }}, resp.ContentLength, nil
+	return &ownerStream{r: br, body: resp.Body, cancel: cancel, bound: c.byteTimeout}, resp.ContentLength, nil
 }
 
 // isDialError reports whether err is a failed connection: the peer is
@@ -109,12 +112,29 @@ func (c *Cluster) verificationFailed(owner string, dgst digest.Digest, why error
 	c.log.Error("a peer sent a blob that failed verification; not asking it for this blob again", "peer", owner, "digest", dgst, "error", why)
 }
 
-type readCloser struct {
-	io.Reader
-	close func() error
+// ownerStream is the body of an owner's answer. A Read that gets no byte
+// within the bound ends the request: an owner that hangs mid-stream is
+// left like one that was cut off.
+type ownerStream struct {
+	r      io.Reader
+	body   io.Closer
+	cancel context.CancelCauseFunc
+	bound  time.Duration
 }
 
-func (r *readCloser) Close() error { return r.close() }
+func (s *ownerStream) Read(p []byte) (int, error) {
+	stall := time.AfterFunc(s.bound, func() { s.cancel(fmt.Errorf("%w (%s)", errStalled, s.bound)) })
+	n, err := s.r.Read(p)
+	if !stall.Stop() && err != nil {
+		err = fmt.Errorf("owner stalled: %w", errStalled)
+	}
+	return n, err
+}
+
+func (s *ownerStream) Close() error {
+	defer s.cancel(nil)
+	return s.body.Close()
+}
 
 // peerBody is a blob streamed from its owner. It hashes what the owner
 // sends, to tell a lying owner from a cut-off one: a digest mismatch at
@@ -125,7 +145,7 @@ type peerBody struct {
 	ctx          context.Context
 	owner        string
 	dgst         digest.Digest
-	r            io.ReadCloser
+	r            *ownerStream
 	digester     digest.Digester
 	n            int64
 	fromUpstream cache.Fetcher

@@ -20,9 +20,10 @@ import (
 const ProtocolPrefix = "/peer/v1/"
 
 const (
-	// DefaultFirstByteTimeout is how long a replica waits for the owner's
-	// first byte before it fetches from the upstream itself.
-	DefaultFirstByteTimeout = 5 * time.Second
+	// DefaultByteTimeout is how long a replica waits for the owner's
+	// first byte, or any next one, before it fetches from the upstream
+	// itself.
+	DefaultByteTimeout = 5 * time.Second
 	// downFor is how long a peer that refused a connection is not asked
 	// at all, so that each request for a key it owns does not pay a dial.
 	downFor = 5 * time.Second
@@ -37,11 +38,11 @@ type Options struct {
 	// TokenFile holds the bearer token peers send and expect
 	// (cluster.peerTokenFile); re-read when it changes.
 	TokenFile string
-	// FirstByteTimeout bounds the wait for an owner's first byte; zero
-	// means DefaultFirstByteTimeout.
-	FirstByteTimeout time.Duration
-	Logger           *slog.Logger
-	Registerer       prometheus.Registerer
+	// ByteTimeout bounds the wait for an owner's first byte and for each
+	// next one; zero means DefaultByteTimeout.
+	ByteTimeout time.Duration
+	Logger      *slog.Logger
+	Registerer  prometheus.Registerer
 	// Transport carries peer requests; nil is a plain HTTP transport.
 	Transport http.RoundTripper
 }
@@ -49,12 +50,12 @@ type Options struct {
 // Cluster is this replica's view of its peers: who owns what, and how to
 // ask them.
 type Cluster struct {
-	set       *Set
-	token     *filewatch.Value[string]
-	client    *http.Client
-	firstByte time.Duration
-	log       *slog.Logger
-	metrics   *metrics
+	set         *Set
+	token       *filewatch.Value[string]
+	client      *http.Client
+	byteTimeout time.Duration
+	log         *slog.Logger
+	metrics     *metrics
 
 	mu sync.Mutex
 	// down holds peers that refused a connection, until when.
@@ -90,13 +91,13 @@ func New(opts Options) (*Cluster, error) {
 		}
 	}
 	c := &Cluster{
-		set:       opts.Set,
-		token:     token,
-		client:    &http.Client{Transport: transport},
-		firstByte: cmp.Or(opts.FirstByteTimeout, DefaultFirstByteTimeout),
-		log:       log,
-		down:      map[string]time.Time{},
-		avoid:     map[string]time.Time{},
+		set:         opts.Set,
+		token:       token,
+		client:      &http.Client{Transport: transport},
+		byteTimeout: cmp.Or(opts.ByteTimeout, DefaultByteTimeout),
+		log:         log,
+		down:        map[string]time.Time{},
+		avoid:       map[string]time.Time{},
 	}
 	c.metrics = newMetrics(opts.Registerer, c)
 	return c, nil

@@ -60,7 +60,7 @@ func (c *Cluster) askManifest(ctx context.Context, owner string, img tags.Image,
 	}
 	// The owner asks the upstream before it answers: its answer is due
 	// within the upstream's own bounds, not the first-byte bound of a blob.
-	ctx, cancel := context.WithTimeout(ctx, c.firstByte+30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, c.byteTimeout+30*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+owner+ProtocolPrefix+"manifests?"+q.Encode(), nil)
 	if err != nil {

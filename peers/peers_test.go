@@ -91,7 +91,7 @@ func startReplica(t *testing.T, ln net.Listener, members []string, driver storag
 	}
 	set := NewSet(r.addr)
 	set.Update(members)
-	r.cluster, err = New(Options{Set: set, TokenFile: tokenFile(t), FirstByteTimeout: time.Second, Logger: log, Registerer: r.reg})
+	r.cluster, err = New(Options{Set: set, TokenFile: tokenFile(t), ByteTimeout: time.Second, Logger: log, Registerer: r.reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,34 +316,41 @@ func TestLyingOwner(t *testing.T) {
 	}
 }
 
-// TestOwnerCutMidStream: the owner sends part of a blob and dies; the
-// rest comes from the upstream and the fill commits the right bytes.
-func TestOwnerCutMidStream(t *testing.T) {
+// TestOwnerCutOrHungMidStream: the owner sends part of a blob and dies, or
+// sends nothing more; the rest comes from the upstream and the fill
+// commits the right bytes.
+func TestOwnerCutOrHungMidStream(t *testing.T) {
 	up := fakeregistry.New(t)
 	img, layers := pushImage(t, up, 8)
-	var layer v1.Descriptor
-	var want []byte
-	liarLn, _ := liar(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", fmt.Sprint(len(want)))
-		_, _ = w.Write(want[:len(want)/3])
-		w.(http.Flusher).Flush()
-		panic(http.ErrAbortHandler)
-	})
-	lns := newListeners(t, 1)
-	members := []string{lns[0].Addr().String(), liarLn.Addr().String()}
-	a := startReplica(t, lns[0], members, inmemory.New(), up)
-	layer = ownedBy(t, liarLn.Addr().String(), members, layers)
-	want = layerBytes(t, img, layer)
+	for name, stop := range map[string]func(*http.Request){
+		"cut":  func(*http.Request) { panic(http.ErrAbortHandler) },
+		"hung": func(r *http.Request) { <-r.Context().Done() },
+	} {
+		t.Run(name, func(t *testing.T) {
+			var want []byte
+			liarLn, _ := liar(t, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Length", fmt.Sprint(len(want)))
+				_, _ = w.Write(want[:len(want)/3])
+				w.(http.Flusher).Flush()
+				stop(r)
+			})
+			lns := newListeners(t, 1)
+			members := []string{lns[0].Addr().String(), liarLn.Addr().String()}
+			a := startReplica(t, lns[0], members, inmemory.New(), up)
+			layer := ownedBy(t, liarLn.Addr().String(), members, layers)
+			want = layerBytes(t, img, layer)
 
-	got, err := a.fill(t, layer)
-	if err != nil || !bytes.Equal(got, want) {
-		t.Fatalf("fill through an owner cut mid-stream: %d bytes (right: %v), %v", len(got), bytes.Equal(got, want), err)
-	}
-	if n := testutil.ToFloat64(a.cluster.metrics.ownerUnreachable.WithLabelValues("blob")); n != 1 {
-		t.Errorf("owner-unreachable fallbacks: %v, want 1", n)
-	}
-	if n := testutil.ToFloat64(a.cluster.metrics.forwardBytes); n != float64(len(want)/3) {
-		t.Errorf("bytes from the owner: %v, want %d", n, len(want)/3)
+			got, err := a.fill(t, layer)
+			if err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("fill through an owner %s mid-stream: %d bytes (right: %v), %v", name, len(got), bytes.Equal(got, want), err)
+			}
+			if n := testutil.ToFloat64(a.cluster.metrics.ownerUnreachable.WithLabelValues("blob")); n != 1 {
+				t.Errorf("owner-unreachable fallbacks: %v, want 1", n)
+			}
+			if n := testutil.ToFloat64(a.cluster.metrics.forwardBytes); n != float64(len(want)/3) {
+				t.Errorf("bytes from the owner: %v, want %d", n, len(want)/3)
+			}
+		})
 	}
 }
 
