@@ -73,7 +73,7 @@ func (c *peerReplicas) owner(key string) int {
 
 // ownerOf is the member of a peer set that owns key.
 func ownerOf(key string, members []string) string {
-	set := peers.NewSet("")
+	set := peers.NewSet(nil)
 	set.Update(members)
 	return set.Owner(key)
 }

@@ -111,7 +111,7 @@ func (c *Cluster) Ready() bool { return c.set.Known() }
 // asked now, else "".
 func (c *Cluster) remoteOwner(key string) string {
 	owner := c.set.Owner(key)
-	if owner == "" || owner == c.set.Self() {
+	if owner == "" || c.set.IsSelf(owner) {
 		return ""
 	}
 	now := time.Now()

@@ -89,8 +89,10 @@ func startReplica(t *testing.T, ln net.Listener, members []string, driver storag
 	if r.client, err = upstream.New(u, upstream.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	set := NewSet(r.addr)
-	set.Update(members)
+	set, err := StaticSet(r.addr, members)
+	if err != nil {
+		t.Fatal(err)
+	}
 	r.cluster, err = New(Options{Set: set, TokenFile: tokenFile(t), ByteTimeout: time.Second, Logger: log, Registerer: r.reg})
 	if err != nil {
 		t.Fatal(err)
@@ -261,7 +263,7 @@ func liar(t *testing.T, handle http.HandlerFunc) (net.Listener, *int) {
 // ownedBy returns a layer that owner owns in a set of members.
 func ownedBy(t *testing.T, owner string, members []string, layers []v1.Descriptor) v1.Descriptor {
 	t.Helper()
-	s := NewSet("")
+	s := NewSet(nil)
 	s.Update(members)
 	for _, l := range layers {
 		if s.Owner(l.Digest.String()) == owner {
@@ -478,7 +480,7 @@ func TestTagResolvedOnceByItsOwner(t *testing.T) {
 // leaving moves only the keys it owned.
 func TestOwnershipIsRendezvous(t *testing.T) {
 	members := []string{"10.0.0.1:5002", "10.0.0.2:5002", "10.0.0.3:5002"}
-	a, b, fewer := NewSet(""), NewSet(""), NewSet("")
+	a, b, fewer := NewSet(nil), NewSet(nil), NewSet(nil)
 	a.Update(members)
 	b.Update([]string{members[2], members[0], members[1], members[0]})
 	fewer.Update(members[:2])
@@ -500,19 +502,21 @@ func TestOwnershipIsRendezvous(t *testing.T) {
 			t.Errorf("%s owns %.0f%% of the keys", m, share*100)
 		}
 	}
-	if a.Owner("k") == "" || NewSet("").Owner("k") != "" {
+	if a.Owner("k") == "" || NewSet(nil).Owner("k") != "" {
 		t.Error("an empty set has an owner, or a full one has none")
 	}
 }
 
-func TestSelfAddress(t *testing.T) {
-	if got, err := SelfAddress("127.0.0.1:5002", []string{"127.0.0.1:5001", "127.0.0.1:5002"}); err != nil || got != "127.0.0.1:5002" {
-		t.Errorf("exact entry: %q, %v", got, err)
+func TestStaticSetFindsThisReplica(t *testing.T) {
+	s, err := StaticSet("127.0.0.1:5002", []string{"127.0.0.1:5001", "127.0.0.1:5002"})
+	if err != nil || !s.IsSelf("127.0.0.1:5002") || s.IsSelf("127.0.0.1:5001") || !s.Known() {
+		t.Errorf("exact entry: %v", err)
 	}
-	if got, err := SelfAddress(":5002", []string{"10.255.255.1:5002", "127.0.0.1:5002"}); err != nil || got != "127.0.0.1:5002" {
-		t.Errorf("a local address on the listener's port: %q, %v", got, err)
+	s, err = StaticSet(":5002", []string{"10.255.255.1:5002", "127.0.0.1:5002"})
+	if err != nil || !s.IsSelf("127.0.0.1:5002") || s.IsSelf("10.255.255.1:5002") {
+		t.Errorf("a local address on the listener's port: %v", err)
 	}
-	if _, err := SelfAddress(":5002", []string{"10.255.255.1:5002"}); err == nil || !strings.Contains(err.Error(), "cluster.peers") {
+	if _, err := StaticSet(":5002", []string{"10.255.255.1:5002"}); err == nil || !strings.Contains(err.Error(), "cluster.peers") {
 		t.Errorf("this replica missing from the list: %v, want an error naming cluster.peers", err)
 	}
 }

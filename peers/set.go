@@ -27,16 +27,36 @@ import (
 // watch of Kubernetes EndpointSlices) replaces it with Update whenever it
 // changes; ownership follows at once.
 type Set struct {
-	self string
+	isSelf func(member string) bool
 
 	mu      sync.RWMutex
 	members []string
 	known   bool
 }
 
-// NewSet returns an empty set for the replica whose peer address is self.
-// It is not Known until the first Update.
-func NewSet(self string) *Set { return &Set{self: self} }
+// NewSet returns an empty set, not Known until the first Update. isSelf
+// tells this replica's own entry (LocalListener); nil means none is.
+func NewSet(isSelf func(member string) bool) *Set {
+	if isSelf == nil {
+		isSelf = func(string) bool { return false }
+	}
+	return &Set{isSelf: isSelf}
+}
+
+// StaticSet is the set of the cluster.peers list, which must name this
+// replica's listener (cluster.peerListen).
+func StaticSet(listen string, members []string) (*Set, error) {
+	isSelf, err := LocalListener(listen)
+	if err != nil {
+		return nil, err
+	}
+	if !slices.ContainsFunc(members, isSelf) {
+		return nil, fmt.Errorf("cluster.peers does not list this replica's peer listener %s: list it under this host's name or address, the way the other replicas reach it", listen)
+	}
+	s := NewSet(isSelf)
+	s.Update(members)
+	return s, nil
+}
 
 // Update replaces the members. Duplicates are dropped.
 func (s *Set) Update(members []string) {
@@ -63,8 +83,8 @@ func (s *Set) Members() []string {
 	return slices.Clone(s.members)
 }
 
-// Self is this replica's own peer address.
-func (s *Set) Self() string { return s.self }
+// IsSelf reports whether member is this replica.
+func (s *Set) IsSelf(member string) bool { return s.isSelf(member) }
 
 // Owner is the member that owns key: the one with the highest rendezvous
 // score. Every replica with the same members picks the same owner. It is
@@ -98,17 +118,15 @@ func rendezvousScore(member, key string) uint64 {
 	return x
 }
 
-// SelfAddress finds this replica's entry among the configured peers: the
-// entry equal to listen (cluster.peerListen), or else the one on its port
-// whose host is this machine's host name or one of its addresses (a
-// listener on ":5002" listed as "pullbroker-0.pullbroker-peers:5002").
-func SelfAddress(listen string, peers []string) (string, error) {
-	if slices.Contains(peers, listen) {
-		return listen, nil
-	}
+// LocalListener tells the entry of a peer set that is the listener listen
+// (cluster.peerListen) of this replica: the entry equal to it, or else one
+// on its port whose host is this machine's host name or one of its
+// addresses (a listener on ":5002" listed as "10.0.3.7:5002" or
+// "pullbroker-0.pullbroker-peers:5002").
+func LocalListener(listen string) (func(member string) bool, error) {
 	_, port, err := net.SplitHostPort(listen)
 	if err != nil {
-		return "", fmt.Errorf("cluster.peerListen %q: %w", listen, err)
+		return nil, fmt.Errorf("cluster.peerListen %q: %w", listen, err)
 	}
 	hostname, _ := os.Hostname()
 	local := map[string]bool{}
@@ -119,14 +137,14 @@ func SelfAddress(listen string, peers []string) (string, error) {
 			}
 		}
 	}
-	for _, p := range peers {
-		host, pport, err := net.SplitHostPort(p)
-		if err != nil || pport != port {
-			continue
+	return func(member string) bool {
+		if member == listen {
+			return true
 		}
-		if local[host] || (hostname != "" && (host == hostname || strings.HasPrefix(host, hostname+"."))) {
-			return p, nil
+		host, mport, err := net.SplitHostPort(member)
+		if err != nil || mport != port {
+			return false
 		}
-	}
-	return "", fmt.Errorf("cluster.peers does not list this replica's peer listener %s: list it under this host's name or address, the way the other replicas reach it", listen)
+		return local[host] || (hostname != "" && (host == hostname || strings.HasPrefix(host, hostname+".")))
+	}, nil
 }

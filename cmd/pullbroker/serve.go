@@ -176,12 +176,10 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 
 // newPeers is the peer set of the static cluster.peers list.
 func newPeers(c config.Cluster, log *slog.Logger, reg prometheus.Registerer) (*peers.Cluster, error) {
-	self, err := peers.SelfAddress(c.PeerListen, c.Peers)
+	set, err := peers.StaticSet(c.PeerListen, c.Peers)
 	if err != nil {
 		return nil, err
 	}
-	set := peers.NewSet(self)
-	set.Update(c.Peers)
 	return peers.New(peers.Options{Set: set, TokenFile: c.PeerTokenFile, Logger: log.With("component", "peers"), Registerer: reg})
 }
 
