@@ -50,6 +50,11 @@ type Cluster struct {
 	// of every replica, this one's included. The owner of a blob or a tag
 	// among them fetches it from the upstream once for all of them.
 	Peers []string `mapstructure:"peers"`
+	// PeerService, instead of Peers, is the "namespace/name" of a
+	// headless Service selecting the replicas: its EndpointSlices' ready
+	// endpoints, on PeerListen's port, are the peer set, live as Pods
+	// come, go and turn unready.
+	PeerService string `mapstructure:"peerService"`
 	// PeerListen is this replica's peer listener, for example ":5002";
 	// empty means no peers: every replica fetches for itself.
 	PeerListen string `mapstructure:"peerListen"`

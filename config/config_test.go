@@ -106,6 +106,9 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		{`cluster: {peerListen: "nope", peerTokenFile: t, peers: ["a:5002"]}`, "cluster.peerListen: \"nope\""},
 		{`cluster: {peerListen: ":5002", peers: ["a:5002"]}`, "cluster.peerTokenFile"},
 		{`cluster: {peerListen: ":5002", peerTokenFile: t}`, "cluster.peers: must list"},
+		{`cluster: {peerService: "ns/pb"}`, "cluster.peerListen: must be set"},
+		{`cluster: {peerListen: ":5002", peerTokenFile: t, peerService: "pb"}`, "cluster.peerService: \"pb\" is not namespace/name"},
+		{`cluster: {peerListen: ":5002", peerTokenFile: t, peerService: "ns/pb", peers: ["a:5002"]}`, "cluster.peerService: set either"},
 		{`cluster: {peerListen: ":5002", peerTokenFile: t, peers: ["a:5002", "b"]}`, "cluster.peers[1]"},
 		{`cluster: {peerListen: ":5002", peerTokenFile: t, peers: ["a:5002", "a:5002"]}`, "cluster.peers[1]: \"a:5002\" is listed twice"},
 	}

@@ -404,8 +404,8 @@ func validRegistryName(s string) bool {
 
 func validateCluster(c Cluster, bad func(key, format string, args ...any)) {
 	if c.PeerListen == "" {
-		if len(c.Peers) > 0 {
-			bad("cluster.peerListen", "must be set when cluster.peers lists peers, for example \":5002\"")
+		if len(c.Peers) > 0 || c.PeerService != "" {
+			bad("cluster.peerListen", "must be set when cluster.peers or cluster.peerService is, for example \":5002\"")
 		}
 		return
 	}
@@ -415,8 +415,13 @@ func validateCluster(c Cluster, bad func(key, format string, args ...any)) {
 	if c.PeerTokenFile == "" {
 		bad("cluster.peerTokenFile", "must be set when cluster.peerListen is: peers authenticate with the token in it")
 	}
-	if len(c.Peers) == 0 {
-		bad("cluster.peers", "must list every replica's peer listener (\"host:port\", this one's included) when cluster.peerListen is set")
+	switch ns, name, ok := strings.Cut(c.PeerService, "/"); {
+	case c.PeerService != "" && len(c.Peers) > 0:
+		bad("cluster.peerService", "set either cluster.peers (a static list) or cluster.peerService, not both")
+	case c.PeerService != "" && (!ok || ns == "" || name == "" || strings.Contains(name, "/")):
+		bad("cluster.peerService", "%q is not namespace/name", c.PeerService)
+	case c.PeerService == "" && len(c.Peers) == 0:
+		bad("cluster.peers", "must list every replica's peer listener (\"host:port\", this one's included), or set cluster.peerService, when cluster.peerListen is set")
 	}
 	seen := map[string]bool{}
 	for i, p := range c.Peers {

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/rest"
 
 	"github.com/pullbroker/pullbroker/auth"
 	"github.com/pullbroker/pullbroker/cache"
@@ -149,7 +150,7 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 	a.clients = clients
 	var owners tags.Owners
 	if cfg.Cluster.PeerListen != "" {
-		if a.peers, err = newPeers(cfg.Cluster, log, a.registry); err != nil {
+		if a.peers, err = newPeers(ctx, cfg.Cluster, log, a.registry); err != nil {
 			a.Close()
 			return nil, err
 		}
@@ -174,11 +175,23 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 	return a, nil
 }
 
-// newPeers is the peer set of the static cluster.peers list.
-func newPeers(c config.Cluster, log *slog.Logger, reg prometheus.Registerer) (*peers.Cluster, error) {
-	set, err := peers.StaticSet(c.PeerListen, c.Peers)
-	if err != nil {
-		return nil, err
+// newPeers is this replica's view of its peers: the static cluster.peers
+// list, or the EndpointSlices of cluster.peerService, watched until ctx ends.
+func newPeers(ctx context.Context, c config.Cluster, log *slog.Logger, reg prometheus.Registerer) (*peers.Cluster, error) {
+	var set *peers.Set
+	if c.PeerService != "" {
+		kube, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("cluster.peerService: the Kubernetes API is reached from inside a Pod only: %w", err)
+		}
+		if set, err = peers.WatchEndpointSlices(ctx, kube, c.PeerService, c.PeerListen, log.With("component", "peers")); err != nil {
+			return nil, err
+		}
+	} else {
+		var err error
+		if set, err = peers.StaticSet(c.PeerListen, c.Peers); err != nil {
+			return nil, err
+		}
 	}
 	return peers.New(peers.Options{Set: set, TokenFile: c.PeerTokenFile, Logger: log.With("component", "peers"), Registerer: reg})
 }
