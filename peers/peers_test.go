@@ -357,8 +357,8 @@ func TestOwnerCutOrHungMidStream(t *testing.T) {
 }
 
 // TestOwnerUnreachableOrSilent: an owner that refuses connections, one that
-// sends no first byte within the bound, and one that answers 5xx each
-// leave the fill to the upstream.
+// sends no first byte within the bound, one that answers 5xx and one that
+// speaks another protocol version each leave the fill to the upstream.
 func TestOwnerUnreachableOrSilent(t *testing.T) {
 	up := fakeregistry.New(t)
 	img, layers := pushImage(t, up, 8)
@@ -367,7 +367,14 @@ func TestOwnerUnreachableOrSilent(t *testing.T) {
 	dead.Close()
 	silentLn, _ := liar(t, func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
 	failingLn, _ := liar(t, func(w http.ResponseWriter, r *http.Request) { http.Error(w, "boom", http.StatusInternalServerError) })
-	for name, owner := range map[string]string{"refused": deadAddr, "silent": silentLn.Addr().String(), "5xx": failingLn.Addr().String()} {
+	// A replica of a release that speaks only another protocol version, as in a rolling upgrade.
+	otherVersionLn, _ := liar(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Pullbroker-Peer-Protocol", "peer/v2")
+		http.Error(w, "this replica speaks /peer/v2/ only", http.StatusNotFound)
+	})
+	for name, owner := range map[string]string{
+		"refused": deadAddr, "silent": silentLn.Addr().String(), "5xx": failingLn.Addr().String(), "another version": otherVersionLn.Addr().String(),
+	} {
 		t.Run(name, func(t *testing.T) {
 			lns := newListeners(t, 1)
 			members := []string{lns[0].Addr().String(), owner}
