@@ -66,6 +66,21 @@ type Cluster struct {
 	// read, committed and deleted to storage for the leader, and reads the
 	// cluster-wide cache size the leader publishes.
 	AccountingInterval time.Duration `mapstructure:"accountingInterval"`
+	// Peers is the static peer set: the peer listener address ("host:port")
+	// of every replica, this one's included. The owner of a blob or a tag
+	// among them fetches it from the upstream once for all of them.
+	Peers []string `mapstructure:"peers"`
+	// PeerService, instead of Peers, is the "namespace/name" of a
+	// headless Service selecting the replicas: its EndpointSlices' ready
+	// endpoints, on PeerListen's port, are the peer set, live as Pods
+	// come, go and turn unready.
+	PeerService string `mapstructure:"peerService"`
+	// PeerListen is this replica's peer listener, for example ":5002";
+	// empty means no peers: every replica fetches for itself.
+	PeerListen string `mapstructure:"peerListen"`
+	// PeerTokenFile holds the bearer token every replica sends to and
+	// expects from its peers; re-read when it changes.
+	PeerTokenFile string `mapstructure:"peerTokenFile"`
 }
 
 // Sync re-runs an image list, as `pullbroker sync -f` takes it, inside a

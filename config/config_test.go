@@ -128,6 +128,15 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		{`storage: {driver: azure, redirect: true, parameters: {accountname: a, container: c, credentials: {type: default_credentials}}}`, "storage.redirect: only s3 can redirect"},
 		{`pins: [{policy: forever}]`, "pins[0].policy"},
 		{`pins: [{policy: locked}]`, "pins[0].lockFile"},
+		{`cluster: {peers: ["a:5002"]}`, "cluster.peerListen: must be set"},
+		{`cluster: {peerListen: "nope", peerTokenFile: t, peers: ["a:5002"]}`, "cluster.peerListen: \"nope\""},
+		{`cluster: {peerListen: ":5002", peers: ["a:5002"]}`, "cluster.peerTokenFile"},
+		{`cluster: {peerListen: ":5002", peerTokenFile: t}`, "cluster.peers: must list"},
+		{`cluster: {peerService: "ns/pb"}`, "cluster.peerListen: must be set"},
+		{`cluster: {peerListen: ":5002", peerTokenFile: t, peerService: "pb"}`, "cluster.peerService: \"pb\" is not namespace/name"},
+		{`cluster: {peerListen: ":5002", peerTokenFile: t, peerService: "ns/pb", peers: ["a:5002"]}`, "cluster.peerService: set either"},
+		{`cluster: {peerListen: ":5002", peerTokenFile: t, peers: ["a:5002", "b"]}`, "cluster.peers[1]"},
+		{`cluster: {peerListen: ":5002", peerTokenFile: t, peers: ["a:5002", "a:5002"]}`, "cluster.peers[1]: \"a:5002\" is listed twice"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {

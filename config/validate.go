@@ -52,6 +52,7 @@ func (c *Config) Validate() error {
 		bad("admin.tlsCertFile", "tlsCertFile and tlsKeyFile must be set together")
 	}
 	validateStorageDriver(c.Storage, bad)
+	validateCluster(c.Cluster, bad)
 	if c.Storage.MaxSizeBytes < 0 {
 		bad("storage.maxSizeBytes", "must not be negative (0 means unbounded)")
 	}
@@ -560,4 +561,39 @@ func validRegistryName(s string) bool {
 		}
 	}
 	return true
+}
+
+func validateCluster(c Cluster, bad func(key, format string, args ...any)) {
+	if c.PeerListen == "" {
+		if len(c.Peers) > 0 || c.PeerService != "" {
+			bad("cluster.peerListen", "must be set when cluster.peers or cluster.peerService is, for example \":5002\"")
+		}
+		return
+	}
+	if _, _, err := net.SplitHostPort(c.PeerListen); err != nil {
+		bad("cluster.peerListen", "%q is not host:port (%v)", c.PeerListen, err)
+	}
+	if c.PeerTokenFile == "" {
+		bad("cluster.peerTokenFile", "must be set when cluster.peerListen is: peers authenticate with the token in it")
+	}
+	switch ns, name, ok := strings.Cut(c.PeerService, "/"); {
+	case c.PeerService != "" && len(c.Peers) > 0:
+		bad("cluster.peerService", "set either cluster.peers (a static list) or cluster.peerService, not both")
+	case c.PeerService != "" && (!ok || ns == "" || name == "" || strings.Contains(name, "/")):
+		bad("cluster.peerService", "%q is not namespace/name", c.PeerService)
+	case c.PeerService == "" && len(c.Peers) == 0:
+		bad("cluster.peers", "must list every replica's peer listener (\"host:port\", this one's included), or set cluster.peerService, when cluster.peerListen is set")
+	}
+	seen := map[string]bool{}
+	for i, p := range c.Peers {
+		host, port, err := net.SplitHostPort(p)
+		if err != nil || host == "" || port == "" {
+			bad(fmt.Sprintf("cluster.peers[%d]", i), "%q is not host:port", p)
+			continue
+		}
+		if seen[p] {
+			bad(fmt.Sprintf("cluster.peers[%d]", i), "%q is listed twice", p)
+		}
+		seen[p] = true
+	}
 }

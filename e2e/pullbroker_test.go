@@ -57,6 +57,8 @@ type pbConfig struct {
 	Access string
 	// Fills is storage.fills as a YAML flow mapping ("{stallTimeout: 2s}"); "" for the defaults.
 	Fills string
+	// Cluster is the cluster section's body, as YAML indented under "cluster:".
+	Cluster string
 }
 
 // pullbroker is a running `pullbroker serve`.
@@ -134,6 +136,9 @@ func writeConfig(t *testing.T, cfg pbConfig, listen, admin string) string {
 	}
 	if cfg.Access != "" {
 		fmt.Fprintf(&b, "access:\n%s\n", cfg.Access)
+	}
+	if cfg.Cluster != "" {
+		fmt.Fprintf(&b, "cluster:\n%s\n", cfg.Cluster)
 	}
 	path := filepath.Join(t.TempDir(), "pullbroker.yaml")
 	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {

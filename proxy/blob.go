@@ -125,13 +125,19 @@ func (h *Handler) redirectToStorage(w http.ResponseWriter, r *http.Request, dgst
 	return true
 }
 
-// serveThroughFill joins (or starts) the one upstream fetch of the blob
-// and streams it as it arrives. size is the descriptor's (-1 unknown).
+// serveThroughFill joins (or starts) the one fill of the blob and streams
+// it as it arrives; with peers, the fill streams from the blob's owner
+// among the replicas unless this replica owns it. size is the
+// descriptor's (-1 unknown).
 func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, rt *route, dgst digest.Digest, size int64) {
 	client := h.client(rt)
 	repo := rt.repository
-	fetch := func(ctx context.Context) (io.ReadCloser, int64, error) {
+	var fetch cache.Fetcher = func(ctx context.Context) (io.ReadCloser, int64, error) {
 		return client.GetBlob(ctx, repo, dgst)
+	}
+	if h.peers != nil {
+		// The blob's owner among the replicas fetches it once for all.
+		fetch = h.peers.BlobFetcher(rt.registry, repo, dgst, size, fetch)
 	}
 	fill, cached, err := h.store.Fill(dgst, size, fetch)
 	switch {

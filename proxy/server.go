@@ -19,6 +19,7 @@ import (
 	"github.com/pullbroker/pullbroker/cache"
 	"github.com/pullbroker/pullbroker/config"
 	"github.com/pullbroker/pullbroker/internal/flight"
+	"github.com/pullbroker/pullbroker/peers"
 	"github.com/pullbroker/pullbroker/tags"
 	"github.com/pullbroker/pullbroker/upstream"
 )
@@ -30,7 +31,10 @@ type Options struct {
 	// Tags answers manifests under the pull policy.
 	Tags *tags.Resolver
 	// Upstreams holds one client per configured upstream, by Name.
-	Upstreams  map[string]*upstream.Client
+	Upstreams map[string]*upstream.Client
+	// Peers, when replicas share the storage, fetches each blob from the
+	// upstream once between them; nil fetches every miss here.
+	Peers      *peers.Cluster
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	// Now is the clock of request durations.
@@ -47,6 +51,7 @@ type Handler struct {
 	now       func() time.Time
 	tags      *tags.Resolver
 	access    *access
+	peers     *peers.Cluster
 
 	// Concurrent requests for a blob not yet linked to its repository
 	// share one confirming HEAD.
@@ -84,6 +89,7 @@ func New(opts Options) (*Handler, error) {
 		log:       opts.Logger,
 		metrics:   m,
 		now:       opts.Now,
+		peers:     opts.Peers,
 	}, nil
 }
 

@@ -69,12 +69,14 @@ func (r *Resolver) SetPin(ctx context.Context, img Image, dgst digest.Digest) (P
 	}
 	u, _ := r.upstreamOf(img)
 	var ans Answer
+	// An operator's pin is resolved by the replica it was sent to, from
+	// the upstream now: the tag's owner would answer its tag record.
 	if dgst == "" {
-		ans, err = r.resolveShared(ctx, u, img, nil, false)
+		ans, err = r.resolveShared(ctx, u, img, nil, false, false)
 	} else {
 		byDigest := img
 		byDigest.Tag, byDigest.Digest = "", dgst
-		ans, err = r.byDigest(ctx, u, byDigest, nil)
+		ans, err = r.byDigest(ctx, u, byDigest, nil, false)
 	}
 	if err != nil {
 		return Pin{}, err
@@ -99,7 +101,7 @@ func (r *Resolver) RefreshPin(ctx context.Context, img Image) (Refresh, error) {
 	case !errors.Is(err, cache.ErrNotFound):
 		return Refresh{}, fmt.Errorf("%w: %w", ErrStorage, err)
 	}
-	ans, err := r.resolveShared(ctx, u, img, nil, false)
+	ans, err := r.resolveShared(ctx, u, img, nil, false, false)
 	if err != nil {
 		return Refresh{}, err
 	}

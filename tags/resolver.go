@@ -58,6 +58,23 @@ type Options struct {
 	Logger    *slog.Logger
 	// Now is the clock; tests move it.
 	Now func() time.Time
+	// Owners, when replicas share the storage, lets the one replica that
+	// owns an image reference resolve it for all of them; nil resolves
+	// everything here.
+	Owners Owners
+}
+
+// Owners answers for the replica that owns an image reference among
+// replicas sharing one storage, so that a tag is resolved (and a sticky pin
+// decided) once, not once per replica.
+type Owners interface {
+	// OwnedElsewhere reports whether another replica owns img and may be
+	// asked now.
+	OwnedElsewhere(img Image) bool
+	// Resolve asks the owner of img which manifest it means now; the
+	// owner has stored that manifest. ok is false when this replica owns
+	// img or the owner could not answer: resolve it here.
+	Resolve(ctx context.Context, img Image, accept []string) (dgst digest.Digest, outcome Outcome, ok bool)
 }
 
 // Resolver answers which manifest a tag or digest means now.
@@ -68,6 +85,7 @@ type Resolver struct {
 	log       *slog.Logger
 	now       func() time.Time
 	rules     *pinRules
+	owners    Owners
 	// Concurrent requests for one tag, manifest or referrers list share
 	// one upstream round trip.
 	flight          flight.Group[Answer]
@@ -93,7 +111,7 @@ func New(opts Options) (*Resolver, error) {
 	}
 	return &Resolver{
 		cfg: opts.Config, store: opts.Store, upstreams: opts.Upstreams,
-		log: opts.Logger, now: opts.Now, rules: rules,
+		log: opts.Logger, now: opts.Now, rules: rules, owners: opts.Owners,
 	}, nil
 }
 
@@ -101,14 +119,27 @@ func New(opts Options) (*Resolver, error) {
 // pin rules, the tag TTL and the upstream's availability. accept is the
 // client's Accept list (media types without parameters; empty means any).
 func (r *Resolver) Manifest(ctx context.Context, img Image, accept []string) (Answer, error) {
+	return r.manifest(ctx, img, accept, true)
+}
+
+// ManifestHere is Manifest for the replica that owns img: what the
+// upstream must be asked, it asks itself, never another replica (whose
+// view of the owners may differ from this one's for a moment).
+func (r *Resolver) ManifestHere(ctx context.Context, img Image, accept []string) (Answer, error) {
+	return r.manifest(ctx, img, accept, false)
+}
+
+// manifest answers img; askOwner lets another replica that owns img
+// resolve it.
+func (r *Resolver) manifest(ctx context.Context, img Image, accept []string, askOwner bool) (Answer, error) {
 	u, err := r.upstreamOf(img)
 	if err != nil {
 		return Answer{}, err
 	}
 	if img.Digest != "" {
-		return r.byDigest(ctx, u, img, accept)
+		return r.byDigest(ctx, u, img, accept, askOwner)
 	}
-	return r.byTag(ctx, u, img, accept)
+	return r.byTag(ctx, u, img, accept, askOwner)
 }
 
 func (r *Resolver) upstreamOf(img Image) (config.Upstream, error) {
@@ -119,7 +150,7 @@ func (r *Resolver) upstreamOf(img Image) (config.Upstream, error) {
 	return u, nil
 }
 
-func (r *Resolver) byDigest(ctx context.Context, u config.Upstream, img Image, accept []string) (Answer, error) {
+func (r *Resolver) byDigest(ctx context.Context, u config.Upstream, img Image, accept []string, askOwner bool) (Answer, error) {
 	m, err := r.store.GetManifest(ctx, u.Name, img.Repository, img.Digest)
 	if err == nil {
 		return Answer{m, Hit}, nil
@@ -130,16 +161,20 @@ func (r *Resolver) byDigest(ctx context.Context, u config.Upstream, img Image, a
 	if r.Offline(u.Name) {
 		return Answer{}, upstream.ErrOffline
 	}
-	key := "digest\x00" + u.Name + "\x00" + img.Repository + "\x00" + img.Digest.String()
+	askOwner = r.ownedElsewhere(img, askOwner)
+	key := flightKey("digest", askOwner) + u.Name + "\x00" + img.Repository + "\x00" + img.Digest.String()
 	return r.flight.Do(ctx, key, workTimeout(u), func(ctx context.Context) (Answer, error) {
+		if ans, ok := r.fromOwner(ctx, u, img, accept, askOwner); ok {
+			return ans, nil
+		}
 		m, err := r.fetchManifest(ctx, u, img.Repository, img.Digest, accept)
 		return Answer{m, Miss}, err
 	})
 }
 
-func (r *Resolver) byTag(ctx context.Context, u config.Upstream, img Image, accept []string) (Answer, error) {
+func (r *Resolver) byTag(ctx context.Context, u config.Upstream, img Image, accept []string, askOwner bool) (Answer, error) {
 	rule, ruleIndex := r.rules.match(img)
-	if ans, ok, err := r.pinned(ctx, u, img, rule, ruleIndex); ok || err != nil {
+	if ans, ok, err := r.pinned(ctx, u, img, rule, ruleIndex, askOwner); ok || err != nil {
 		return ans, err
 	}
 	ttl := u.TagTTL
@@ -163,7 +198,7 @@ func (r *Resolver) byTag(ctx context.Context, u config.Upstream, img Image, acce
 		return Answer{}, upstream.ErrOffline
 	}
 
-	ans, err := r.resolveShared(ctx, u, img, accept, rule.Policy == config.PolicySticky)
+	ans, err := r.resolveShared(ctx, u, img, accept, rule.Policy == config.PolicySticky, askOwner)
 	if err == nil {
 		return ans, nil
 	}
@@ -178,7 +213,7 @@ func (r *Resolver) byTag(ctx context.Context, u config.Upstream, img Image, acce
 
 // pinned answers a tag from its pin or a locked rule, with no upstream
 // request for the tag. ok is false when neither applies.
-func (r *Resolver) pinned(ctx context.Context, u config.Upstream, img Image, rule config.PinRule, ruleIndex int) (ans Answer, ok bool, err error) {
+func (r *Resolver) pinned(ctx context.Context, u config.Upstream, img Image, rule config.PinRule, ruleIndex int, askOwner bool) (ans Answer, ok bool, err error) {
 	var dgst digest.Digest
 	pin, err := r.store.GetPin(ctx, u.Name, img.Repository, img.Tag)
 	switch {
@@ -198,7 +233,7 @@ func (r *Resolver) pinned(ctx context.Context, u config.Upstream, img Image, rul
 	}
 	byDigest := img
 	byDigest.Tag, byDigest.Digest = "", dgst
-	ans, err = r.byDigest(ctx, u, byDigest, nil)
+	ans, err = r.byDigest(ctx, u, byDigest, nil, askOwner)
 	if err != nil {
 		return Answer{}, false, err
 	}
@@ -207,10 +242,16 @@ func (r *Resolver) pinned(ctx context.Context, u config.Upstream, img Image, rul
 }
 
 // resolveShared asks the upstream what the tag means now, once for all
-// concurrent callers; stick records the answer as a sticky pin.
-func (r *Resolver) resolveShared(ctx context.Context, u config.Upstream, img Image, accept []string, stick bool) (Answer, error) {
-	key := "tag\x00" + u.Name + "\x00" + img.Repository + "\x00" + img.Tag + "\x00" + strings.Join(accept, ",")
+// concurrent callers; stick records the answer as a sticky pin. With
+// askOwner, the replica that owns the tag is asked first: it resolved (and
+// pinned) it for every replica.
+func (r *Resolver) resolveShared(ctx context.Context, u config.Upstream, img Image, accept []string, stick, askOwner bool) (Answer, error) {
+	askOwner = r.ownedElsewhere(img, askOwner)
+	key := flightKey("tag", askOwner) + u.Name + "\x00" + img.Repository + "\x00" + img.Tag + "\x00" + strings.Join(accept, ",")
 	return r.flight.Do(ctx, key, workTimeout(u), func(ctx context.Context) (Answer, error) {
+		if ans, ok := r.fromOwner(ctx, u, img, accept, askOwner); ok {
+			return ans, nil
+		}
 		ans, err := r.resolveTag(ctx, u, img, accept)
 		if err == nil && stick {
 			r.stick(ctx, img, ans.Manifest)
@@ -265,6 +306,44 @@ func (r *Resolver) fetchManifest(ctx context.Context, u config.Upstream, repo st
 		r.log.Error("could not cache a verified manifest; answering it uncached", "registry", u.Name, "repository", repo, "digest", dgst, "error", err)
 	}
 	return m, nil
+}
+
+// ownedElsewhere reports whether another replica owns img and should be
+// asked (askOwner: the caller is not serving that replica already).
+func (r *Resolver) ownedElsewhere(img Image, askOwner bool) bool {
+	return askOwner && r.owners != nil && r.owners.OwnedElsewhere(img)
+}
+
+// fromOwner asks the replica that owns img what it means and reads that
+// manifest from the shared storage. ok is false when there is no owner to
+// ask, the owner could not answer, or its manifest is not in storage:
+// then this replica asks the upstream itself.
+func (r *Resolver) fromOwner(ctx context.Context, u config.Upstream, img Image, accept []string, askOwner bool) (Answer, bool) {
+	if !askOwner {
+		return Answer{}, false
+	}
+	dgst, outcome, ok := r.owners.Resolve(ctx, img, accept)
+	if !ok {
+		return Answer{}, false
+	}
+	m, err := r.store.GetManifest(ctx, u.Name, img.Repository, dgst)
+	if err != nil {
+		r.log.Warn("the owner of an image answered a manifest storage does not hold; asking the upstream", "image", img, "digest", dgst, "error", err)
+		return Answer{}, false
+	}
+	return Answer{m, outcome}, true
+}
+
+// flightKey starts the key of a shared run. A run that asks another
+// replica and one that resolves here never share: the owner's own requests
+// and its peers' share one run, while two replicas that each think the
+// other owns a key (peer sets differ for a moment) cannot wait on each
+// other.
+func flightKey(kind string, askOwner bool) string {
+	if askOwner {
+		return kind + "\x00"
+	}
+	return kind + "-here\x00"
 }
 
 // Offline reports whether the registry's upstream must not be asked.

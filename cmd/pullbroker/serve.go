@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/rest"
 
 	"github.com/pullbroker/pullbroker/auth"
 	"github.com/pullbroker/pullbroker/cache"
@@ -27,6 +28,7 @@ import (
 	"github.com/pullbroker/pullbroker/internal/version"
 	"github.com/pullbroker/pullbroker/mirror"
 	"github.com/pullbroker/pullbroker/podimages"
+	"github.com/pullbroker/pullbroker/peers"
 	"github.com/pullbroker/pullbroker/proxy"
 	"github.com/pullbroker/pullbroker/tags"
 	"github.com/pullbroker/pullbroker/tlsreload"
@@ -75,7 +77,10 @@ type app struct {
 	store    *cache.Store
 	tags     *tags.Resolver
 	handler  *proxy.Handler
-	sources  []auth.Source
+	// peers is nil unless cluster.peerListen is set.
+	peers   *peers.Cluster
+	clients map[string]*upstream.Client
+	sources []auth.Source
 	// runningImages, with cache.keepRunningImages, are the images the
 	// cluster's Pods use: roots of eviction and GC once serve starts it
 	// (other commands never evict, so they need no cluster).
@@ -162,8 +167,17 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 		clients[u.Name] = c
 	}
 
+	a.clients = clients
+	var owners tags.Owners
+	if cfg.Cluster.PeerListen != "" {
+		if a.peers, err = newPeers(ctx, cfg.Cluster, log, a.registry); err != nil {
+			a.Close()
+			return nil, err
+		}
+		owners = a.peers
+	}
 	a.tags, err = tags.New(tags.Options{
-		Config: cfg, Store: a.store, Upstreams: clients,
+		Config: cfg, Store: a.store, Upstreams: clients, Owners: owners,
 		Logger: log.With("component", "tags"),
 	})
 	if err != nil {
@@ -171,7 +185,7 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 		return nil, err
 	}
 	a.handler, err = proxy.New(proxy.Options{
-		Config: cfg, Store: a.store, Tags: a.tags, Upstreams: clients,
+		Config: cfg, Store: a.store, Tags: a.tags, Upstreams: clients, Peers: a.peers,
 		Logger: log.With("component", "proxy"), Registerer: a.registry,
 	})
 	if err != nil {
@@ -179,6 +193,27 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 		return nil, err
 	}
 	return a, nil
+}
+
+// newPeers is this replica's view of its peers: the static cluster.peers
+// list, or the EndpointSlices of cluster.peerService, watched until ctx ends.
+func newPeers(ctx context.Context, c config.Cluster, log *slog.Logger, reg prometheus.Registerer) (*peers.Cluster, error) {
+	var set *peers.Set
+	if c.PeerService != "" {
+		kube, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("cluster.peerService: the Kubernetes API is reached from inside a Pod only: %w", err)
+		}
+		if set, err = peers.WatchEndpointSlices(ctx, kube, c.PeerService, c.PeerListen, log.With("component", "peers")); err != nil {
+			return nil, err
+		}
+	} else {
+		var err error
+		if set, err = peers.StaticSet(c.PeerListen, c.Peers); err != nil {
+			return nil, err
+		}
+	}
+	return peers.New(peers.Options{Set: set, TokenFile: c.PeerTokenFile, Logger: log.With("component", "peers"), Registerer: reg})
 }
 
 // buildInfo is the constant pullbroker_build_info series that names the
@@ -252,7 +287,17 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		defer adminLn.Close()
 	}
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
+	var peerSrv *http.Server
+	if a.peers != nil {
+		peerSrv = newServer(cfg.Listen, a.peers.Handler(peers.Local{Store: a.store, Upstreams: a.clients, Tags: a.tags}), log)
+		peerLn, err := net.Listen("tcp", cfg.Cluster.PeerListen)
+		if err != nil {
+			return fmt.Errorf("cluster.peerListen: %w", err)
+		}
+		defer peerLn.Close()
+		go func() { errc <- run(peerSrv, peerLn) }()
+	}
 	go func() { errc <- run(registrySrv, ln) }()
 	if adminSrv != nil {
 		go func() { errc <- run(adminSrv, adminLn) }()
@@ -270,6 +315,11 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.Listen.DrainTimeout)
 	defer cancel()
 	err = registrySrv.Shutdown(drainCtx)
+	if peerSrv != nil {
+		// After the registry port: the replica's own clients may still
+		// follow fills that peers serve, and peers follow its fills.
+		_ = peerSrv.Shutdown(drainCtx)
+	}
 	if adminSrv != nil {
 		_ = adminSrv.Shutdown(drainCtx)
 	}
@@ -328,11 +378,16 @@ func adminMux(a *app, cfg *config.Config) (*http.ServeMux, error) {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	// Ready means the config loaded (the admin listener starts only after
-	// build succeeded), storage takes writes, and no drain has begun.
+	// build succeeded), the peer set is known, storage takes writes, and
+	// no drain has begun.
 	// Upstream reachability is not part of it: the cache serves without.
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if a.draining.Load() {
 			http.Error(w, "not ready: draining", http.StatusServiceUnavailable)
+			return
+		}
+		if a.peers != nil && !a.peers.Ready() {
+			http.Error(w, "not ready: the peer set is not known yet", http.StatusServiceUnavailable)
 			return
 		}
 		if err := ready.storageWritable(r.Context()); err != nil {

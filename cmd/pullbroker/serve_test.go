@@ -281,3 +281,97 @@ storage: {driver: inmemory, parameters: {}}
 		}
 	}
 }
+
+// TestServePeerListener: with cluster.peerListen, serve runs the peer listener beside the others:
+// it refuses a request without the token and answers one with it, the registry port does not
+// serve the peer protocol, /readyz is ready once the peer set is known, and the drain closes the
+// peer listener. A peer list without this replica, or an empty token file, fails the start with
+// the key named.
+func TestServePeerListener(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "peer-token")
+	if err := os.WriteFile(tokenFile, []byte("peer-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr, adminAddr, peerAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	_, stop := startServe(t, fmt.Sprintf(`
+listen: {addr: %q, drainTimeout: 5s}
+admin: {addr: %q}
+storage: {driver: inmemory, parameters: {}}
+disableDefaultUpstreams: true
+defaultUpstream: ""
+cluster: {peers: [%q, "127.0.0.1:1"], peerListen: %q, peerTokenFile: %q}
+`, addr, adminAddr, peerAddr, peerAddr, tokenFile))
+	peerPath := "/peer/v1/blobs/sha256:" + strings.Repeat("a", 64) + "?registry=docker.io&repository=library/x"
+	status := func(url, token string) int {
+		t.Helper()
+		var resp *http.Response
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			req, err := http.NewRequest(http.MethodGet, url, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if token != "" {
+				req.Header.Set("Authorization", "Bearer "+token)
+			}
+			if resp, err = http.DefaultClient.Do(req); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("GET %s: %v", url, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := status("http://"+peerAddr+peerPath, ""); got != http.StatusUnauthorized {
+		t.Errorf("peer request without the token: %d, want 401", got)
+	}
+	// Not cached, and no upstream is configured: the owner says it cannot serve it, so the
+	// asking replica would fetch it itself.
+	if got := status("http://"+peerAddr+peerPath, "peer-secret"); got != http.StatusServiceUnavailable {
+		t.Errorf("peer request with the token for a blob of no configured upstream: %d, want 503", got)
+	}
+	if got := status("http://"+addr+peerPath, "peer-secret"); got == http.StatusOK || got == http.StatusUnauthorized {
+		t.Errorf("the registry port answered a peer request with %d", got)
+	}
+	if got := status("http://"+adminAddr+"/readyz", ""); got != http.StatusOK {
+		t.Errorf("/readyz with a static peer set: %d, want 200", got)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if conn, err := net.Dial("tcp", peerAddr); err == nil {
+		conn.Close()
+		t.Error("the peer listener still accepts connections after the drain")
+	}
+
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ peers, token, want string }{
+		{`["127.0.0.1:1"]`, tokenFile, "cluster.peers does not list this replica's peer listener"},
+		{fmt.Sprintf("[%q]", peerAddr), empty, "cluster.peerTokenFile: " + empty + " is empty"},
+	} {
+		cfgFile := filepath.Join(dir, "config.yaml")
+		err := os.WriteFile(cfgFile, []byte(fmt.Sprintf(`
+listen: {addr: "127.0.0.1:0"}
+admin: {addr: "127.0.0.1:0"}
+storage: {driver: inmemory, parameters: {}}
+cluster: {peers: %s, peerListen: %q, peerTokenFile: %q}
+`, tc.peers, peerAddr, tc.token)), 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := config.Load(cfgFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := serve(t.Context(), cfg, newLogger(cfg.Log, io.Discard)); err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("serve with peers %s and token file %s: %v, want %q", tc.peers, tc.token, err, tc.want)
+		}
+	}
+}

@@ -1,0 +1,373 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"hash"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pullbroker/pullbroker/internal/testenv"
+	"github.com/pullbroker/pullbroker/peers"
+)
+
+// The image the peer tests pull cold through three replicas: 150 MiB, as issue 11 asks.
+const (
+	peersRepo      = "peers/big"
+	peersLayers    = 3
+	peersLayerSize = 50 << 20
+	peersClients   = 32
+)
+
+// peerReplicas are pullbrokers on one S3 bucket that know each other from a static cluster.peers
+// list, each with its peer listener on its own port.
+type peerReplicas struct {
+	replicas []*pullbroker
+	// peerAddrs[i] is replicas[i]'s peer listener.
+	peerAddrs []string
+	token     string
+}
+
+// startPeerReplicas starts n replicas whose peer list also names others, peers that are not
+// pullbrokers.
+func (f *fixture) startPeerReplicas(t *testing.T, srv *testenv.S3Server, n int, up upstreamConfig, others ...string) *peerReplicas {
+	t.Helper()
+	c := &peerReplicas{token: randomSecret("peer-token")}
+	f.secrets.add("peer token", c.token, "")
+	tokenFile := filepath.Join(t.TempDir(), "peer-token")
+	writeFile(t, tokenFile, c.token+"\n")
+	quoted := make([]string, n)
+	for i := range n {
+		c.peerAddrs = append(c.peerAddrs, fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)))
+		quoted[i] = fmt.Sprintf("%q", c.peerAddrs[i])
+	}
+	for _, o := range others {
+		quoted = append(quoted, fmt.Sprintf("%q", o))
+	}
+	for i := range n {
+		cluster := fmt.Sprintf("  peers: [%s]\n  peerListen: %q\n  peerTokenFile: %q", strings.Join(quoted, ", "), c.peerAddrs[i], tokenFile)
+		c.replicas = append(c.replicas, f.startPullbroker(pbConfig{S3: srv, Upstreams: []upstreamConfig{up}, Cluster: cluster}))
+	}
+	return c
+}
+
+// owner is the index of the replica that owns key.
+func (c *peerReplicas) owner(key string) int {
+	owner := ownerOf(key, c.peerAddrs)
+	for i, a := range c.peerAddrs {
+		if a == owner {
+			return i
+		}
+	}
+	panic("no owner of " + key)
+}
+
+// ownerOf is the member of a peer set that owns key.
+func ownerOf(key string, members []string) string {
+	set := peers.NewSet(nil)
+	set.Update(members)
+	return set.Owner(key)
+}
+
+// peerGet sends a peer request for a blob to addr, with token unless it is empty.
+func peerGet(t *testing.T, addr, token, dgst string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr+peers.ProtocolPrefix+"blobs/"+dgst+"?registry="+upstreamName+"&repository="+peersRepo, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	h := sha256.New()
+	_, _ = io.Copy(h, resp.Body)
+	return resp.StatusCode, fmt.Sprintf("sha256:%x", h.Sum(nil))
+}
+
+// TestReplicasFetchFromUpstreamOnce (issue 11): three replicas on one bucket with a static peer
+// list, a counting proxy in front of the upstream. 32 clients spread over the three pull a cold
+// 150 MiB image at one instant: every client gets every blob with the right digest, the upstream
+// sends the image's blob bytes once (1.00x) and is asked for the one manifest once. Then: the
+// registry port does not serve peer requests, and the peer port refuses one without the token.
+func TestReplicasFetchFromUpstreamOnce(t *testing.T) {
+	f := newFixture(t)
+	srv := testenv.StartS3(t)
+	f.secrets.add("s3 secret key", srv.SecretKey, srv.AccessKey)
+	imageDigest := testenv.PushTestImage(t, f.upstream.Addr, peersRepo, "v1", peersLayers, peersLayerSize, &f.auth)
+	raw := f.upstreamManifest(peersRepo + "@" + imageDigest)
+	blobs := parseManifest(t, raw).blobs()
+	var imageBytes int64
+	for _, b := range blobs {
+		imageBytes += b.Size
+	}
+	counting := newUpstreamProxy(t, f.upstream.Addr)
+	c := f.startPeerReplicas(t, srv, 3, f.upstreamConfig(counting.endpoint()))
+
+	client := &http.Client{Timeout: 5 * time.Minute, Transport: &http.Transport{MaxConnsPerHost: peersClients, MaxIdleConnsPerHost: peersClients}}
+	start := make(chan struct{})
+	errs := make(chan error, peersClients)
+	var wg sync.WaitGroup
+	began := time.Now()
+	for i := range peersClients {
+		pb := c.replicas[i%len(c.replicas)]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			if err := pullImage(client, pb, peersRepo, "v1", imageDigest); err != nil {
+				errs <- fmt.Errorf("client %d through %s: %w", i, pb.Addr, err)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	elapsed := time.Since(began)
+
+	counts := counting.counts()
+	blobBytes := counting.repoBytes(peersRepo) - int64(len(raw))
+	t.Logf("%d clients over %d replicas pulled %d MiB in %v; upstream requests %v, blob bytes %.2fx the image",
+		peersClients, len(c.replicas), imageBytes>>20, elapsed.Round(time.Millisecond), counts, float64(blobBytes)/float64(imageBytes))
+	if blobBytes != imageBytes {
+		t.Errorf("the upstream sent %d blob bytes for a %d-byte image (%.2fx), want 1.00x", blobBytes, imageBytes, float64(blobBytes)/float64(imageBytes))
+	}
+	if counts["GET manifest"] != 1 || counts["GET blob"] != len(blobs) {
+		t.Errorf("upstream GETs: %d manifest, %d blob; want 1 and %d: %v", counts["GET manifest"], counts["GET blob"], len(blobs), counts)
+	}
+	for i, pb := range c.replicas {
+		m := pb.metrics(t)
+		for _, name := range []string{"pullbroker_peer_forwards_total", "pullbroker_peer_forward_bytes_total", "pullbroker_peer_owner_unreachable_total", "pullbroker_peers_live"} {
+			for _, line := range strings.Split(m, "\n") {
+				if strings.HasPrefix(line, name) {
+					t.Logf("replica %d: %s", i, line)
+				}
+			}
+		}
+	}
+
+	layer := blobs[len(blobs)-1].Digest
+	owner := c.owner(layer)
+	if status, _ := peerGet(t, c.replicas[owner].Addr, c.token, layer); status == http.StatusOK {
+		t.Errorf("the registry port answered a peer request with %d", status)
+	}
+	if status, _ := peerGet(t, c.peerAddrs[owner], "", layer); status != http.StatusUnauthorized {
+		t.Errorf("a peer request without the token: %d, want 401", status)
+	}
+	if status, _ := peerGet(t, c.peerAddrs[owner], "not-"+c.token, layer); status != http.StatusUnauthorized {
+		t.Errorf("a peer request with a wrong token: %d, want 401", status)
+	}
+	if status, got := peerGet(t, c.peerAddrs[owner], c.token, layer); status != http.StatusOK || got != layer {
+		t.Errorf("a peer request with the token: %d, %s; want 200 %s", status, got, layer)
+	}
+}
+
+// pullImage pulls repo:tag through pb as a runtime does, the manifest and then every blob, and
+// checks every digest.
+func pullImage(client *http.Client, pb *pullbroker, repo, tag, want string) error {
+	req, err := http.NewRequest(http.MethodGet, pb.url("/v2/"+upstreamName+"/"+repo+"/manifests/"+tag), nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", manifestAccept)
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	raw, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || digestOf(raw) != want {
+		return fmt.Errorf("manifest: %s, digest %s (%v), want %s", resp.Status, digestOf(raw), err, want)
+	}
+	var m ociManifest
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return err
+	}
+	for _, b := range m.blobs() {
+		status, got, n, err := fetchBlob(client, pb.url("/v2/"+upstreamName+"/"+repo+"/blobs/"+b.Digest))
+		if err != nil || status != http.StatusOK || got != b.Digest || n != b.Size {
+			return fmt.Errorf("blob %s: %d, %d bytes %s (%v)", b.Digest, status, n, got, err)
+		}
+	}
+	return nil
+}
+
+func fetchBlob(client *http.Client, url string) (status int, digest string, n int64, err error) {
+	resp, err := client.Get(url)
+	if err != nil {
+		return 0, "", 0, err
+	}
+	defer resp.Body.Close()
+	h := sha256.New()
+	n, err = io.Copy(h, resp.Body)
+	return resp.StatusCode, fmt.Sprintf("sha256:%x", h.Sum(nil)), n, err
+}
+
+// TestKillOwnerMidFill (issue 11): the owner of a layer is killed with SIGKILL while it fills the
+// layer for itself and the two other replicas. The other replicas' clients still get the whole
+// layer with the right digest (the rest from the upstream), the owner's own client is cut (never
+// a short body taken for the whole) and completes through another replica, and the bucket ends
+// with the layer committed once and no upload left.
+func TestKillOwnerMidFill(t *testing.T) {
+	f := newFixture(t)
+	srv := testenv.StartS3(t)
+	f.secrets.add("s3 secret key", srv.SecretKey, srv.AccessKey)
+	layer := parseManifest(t, f.upstreamManifest(appRepo+"@"+f.appDigest)).Layers[0]
+	faults := newFaultProxy(t, f.upstream.Addr, layer.Digest, faultHold)
+	t.Cleanup(faults.releaseHeld)
+	c := f.startPeerReplicas(t, srv, 3, f.upstreamConfig(faults.endpoint()))
+	for _, pb := range c.replicas {
+		linkManifest(t, pb)
+	}
+	owner := c.owner(layer.Digest)
+	blobPath := "/v2/" + upstreamName + "/" + appRepo + "/blobs/" + layer.Digest
+
+	// Every replica's client has part of the layer, held by the upstream behind the owner.
+	type pull struct {
+		resp *http.Response
+		h    hash.Hash
+		n    int64
+	}
+	pulls := make([]*pull, len(c.replicas))
+	for i, pb := range c.replicas {
+		resp, err := http.Get(pb.url(blobPath))
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET through replica %d: %v, %v", i, resp, err)
+		}
+		p := &pull{resp: resp, h: sha256.New()}
+		n, err := io.Copy(p.h, io.LimitReader(resp.Body, holdAfter/2))
+		if err != nil || n != holdAfter/2 {
+			t.Fatalf("the first half of the held layer through replica %d: %d bytes, %v", i, n, err)
+		}
+		p.n = n
+		pulls[i] = p
+	}
+	c.replicas[owner].kill9()
+	faults.releaseHeld()
+
+	for i, p := range pulls {
+		n, err := io.Copy(p.h, p.resp.Body)
+		p.resp.Body.Close()
+		p.n += n
+		got := fmt.Sprintf("sha256:%x", p.h.Sum(nil))
+		if i == owner {
+			if err == nil {
+				t.Errorf("the killed owner's client got a clean end after %d bytes", p.n)
+			}
+			// Its retry goes to another replica, as a Service would send it.
+			other := c.replicas[(owner+1)%len(c.replicas)]
+			status, got, n, err := fetchBlob(http.DefaultClient, other.url(blobPath))
+			if status != http.StatusOK || got != layer.Digest || n != layer.Size || err != nil {
+				t.Errorf("the owner's client retrying through another replica: %d, %d bytes %s (%v)", status, n, got, err)
+			}
+			continue
+		}
+		if err != nil || got != layer.Digest || p.n != layer.Size {
+			t.Errorf("client of replica %d after the owner died: %d bytes %s (%v); want %d bytes %s", i, p.n, got, err, layer.Size, layer.Digest)
+		}
+	}
+	hex := strings.TrimPrefix(layer.Digest, "sha256:")
+	layerKeys := func() (blob, uploads []string) {
+		for _, k := range srv.Keys(t) {
+			switch {
+			case strings.HasPrefix(k, "blobs/") && strings.Contains(k, hex):
+				blob = append(blob, k)
+			case strings.HasPrefix(k, "uploads/"):
+				uploads = append(uploads, k)
+			}
+		}
+		return blob, uploads
+	}
+	waitUntil(t, "the layer is committed", func() bool { blob, _ := layerKeys(); return len(blob) == 1 })
+	waitUntil(t, "no upload is left", func() bool { _, uploads := layerKeys(); return len(uploads) == 0 })
+}
+
+// TestLyingPeer (issue 11): a peer that owns a layer answers with wrong bytes of the right length.
+// The client of the replica that asked it never gets a whole response of wrong bytes, the failure
+// is counted and logged with the peer's name; the client's retry gets the upstream's verified
+// bytes, which are what the cache then holds (one object, served with the right digest).
+func TestLyingPeer(t *testing.T) {
+	f := newFixture(t)
+	srv := testenv.StartS3(t)
+	f.secrets.add("s3 secret key", srv.SecretKey, srv.AccessKey)
+	liar := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		size, _ := strconv.Atoi(r.URL.Query().Get("size"))
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		_, _ = w.Write(bytes.Repeat([]byte{0}, size))
+	}))
+	t.Cleanup(liar.Close)
+	liarAddr := strings.TrimPrefix(liar.URL, "http://")
+	c := f.startPeerReplicas(t, srv, 1, f.upstreamConfig(""), liarAddr)
+	pb := c.replicas[0]
+	members := append([]string{liarAddr}, c.peerAddrs...)
+	// The blobs of every image the fixture pushed: the liar owns none of them once in 256 runs.
+	var layer descriptor
+	for _, img := range append([]string{f.appDigest}, sortedValues(f.multi.Platforms)...) {
+		for _, d := range parseManifest(t, f.upstreamManifest(appRepo+"@"+img)).blobs() {
+			if ownerOf(d.Digest, members) == liarAddr {
+				layer = d
+			}
+		}
+	}
+	if layer.Digest == "" {
+		t.Skip("the lying peer owns none of the image's blobs")
+	}
+	linkManifest(t, pb)
+	blobURL := pb.url("/v2/" + upstreamName + "/" + appRepo + "/blobs/" + layer.Digest)
+	hex := strings.TrimPrefix(layer.Digest, "sha256:")
+	committed := func() int {
+		n := 0
+		for _, k := range srv.Keys(t) {
+			if strings.HasPrefix(k, "blobs/") && strings.Contains(k, hex) {
+				n++
+			}
+		}
+		return n
+	}
+
+	// The fill through the liar fails before its last byte goes out: the client gets a 502, a cut
+	// response, or (Go's transport retries a GET whose reused connection closed before any
+	// response) the upstream's bytes; never a whole response of the liar's bytes.
+	status, got, n, err := fetchBlob(http.DefaultClient, blobURL)
+	if status == http.StatusOK && err == nil && got != layer.Digest {
+		t.Fatalf("pull through a lying owner: a whole response of %d bytes %s, want %s", n, got, layer.Digest)
+	}
+	status, got, n, err = fetchBlob(http.DefaultClient, blobURL)
+	if status != http.StatusOK || got != layer.Digest || n != layer.Size || err != nil {
+		t.Fatalf("retry: %d, %d bytes %s (%v); want the upstream's %s", status, n, got, err, layer.Digest)
+	}
+	waitUntil(t, "the layer is committed", func() bool { return committed() == 1 })
+	if status, got, _, err := fetchBlob(http.DefaultClient, blobURL); status != http.StatusOK || got != layer.Digest || err != nil {
+		t.Fatalf("the cached layer: %d, %s (%v)", status, got, err)
+	}
+	if m := pb.metrics(t); !strings.Contains(m, "pullbroker_peer_verification_failures_total 1\n") {
+		t.Errorf("no peer verification failure counted:\n%s", m)
+	}
+	if log := pb.logs(t); !strings.Contains(log, "failed verification") || !strings.Contains(log, liarAddr) {
+		t.Errorf("the log does not name the lying peer %s", liarAddr)
+	}
+}
+
+func sortedValues(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for _, k := range sortedKeys(m) {
+		out = append(out, m[k])
+	}
+	return out
+}

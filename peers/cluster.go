@@ -1,0 +1,161 @@
+package peers
+
+import (
+	"cmp"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pullbroker/pullbroker/internal/filewatch"
+)
+
+// ProtocolPrefix is the path prefix of every peer request: the version
+// lets replicas of two releases run side by side in a rolling upgrade, each
+// asking the other only what both speak, and fetching for itself otherwise.
+const ProtocolPrefix = "/peer/v1/"
+
+const (
+	// DefaultByteTimeout is how long a replica waits for the owner's
+	// first byte, or any next one, before it fetches from the upstream
+	// itself.
+	DefaultByteTimeout = 5 * time.Second
+	// downFor is how long a peer that refused a connection is not asked
+	// at all, so that each request for a key it owns does not pay a dial.
+	downFor = 5 * time.Second
+	// avoidFor is how long a peer that failed one key (wrong bytes, cut
+	// mid-stream) is not asked for that key again.
+	avoidFor = 10 * time.Minute
+)
+
+// Options are what a Cluster is built from.
+type Options struct {
+	Set *Set
+	// TokenFile holds the bearer token peers send and expect
+	// (cluster.peerTokenFile); re-read when it changes.
+	TokenFile string
+	// ByteTimeout bounds the wait for an owner's first byte and for each
+	// next one; zero means DefaultByteTimeout.
+	ByteTimeout time.Duration
+	Logger      *slog.Logger
+	Registerer  prometheus.Registerer
+	// Transport carries peer requests; nil is a plain HTTP transport.
+	Transport http.RoundTripper
+}
+
+// Cluster is this replica's view of its peers: who owns what, and how to
+// ask them.
+type Cluster struct {
+	set         *Set
+	token       *filewatch.Value[string]
+	client      *http.Client
+	byteTimeout time.Duration
+	log         *slog.Logger
+	metrics     *metrics
+
+	mu sync.Mutex
+	// down holds peers that refused a connection, until when.
+	down map[string]time.Time
+	// avoid holds peer and key pairs that failed, until when.
+	avoid map[string]time.Time
+}
+
+// New reads the token file and returns the cluster.
+func New(opts Options) (*Cluster, error) {
+	log := cmp.Or(opts.Logger, slog.New(slog.DiscardHandler))
+	parse := func(b []byte) (string, error) {
+		token := strings.TrimSpace(string(b))
+		if token == "" {
+			return "", fmt.Errorf("%s is empty: put the shared peer token in it", opts.TokenFile)
+		}
+		return token, nil
+	}
+	token, err := filewatch.New(opts.TokenFile, parse, filewatch.Options[string]{
+		OnError: func(err error) {
+			log.Warn("peer token file does not load; keeping the previous token", "file", opts.TokenFile, "error", err)
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cluster.peerTokenFile: %w", err)
+	}
+	transport := opts.Transport
+	if transport == nil {
+		transport = &http.Transport{
+			Proxy:               nil,
+			MaxIdleConnsPerHost: 64,
+			IdleConnTimeout:     90 * time.Second,
+		}
+	}
+	c := &Cluster{
+		set:         opts.Set,
+		token:       token,
+		client:      &http.Client{Transport: transport},
+		byteTimeout: cmp.Or(opts.ByteTimeout, DefaultByteTimeout),
+		log:         log,
+		down:        map[string]time.Time{},
+		avoid:       map[string]time.Time{},
+	}
+	c.metrics = newMetrics(opts.Registerer, c)
+	return c, nil
+}
+
+// Ready reports whether the peer set is known, so that ownership means
+// the same on every replica.
+func (c *Cluster) Ready() bool { return c.set.Known() }
+
+// remoteOwner is the owner of key when it is another replica that may be
+// asked now, else "".
+func (c *Cluster) remoteOwner(key string) string {
+	owner := c.set.Owner(key)
+	if owner == "" || c.set.IsSelf(owner) {
+		return ""
+	}
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now.Before(c.down[owner]) || now.Before(c.avoid[owner+"\x00"+key]) {
+		return ""
+	}
+	return owner
+}
+
+// markDown stops asking peer anything for a while.
+func (c *Cluster) markDown(peer string) {
+	c.mu.Lock()
+	c.down[peer] = time.Now().Add(downFor)
+	c.mu.Unlock()
+}
+
+// avoidKey stops asking peer for key for a while.
+func (c *Cluster) avoidKey(peer, key string) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, until := range c.avoid {
+		if now.After(until) {
+			delete(c.avoid, k)
+		}
+	}
+	c.avoid[peer+"\x00"+key] = now.Add(avoidFor)
+}
+
+func (c *Cluster) livePeers() int {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, m := range c.set.Members() {
+		if !now.Before(c.down[m]) {
+			n++
+		}
+	}
+	return n
+}
+
+func (c *Cluster) authorize(req *http.Request) {
+	req.Header.Set("Authorization", "Bearer "+c.token.Get())
+}

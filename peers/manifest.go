@@ -1,0 +1,92 @@
+package peers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/pullbroker/pullbroker/tags"
+)
+
+// manifestAnswer is the owner's answer to what an image reference means:
+// the manifest it stored under that digest, and how it decided.
+type manifestAnswer struct {
+	Digest  digest.Digest `json:"digest"`
+	Outcome tags.Outcome  `json:"outcome"`
+}
+
+// maxManifestAnswer bounds the JSON of a manifestAnswer.
+const maxManifestAnswer = 4 << 10
+
+// OwnedElsewhere reports whether another replica owns img and may be asked
+// now (tags.Owners).
+func (c *Cluster) OwnedElsewhere(img tags.Image) bool { return c.remoteOwner(img.String()) != "" }
+
+// Resolve asks the owner of img which manifest it means now (tags.Owners).
+// The owner of "registry/repository:tag" resolves the tag, so a sticky pin
+// is decided once; ok is false when this replica owns img or the owner did
+// not answer within the bound, and then this replica resolves it itself.
+func (c *Cluster) Resolve(ctx context.Context, img tags.Image, accept []string) (digest.Digest, tags.Outcome, bool) {
+	key := img.String()
+	owner := c.remoteOwner(key)
+	if owner == "" {
+		return "", "", false
+	}
+	c.metrics.forwards.WithLabelValues("manifest").Inc()
+	ans, err := c.askManifest(ctx, owner, img, accept)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.metrics.ownerUnreachable.WithLabelValues("manifest").Inc()
+			c.log.Warn("owner of an image reference did not resolve it; resolving it here", "peer", owner, "image", key, "error", err)
+		}
+		return "", "", false
+	}
+	return ans.Digest, ans.Outcome, true
+}
+
+func (c *Cluster) askManifest(ctx context.Context, owner string, img tags.Image, accept []string) (manifestAnswer, error) {
+	q := url.Values{"registry": {img.Registry}, "repository": {img.Repository}, "accept": accept}
+	if img.Tag != "" {
+		q.Set("tag", img.Tag)
+	}
+	if img.Digest != "" {
+		q.Set("digest", img.Digest.String())
+	}
+	// The owner asks the upstream before it answers: its answer is due
+	// within the upstream's own bounds, not the first-byte bound of a blob.
+	ctx, cancel := context.WithTimeout(ctx, c.byteTimeout+30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+owner+ProtocolPrefix+"manifests?"+q.Encode(), nil)
+	if err != nil {
+		return manifestAnswer{}, err
+	}
+	c.authorize(req)
+	resp, err := c.client.Do(req)
+	if err != nil {
+		if isDialError(err) {
+			c.markDown(owner)
+		}
+		return manifestAnswer{}, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return manifestAnswer{}, fmt.Errorf("peer answered %s", resp.Status)
+	}
+	var ans manifestAnswer
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxManifestAnswer)).Decode(&ans); err != nil {
+		return manifestAnswer{}, fmt.Errorf("peer's answer: %w", err)
+	}
+	if err := ans.Digest.Validate(); err != nil {
+		return manifestAnswer{}, fmt.Errorf("peer's answer: %w", err)
+	}
+	if img.Digest != "" && ans.Digest != img.Digest {
+		return manifestAnswer{}, fmt.Errorf("peer answered %s for %s", ans.Digest, img)
+	}
+	return ans, nil
+}

@@ -1,0 +1,547 @@
+package peers
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/pullbroker/pullbroker/cache"
+	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/internal/fakeregistry"
+	"github.com/pullbroker/pullbroker/internal/oci"
+	"github.com/pullbroker/pullbroker/tags"
+	"github.com/pullbroker/pullbroker/upstream"
+)
+
+const (
+	testRegistry = "upstream.test"
+	testRepo     = "team/app"
+	testToken    = "peer-token-for-tests"
+)
+
+// replica is one pullbroker's store, upstream client, resolver and peer
+// listener, as cmd wires them, on storage shared with the other replicas.
+type replica struct {
+	addr     string
+	store    *cache.Store
+	client   *upstream.Client
+	cluster  *Cluster
+	resolver *tags.Resolver
+	reg      *prometheus.Registry
+	logs     *syncBuffer
+}
+
+// newListeners reserves n loopback listeners, so that every replica's peer
+// set can name all of them before any starts.
+func newListeners(t *testing.T, n int) []net.Listener {
+	t.Helper()
+	lns := make([]net.Listener, n)
+	for i := range lns {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns[i] = ln
+	}
+	return lns
+}
+
+func tokenFile(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "peer-token")
+	if err := os.WriteFile(path, []byte(testToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// startReplica serves a replica on ln whose peer set is members.
+func startReplica(t *testing.T, ln net.Listener, members []string, driver storagedriver.StorageDriver, up *fakeregistry.Registry, rules ...config.PinRule) *replica {
+	t.Helper()
+	r := &replica{addr: ln.Addr().String(), reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	log := slog.New(slog.NewTextHandler(r.logs, nil))
+	var err error
+	r.store, err = cache.New(driver, cache.Options{SpoolDir: t.TempDir(), Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := config.Upstream{Name: testRegistry, Endpoint: up.URL(), TagTTL: time.Minute, DialTimeout: time.Second, ResponseTimeout: 5 * time.Second}
+	cfg := &config.Config{Mode: config.ModeOnline, Upstreams: []config.Upstream{u}, Pins: rules}
+	if r.client, err = upstream.New(u, upstream.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	set, err := StaticSet(r.addr, members)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cluster, err = New(Options{Set: set, TokenFile: tokenFile(t), ByteTimeout: time.Second, Logger: log, Registerer: r.reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clients := map[string]*upstream.Client{u.Name: r.client}
+	r.resolver, err = tags.New(tags.Options{Config: cfg, Store: r.store, Upstreams: clients, Owners: r.cluster, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: r.cluster.Handler(Local{Store: r.store, Upstreams: clients, Tags: r.resolver})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return r
+}
+
+func startReplicas(t *testing.T, n int, up *fakeregistry.Registry, rules ...config.PinRule) []*replica {
+	t.Helper()
+	lns := newListeners(t, n)
+	var members []string
+	for _, ln := range lns {
+		members = append(members, ln.Addr().String())
+	}
+	driver := inmemory.New()
+	out := make([]*replica, n)
+	for i, ln := range lns {
+		out[i] = startReplica(t, ln, members, driver, up, rules...)
+	}
+	return out
+}
+
+// fill runs a fill of layer at r as proxy/blob.go does and returns what a
+// reader following it got, or the fill's error.
+func (r *replica) fill(t *testing.T, layer v1.Descriptor) ([]byte, error) {
+	t.Helper()
+	dgst := digest.Digest(layer.Digest.String())
+	fromUpstream := func(ctx context.Context) (io.ReadCloser, int64, error) {
+		return r.client.GetBlob(ctx, testRepo, dgst)
+	}
+	f, cached, err := r.store.Fill(dgst, layer.Size, r.cluster.BlobFetcher(testRegistry, testRepo, dgst, layer.Size, fromUpstream))
+	if err != nil {
+		return nil, err
+	}
+	ctx := context.Background()
+	if cached {
+		b, err := r.store.OpenBlob(ctx, dgst, layer.Size)
+		if err != nil {
+			return nil, err
+		}
+		defer b.Content.Close()
+		return io.ReadAll(b.Content)
+	}
+	if _, err := f.Wait(ctx); err != nil {
+		return nil, err
+	}
+	body, err := f.NewReader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer body.Close()
+	got, err := io.ReadAll(body)
+	if err != nil {
+		return got, err
+	}
+	return got, f.Done(ctx)
+}
+
+func pushImage(t *testing.T, up *fakeregistry.Registry, layers int) (v1.Image, []v1.Descriptor) {
+	t.Helper()
+	img, err := random.Image(64<<10, int64(layers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.Push(testRepo, "v1", img)
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img, m.Layers
+}
+
+func layerBytes(t *testing.T, img v1.Image, d v1.Descriptor) []byte {
+	t.Helper()
+	l, err := img.LayerByDigest(d.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// slowBlobs makes the upstream wait before answering blob GETs, so that
+// fills started together overlap.
+func slowBlobs(up *fakeregistry.Registry, d time.Duration) {
+	up.SetOverride(func(_ http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			time.Sleep(d)
+		}
+		return false
+	})
+}
+
+// TestReplicasFetchEachBlobOnce: three replicas on one storage fill the
+// same layers at once; each layer reaches every reader whole and right,
+// and the upstream sends each layer once, to its owner.
+func TestReplicasFetchEachBlobOnce(t *testing.T) {
+	up := fakeregistry.New(t)
+	img, layers := pushImage(t, up, 4)
+	replicas := startReplicas(t, 3, up)
+	slowBlobs(up, 300*time.Millisecond)
+
+	var wg sync.WaitGroup
+	for _, layer := range layers {
+		want := layerBytes(t, img, layer)
+		for _, r := range replicas {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				got, err := r.fill(t, layer)
+				if err != nil || !bytes.Equal(got, want) {
+					t.Errorf("replica %s, layer %s: %d bytes (right: %v), %v", r.addr, layer.Digest, len(got), bytes.Equal(got, want), err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	forwards := 0.0
+	for _, layer := range layers {
+		if n := up.Count(http.MethodGet, "/blobs/"+layer.Digest.String()); n != 1 {
+			t.Errorf("layer %s: %d upstream GETs from 3 replicas, want 1", layer.Digest, n)
+		}
+	}
+	for _, r := range replicas {
+		forwards += testutil.ToFloat64(r.cluster.metrics.forwards.WithLabelValues("blob"))
+		if n := testutil.ToFloat64(r.cluster.metrics.ownerUnreachable.WithLabelValues("blob")); n != 0 {
+			t.Errorf("replica %s fell back to the upstream %v times", r.addr, n)
+		}
+	}
+	if want := float64(2 * len(layers)); forwards != want {
+		t.Errorf("%v blob forwards to owners, want %v (two non-owners per layer)", forwards, want)
+	}
+}
+
+// liar is a peer that answers every blob request with handle.
+func liar(t *testing.T, handle http.HandlerFunc) (net.Listener, *int) {
+	t.Helper()
+	ln := newListeners(t, 1)[0]
+	var mu sync.Mutex
+	hits := 0
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hits++
+		mu.Unlock()
+		handle(w, r)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return ln, &hits
+}
+
+// ownedBy returns a layer that owner owns in a set of members.
+func ownedBy(t *testing.T, owner string, members []string, layers []v1.Descriptor) v1.Descriptor {
+	t.Helper()
+	s := NewSet(nil)
+	s.Update(members)
+	for _, l := range layers {
+		if s.Owner(l.Digest.String()) == owner {
+			return l
+		}
+	}
+	t.Skipf("none of %d layers is owned by %s; push more", len(layers), owner)
+	return v1.Descriptor{}
+}
+
+// TestLyingOwner: an owner that sends wrong bytes fails the fill (nothing
+// committed, nothing whole served), is counted and logged by name, and is
+// not asked for that blob again: the next fill gets the upstream's bytes.
+func TestLyingOwner(t *testing.T) {
+	up := fakeregistry.New(t)
+	img, layers := pushImage(t, up, 8)
+	liarLn, liarHits := liar(t, func(w http.ResponseWriter, r *http.Request) {
+		size := r.URL.Query().Get("size")
+		w.Header().Set("Content-Length", size)
+		var n int
+		fmt.Sscan(size, &n)
+		_, _ = w.Write(bytes.Repeat([]byte{'x'}, n))
+	})
+	lns := newListeners(t, 1)
+	members := []string{lns[0].Addr().String(), liarLn.Addr().String()}
+	a := startReplica(t, lns[0], members, inmemory.New(), up)
+	layer := ownedBy(t, liarLn.Addr().String(), members, layers)
+
+	got, err := a.fill(t, layer)
+	if !errors.Is(err, oci.ErrDigestMismatch) {
+		t.Fatalf("fill through a lying owner: %d bytes, %v; want a digest mismatch", len(got), err)
+	}
+	if len(got) >= int(layer.Size) {
+		t.Errorf("a reader got all %d bytes of a blob that failed verification", len(got))
+	}
+	if _, err := a.store.OpenBlob(context.Background(), digest.Digest(layer.Digest.String()), layer.Size); !errors.Is(err, cache.ErrNotFound) {
+		t.Fatalf("after the lying owner's fill, OpenBlob: %v, want ErrNotFound", err)
+	}
+	if n := testutil.ToFloat64(a.cluster.metrics.verificationFailure); n != 1 {
+		t.Errorf("peer verification failures: %v, want 1", n)
+	}
+	if !strings.Contains(a.logs.String(), liarLn.Addr().String()) {
+		t.Errorf("the log does not name the lying peer %s:\n%s", liarLn.Addr(), a.logs)
+	}
+
+	got, err = a.fill(t, layer)
+	if err != nil || !bytes.Equal(got, layerBytes(t, img, layer)) {
+		t.Fatalf("second fill: %d bytes, %v; want the upstream's verified bytes", len(got), err)
+	}
+	if *liarHits != 1 {
+		t.Errorf("the lying peer was asked %d times, want once", *liarHits)
+	}
+}
+
+// TestOwnerCutOrHungMidStream: the owner sends part of a blob and dies, or
+// sends nothing more; the rest comes from the upstream and the fill
+// commits the right bytes.
+func TestOwnerCutOrHungMidStream(t *testing.T) {
+	up := fakeregistry.New(t)
+	img, layers := pushImage(t, up, 8)
+	for name, stop := range map[string]func(*http.Request){
+		"cut":  func(*http.Request) { panic(http.ErrAbortHandler) },
+		"hung": func(r *http.Request) { <-r.Context().Done() },
+	} {
+		t.Run(name, func(t *testing.T) {
+			var want []byte
+			liarLn, _ := liar(t, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Length", fmt.Sprint(len(want)))
+				_, _ = w.Write(want[:len(want)/3])
+				w.(http.Flusher).Flush()
+				stop(r)
+			})
+			lns := newListeners(t, 1)
+			members := []string{lns[0].Addr().String(), liarLn.Addr().String()}
+			a := startReplica(t, lns[0], members, inmemory.New(), up)
+			layer := ownedBy(t, liarLn.Addr().String(), members, layers)
+			want = layerBytes(t, img, layer)
+
+			got, err := a.fill(t, layer)
+			if err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("fill through an owner %s mid-stream: %d bytes (right: %v), %v", name, len(got), bytes.Equal(got, want), err)
+			}
+			if n := testutil.ToFloat64(a.cluster.metrics.ownerUnreachable.WithLabelValues("blob")); n != 1 {
+				t.Errorf("owner-unreachable fallbacks: %v, want 1", n)
+			}
+			if n := testutil.ToFloat64(a.cluster.metrics.forwardBytes); n != float64(len(want)/3) {
+				t.Errorf("bytes from the owner: %v, want %d", n, len(want)/3)
+			}
+		})
+	}
+}
+
+// TestOwnerUnreachableOrSilent: an owner that refuses connections, one that
+// sends no first byte within the bound, one that answers 5xx and one that
+// speaks another protocol version each leave the fill to the upstream.
+func TestOwnerUnreachableOrSilent(t *testing.T) {
+	up := fakeregistry.New(t)
+	img, layers := pushImage(t, up, 8)
+	dead := newListeners(t, 1)[0]
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	silentLn, _ := liar(t, func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
+	failingLn, _ := liar(t, func(w http.ResponseWriter, r *http.Request) { http.Error(w, "boom", http.StatusInternalServerError) })
+	// A replica of a release that speaks only another protocol version, as in a rolling upgrade.
+	otherVersionLn, _ := liar(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Pullbroker-Peer-Protocol", "peer/v2")
+		http.Error(w, "this replica speaks /peer/v2/ only", http.StatusNotFound)
+	})
+	for name, owner := range map[string]string{
+		"refused": deadAddr, "silent": silentLn.Addr().String(), "5xx": failingLn.Addr().String(), "another version": otherVersionLn.Addr().String(),
+	} {
+		t.Run(name, func(t *testing.T) {
+			lns := newListeners(t, 1)
+			members := []string{lns[0].Addr().String(), owner}
+			a := startReplica(t, lns[0], members, inmemory.New(), up)
+			layer := ownedBy(t, owner, members, layers)
+			got, err := a.fill(t, layer)
+			if err != nil || !bytes.Equal(got, layerBytes(t, img, layer)) {
+				t.Fatalf("fill with the owner %s: %d bytes, %v", name, len(got), err)
+			}
+			if n := testutil.ToFloat64(a.cluster.metrics.ownerUnreachable.WithLabelValues("blob")); n != 1 {
+				t.Errorf("owner-unreachable fallbacks: %v, want 1", n)
+			}
+			if name == "refused" {
+				if n := a.cluster.livePeers(); n != 1 {
+					t.Errorf("live peers after a refused connection: %v, want 1", n)
+				}
+			}
+		})
+	}
+}
+
+// TestPeerListenerServesOnlyPeers: without the token, with a wrong one, at
+// another protocol version or at a registry path, nothing is served.
+func TestPeerListenerServesOnlyPeers(t *testing.T) {
+	up := fakeregistry.New(t)
+	_, layers := pushImage(t, up, 1)
+	replicas := startReplicas(t, 1, up)
+	blob := "/blobs/" + layers[0].Digest.String() + "?registry=" + testRegistry + "&repository=" + testRepo
+	for _, tt := range []struct {
+		path, token string
+		want        int
+	}{
+		{"/peer/v1" + blob, "", http.StatusUnauthorized},
+		{"/peer/v1" + blob, "wrong", http.StatusUnauthorized},
+		{"/peer/v2" + blob, testToken, http.StatusNotFound},
+		{"/v2/" + testRegistry + "/" + testRepo + "/blobs/" + layers[0].Digest.String(), testToken, http.StatusNotFound},
+		{"/peer/v1" + blob, testToken, http.StatusOK},
+	} {
+		req, err := http.NewRequest(http.MethodGet, "http://"+replicas[0].addr+tt.path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tt.token != "" {
+			req.Header.Set("Authorization", "Bearer "+tt.token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tt.want {
+			t.Errorf("GET %s with token %q: %s, want %d", tt.path, tt.token, resp.Status, tt.want)
+		}
+		if resp.StatusCode != http.StatusOK && bytes.Contains(body, []byte(testToken)) {
+			t.Errorf("the refusal of %s echoes the token", tt.path)
+		}
+	}
+}
+
+// TestTagResolvedOnceByItsOwner: three replicas asked for one sticky tag at
+// once make one upstream HEAD and one GET of it between them, and all
+// answer the digest the owner pinned, even after the upstream moved it.
+func TestTagResolvedOnceByItsOwner(t *testing.T) {
+	up := fakeregistry.New(t)
+	img, _ := pushImage(t, up, 1)
+	want, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	replicas := startReplicas(t, 3, up, config.PinRule{Registry: testRegistry, Repository: "**", Tag: "*", Policy: config.PolicySticky})
+	up.SetOverride(func(_ http.ResponseWriter, r *http.Request) bool {
+		if strings.Contains(r.URL.Path, "/manifests/") {
+			time.Sleep(200 * time.Millisecond)
+		}
+		return false
+	})
+	ref := tags.Image{Registry: testRegistry, Repository: testRepo, Tag: "v1"}
+	var wg sync.WaitGroup
+	for _, r := range replicas {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ans, err := r.resolver.Manifest(context.Background(), ref, nil)
+			if err != nil || ans.Manifest.Digest.String() != want.String() {
+				t.Errorf("replica %s: %s, %v; want %s", r.addr, ans.Manifest.Digest, err, want)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := up.Count(http.MethodHead, "/manifests/v1"); n != 1 {
+		t.Errorf("%d upstream HEADs of the tag from 3 replicas, want 1", n)
+	}
+	if n := up.Count(http.MethodGet, "/manifests/"); n != 1 {
+		t.Errorf("%d upstream manifest GETs from 3 replicas, want 1", n)
+	}
+
+	moved, _ := pushImage(t, up, 1)
+	movedDigest, _ := moved.Digest()
+	for _, r := range replicas {
+		ans, err := r.resolver.Manifest(context.Background(), ref, nil)
+		if err != nil || ans.Manifest.Digest.String() != want.String() {
+			t.Errorf("replica %s after the upstream moved the tag to %s: %s, %v; want the sticky %s", r.addr, movedDigest, ans.Manifest.Digest, err, want)
+		}
+	}
+}
+
+// TestOwnershipIsRendezvous: every replica picks the same owner whatever
+// order it lists the peers in, keys spread over the peers, and a peer
+// leaving moves only the keys it owned.
+func TestOwnershipIsRendezvous(t *testing.T) {
+	members := []string{"10.0.0.1:5002", "10.0.0.2:5002", "10.0.0.3:5002"}
+	a, b, fewer := NewSet(nil), NewSet(nil), NewSet(nil)
+	a.Update(members)
+	b.Update([]string{members[2], members[0], members[1], members[0]})
+	fewer.Update(members[:2])
+	owned := map[string]int{}
+	const keys = 3000
+	for i := range keys {
+		key := digest.FromString(fmt.Sprint(i)).String()
+		owner := a.Owner(key)
+		owned[owner]++
+		if b.Owner(key) != owner {
+			t.Fatalf("two orders of the same peers disagree on the owner of %s", key)
+		}
+		if owner != members[2] && fewer.Owner(key) != owner {
+			t.Fatalf("%s moved from %s when %s left", key, owner, members[2])
+		}
+	}
+	for _, m := range members {
+		if share := float64(owned[m]) / keys; share < 0.25 || share > 0.42 {
+			t.Errorf("%s owns %.0f%% of the keys", m, share*100)
+		}
+	}
+	if a.Owner("k") == "" || NewSet(nil).Owner("k") != "" {
+		t.Error("an empty set has an owner, or a full one has none")
+	}
+}
+
+func TestStaticSetFindsThisReplica(t *testing.T) {
+	s, err := StaticSet("127.0.0.1:5002", []string{"127.0.0.1:5001", "127.0.0.1:5002"})
+	if err != nil || !s.IsSelf("127.0.0.1:5002") || s.IsSelf("127.0.0.1:5001") || !s.Known() {
+		t.Errorf("exact entry: %v", err)
+	}
+	s, err = StaticSet(":5002", []string{"10.255.255.1:5002", "127.0.0.1:5002"})
+	if err != nil || !s.IsSelf("127.0.0.1:5002") || s.IsSelf("10.255.255.1:5002") {
+		t.Errorf("a local address on the listener's port: %v", err)
+	}
+	if _, err := StaticSet(":5002", []string{"10.255.255.1:5002"}); err == nil || !strings.Contains(err.Error(), "cluster.peers") {
+		t.Errorf("this replica missing from the list: %v, want an error naming cluster.peers", err)
+	}
+}
+
+// syncBuffer is a log sink the replica's goroutines write to.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
