@@ -20,11 +20,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
-	"k8s.io/client-go/rest"
 
 	"github.com/pullbroker/pullbroker/auth"
 	"github.com/pullbroker/pullbroker/cache"
 	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/internal/kubeclient"
 	"github.com/pullbroker/pullbroker/internal/version"
 	"github.com/pullbroker/pullbroker/mirror"
 	"github.com/pullbroker/pullbroker/podimages"
@@ -200,9 +200,9 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 func newPeers(ctx context.Context, c config.Cluster, log *slog.Logger, reg prometheus.Registerer) (*peers.Cluster, error) {
 	var set *peers.Set
 	if c.PeerService != "" {
-		kube, err := rest.InClusterConfig()
+		kube, err := kubeclient.RESTConfig(c.Kubeconfig)
 		if err != nil {
-			return nil, fmt.Errorf("cluster.peerService: the Kubernetes API is reached from inside a Pod only: %w", err)
+			return nil, fmt.Errorf("cluster.peerService: cluster.kubeconfig: %w", err)
 		}
 		if set, err = peers.WatchEndpointSlices(ctx, kube, c.PeerService, c.PeerListen, log.With("component", "peers")); err != nil {
 			return nil, err
