@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
+	"github.com/pullbroker/pullbroker/config"
 	"github.com/pullbroker/pullbroker/tags"
 )
 
@@ -32,9 +34,16 @@ func newGCCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			store, err := openStoreForCommand(cmd, cfg, locked)
+			kept := &keptImages{locked: locked}
+			store, err := openStoreForCommand(cmd, cfg, kept.roots)
 			if err != nil {
 				return err
+			}
+			kept.watchPods(cfg, store, newLogger(config.Log{Format: "text", Level: "warn"}, cmd.ErrOrStderr()), prometheus.NewRegistry())
+			if kept.running != nil {
+				if err := kept.running.Start(cmd.Context()); err != nil {
+					return fmt.Errorf("cache.keepRunningImages: %w", err)
+				}
 			}
 			start := time.Now()
 			report, err := store.GC(cmd.Context(), cfg.Storage.GC.Grace, dryRun)

@@ -177,3 +177,49 @@ cluster: {kubeconfig: %q}
 		t.Fatalf("serve = %v; want an error naming cache.keepRunningImages, cluster.kubeconfig and the file", err)
 	}
 }
+
+// TestGCKeepsRunningImages: pullbroker gc with cache.keepRunningImages
+// keeps an image that a Pod runs by digest though no tag record names it
+// any more (the tag moved on), and removes an old one that nothing runs.
+func TestGCKeepsRunningImages(t *testing.T) {
+	rc := testenv.StartAPIServer(t)
+	kube := kubernetes.NewForConfigOrDie(rc)
+	root := t.TempDir()
+	c := newTestCache(t, root)
+	running := c.putImage("docker.io", "library/web", "1.0")
+	forgotten := c.putImage("docker.io", "library/web", "1.0")
+	current := c.putImage("docker.io", "library/web", "1.0")
+	old := time.Now().Add(-2 * time.Hour)
+	for _, d := range append(append(append([]digest.Digest{}, running...), forgotten...), current...) {
+		if err := os.Chtimes(c.file(d), old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := kube.CoreV1().Pods(metav1.NamespaceDefault).Create(t.Context(), &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "localhost:30500/docker.io/library/web@" + running[0].String()}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgFile := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(cfgFile, []byte(fmt.Sprintf("storage: {driver: filesystem, parameters: {rootdirectory: %q}, gc: {grace: 1h}}\n"+
+		"cache: {keepRunningImages: true}\ncluster: {kubeconfig: %q}\n", root, testenv.KubeconfigFile(t, rc))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	out, _, err := runCmd(t, "", "gc", "--config", cfgFile)
+	if err != nil {
+		t.Fatalf("gc: %v\n%s", err, out)
+	}
+	for _, d := range append(running, current...) {
+		if _, err := os.Stat(c.file(d)); err != nil {
+			t.Errorf("blob %s of the running or the tagged image: %v\n%s", d, err, out)
+		}
+	}
+	for _, d := range forgotten {
+		if _, err := os.Stat(c.file(d)); err == nil {
+			t.Errorf("blob %s of an image nothing runs or tags is still stored\n%s", d, out)
+		}
+	}
+}

@@ -81,10 +81,8 @@ type app struct {
 	peers   *peers.Cluster
 	clients map[string]*upstream.Client
 	sources []auth.Source
-	// runningImages, with cache.keepRunningImages, are the images the
-	// cluster's Pods use: roots of eviction and GC once serve starts it
-	// (other commands never evict, so they need no cluster).
-	runningImages *podimages.Watcher
+	// kept are what eviction and GC keep besides pins.
+	kept *keptImages
 	// draining turns /readyz to 503 once shutdown began.
 	draining atomic.Bool
 }
@@ -109,18 +107,12 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 	if err != nil {
 		return nil, err
 	}
-	roots := func(context.Context) ([]cache.Root, error) { return locked, nil }
-	if cfg.Cache.KeepRunningImages {
-		roots = func(ctx context.Context) ([]cache.Root, error) {
-			running, err := a.runningImages.Roots(ctx)
-			return append(slices.Clip(locked), running...), err
-		}
-	}
+	a.kept = &keptImages{locked: locked}
 	a.store, err = cache.New(driver, cache.Options{
 		Logger: log.With("component", "cache"), Registerer: a.registry,
 		LocalRoot: localRoot, SpoolDir: cfg.Storage.SpoolDir,
 		MaxSizeBytes:        cfg.Storage.MaxSizeBytes,
-		Roots:               roots,
+		Roots:               a.kept.roots,
 		FillTimeout:         cfg.Storage.Fills.Timeout,
 		FillStallTimeout:    cfg.Storage.Fills.StallTimeout,
 		MaxConcurrentFills:  cfg.Storage.Fills.MaxConcurrent,
@@ -134,12 +126,7 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 	if err != nil {
 		return nil, err
 	}
-	if cfg.Cache.KeepRunningImages {
-		a.runningImages = podimages.New(podimages.Options{
-			Config: cfg, Kubeconfig: cfg.Cluster.Kubeconfig, Tags: a.store,
-			Logger: log.With("component", "podimages"), Registerer: a.registry,
-		})
-	}
+	a.kept.watchPods(cfg, a.store, log, a.registry)
 
 	clients := map[string]*upstream.Client{}
 	for _, u := range cfg.Upstreams {
@@ -195,6 +182,35 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 	return a, nil
 }
 
+// keptImages are the roots that eviction and GC keep besides pins: the
+// locked rules' lock files and, with cache.keepRunningImages, the images
+// the cluster's Pods use (once the watcher is started: serve and gc do,
+// commands that never remove anything need no cluster).
+type keptImages struct {
+	locked  []cache.Root
+	running *podimages.Watcher
+}
+
+// watchPods adds the running Pods' images when cfg asks for them; store
+// resolves their tags through its own tag records.
+func (k *keptImages) watchPods(cfg *config.Config, store *cache.Store, log *slog.Logger, reg prometheus.Registerer) {
+	if !cfg.Cache.KeepRunningImages {
+		return
+	}
+	k.running = podimages.New(podimages.Options{
+		Config: cfg, Kubeconfig: cfg.Cluster.Kubeconfig, Tags: store,
+		Logger: log.With("component", "podimages"), Registerer: reg,
+	})
+}
+
+func (k *keptImages) roots(ctx context.Context) ([]cache.Root, error) {
+	if k.running == nil {
+		return k.locked, nil
+	}
+	running, err := k.running.Roots(ctx)
+	return append(slices.Clip(k.locked), running...), err
+}
+
 // newPeers is this replica's view of its peers: the static cluster.peers
 // list, or the EndpointSlices of cluster.peerService, watched until ctx ends.
 func newPeers(ctx context.Context, c config.Cluster, log *slog.Logger, reg prometheus.Registerer) (*peers.Cluster, error) {
@@ -236,8 +252,8 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	defer a.Close()
 	// Before the store's eviction: until its Pods are listed, nothing is
 	// evicted.
-	if a.runningImages != nil {
-		if err := a.runningImages.Start(ctx); err != nil {
+	if a.kept.running != nil {
+		if err := a.kept.running.Start(ctx); err != nil {
 			return fmt.Errorf("cache.keepRunningImages: %w", err)
 		}
 	}

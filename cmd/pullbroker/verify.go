@@ -53,7 +53,7 @@ func newVerifyCmd() *cobra.Command {
 // openStoreForCommand opens the cache storage of cfg for a one-shot
 // command (verify, gc), whose own output is the report: the store logs only
 // warnings and errors. roots, when set, are kept as Options.Roots.
-func openStoreForCommand(cmd *cobra.Command, cfg *config.Config, roots []cache.Root) (*cache.Store, error) {
+func openStoreForCommand(cmd *cobra.Command, cfg *config.Config, roots func(context.Context) ([]cache.Root, error)) (*cache.Store, error) {
 	driver, localRoot, err := cache.OpenDriver(cmd.Context(), cfg.Storage)
 	if err != nil {
 		return nil, err
@@ -61,9 +61,7 @@ func openStoreForCommand(cmd *cobra.Command, cfg *config.Config, roots []cache.R
 	opts := cache.Options{
 		Logger:    newLogger(config.Log{Format: "text", Level: "warn"}, cmd.ErrOrStderr()),
 		LocalRoot: localRoot, SpoolDir: cfg.Storage.SpoolDir,
-	}
-	if roots != nil {
-		opts.Roots = func(context.Context) ([]cache.Root, error) { return roots, nil }
+		Roots: roots,
 	}
 	return cache.New(driver, opts)
 }
