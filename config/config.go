@@ -42,7 +42,8 @@ type Config struct {
 	Sync Sync `mapstructure:"sync"`
 	// Cache decides what eviction must keep beyond pins and lock files.
 	Cache Cache `mapstructure:"cache"`
-	// Cluster is how replicas sharing one storage work together.
+	// Cluster is how replicas sharing one storage work together, and how
+	// this replica reaches the Kubernetes API.
 	Cluster Cluster `mapstructure:"cluster"`
 }
 
@@ -59,8 +60,14 @@ type Cache struct {
 // Cluster is how replicas sharing one storage work together, and how this
 // replica reaches the Kubernetes API of its cluster.
 type Cluster struct {
-	// Kubeconfig is a kubeconfig path; empty means the in-cluster config
-	// (the Pod's service account).
+	// Name is this replica's name among the replicas: in the leader lease,
+	// its journal objects and logs. Empty: the host name (the Pod name in
+	// Kubernetes), filled in by cmd at start.
+	Name string `mapstructure:"name"`
+	// Kubeconfig is a kubeconfig path for the Kubernetes API (the Pod
+	// informer, the peer Service's EndpointSlices, the Lease of the
+	// kubernetes leader election backend); empty means the in-cluster
+	// config (the Pod's service account).
 	Kubeconfig string `mapstructure:"kubeconfig"`
 	// AccountingInterval is how often each replica writes the blobs it
 	// read, committed and deleted to storage for the leader, and reads the
@@ -81,7 +88,42 @@ type Cluster struct {
 	// PeerTokenFile holds the bearer token every replica sends to and
 	// expects from its peers; re-read when it changes.
 	PeerTokenFile string `mapstructure:"peerTokenFile"`
+	// LeaderElection decides which replica runs the cluster-wide work.
+	LeaderElection LeaderElection `mapstructure:"leaderElection"`
 }
+
+// LeaderElection chooses one replica to run the cluster-wide work
+// (eviction, garbage collection) at a time. The durations mean what they
+// mean for client-go's leader election, on either backend.
+type LeaderElection struct {
+	// Backend is LeaderElectionStorage or LeaderElectionKubernetes.
+	Backend string `mapstructure:"backend"`
+	// LeaseDuration is how long the other replicas wait, from the last
+	// renewal they saw, before taking the lease of a leader that stopped
+	// renewing it: the longest a dead leader's work stays undone.
+	LeaseDuration time.Duration `mapstructure:"leaseDuration"`
+	// RenewDeadline is how long the leader keeps leading without a
+	// confirmed renewal; shorter than LeaseDuration, so a cut-off leader
+	// stops before another may start.
+	RenewDeadline time.Duration `mapstructure:"renewDeadline"`
+	// RetryPeriod is the time between two attempts to take or renew the
+	// lease: each one reads the lease (and the leader writes it).
+	RetryPeriod time.Duration `mapstructure:"retryPeriod"`
+	// Namespace of the Lease (kubernetes backend); empty: the namespace of
+	// the Pod's service account, or the kubeconfig context's namespace.
+	Namespace string `mapstructure:"namespace"`
+	// LeaseName is the name of the Lease (kubernetes backend).
+	LeaseName string `mapstructure:"leaseName"`
+}
+
+// Leader election backends.
+const (
+	// LeaderElectionStorage keeps a lease object in the cache's storage,
+	// which every replica shares: no API server needed.
+	LeaderElectionStorage = "storage"
+	// LeaderElectionKubernetes uses a coordination.k8s.io Lease.
+	LeaderElectionKubernetes = "kubernetes"
+)
 
 // Sync re-runs an image list, as `pullbroker sync -f` takes it, inside a
 // running proxy, moving the listed tags' pins to what the upstream has now.

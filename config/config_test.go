@@ -19,6 +19,11 @@ func TestEmbeddedDefault(t *testing.T) {
 		c.Storage.Parameters["rootdirectory"] != "./pullbroker-data" || c.DefaultUpstream != "docker.io" {
 		t.Fatalf("unexpected default: %+v", c)
 	}
+	want := LeaderElection{Backend: LeaderElectionStorage, LeaseDuration: DefaultLeaseDuration,
+		RenewDeadline: DefaultRenewDeadline, RetryPeriod: DefaultRetryPeriod, LeaseName: DefaultLeaseName}
+	if c.Cluster.LeaderElection != want || c.Cluster.Name != "" {
+		t.Fatalf("cluster = %+v, want leader election %+v and no name (cmd fills it in)", c.Cluster, want)
+	}
 	for _, name := range []string{"docker.io", "ghcr.io", "gcr.io", "quay.io", "registry.k8s.io", "public.ecr.aws", "index.docker.io"} {
 		u, ok := c.Upstream(name)
 		if !ok {
@@ -126,6 +131,14 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		{`storage: {driver: azure, parameters: {accountname: a, container: c, max_retries: -1, credentials: {type: default_credentials}}}`, "storage.parameters.max_retries"},
 		{`storage: {driver: azure, parameters: {accountname: a, container: c, skipverify: "yes", credentials: {type: default_credentials}}}`, "storage.parameters.skipverify"},
 		{`storage: {driver: azure, redirect: true, parameters: {accountname: a, container: c, credentials: {type: default_credentials}}}`, "storage.redirect: only s3 can redirect"},
+		{`cluster: {name: "a/b"}`, "cluster.name"},
+		{`cluster: {leaderElection: {backend: etcd}}`, "cluster.leaderElection.backend"},
+		{`cluster: {leaderElection: {retryPeriod: -1s}}`, "cluster.leaderElection.retryPeriod"},
+		{`cluster: {leaderElection: {renewDeadline: 2s}}`, "cluster.leaderElection.renewDeadline"},
+		{`cluster: {leaderElection: {leaseDuration: 10s}}`, "cluster.leaderElection.leaseDuration"},
+		{`cluster: {leaderElection: {backend: kubernetes, leaseDuration: 15500ms}}`, "cluster.leaderElection.leaseDuration: 15.5s is not a whole number of seconds"},
+		{`cluster: {leaderElection: {leaseName: Pull_Broker}}`, "cluster.leaderElection.leaseName"},
+		{`cluster: {leaderElection: {namespace: "a.b"}}`, "cluster.leaderElection.namespace"},
 		{`pins: [{policy: forever}]`, "pins[0].policy"},
 		{`pins: [{policy: locked}]`, "pins[0].lockFile"},
 		{`cluster: {peers: ["a:5002"]}`, "cluster.peerListen: must be set"},

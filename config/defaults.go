@@ -22,6 +22,15 @@ const (
 // DefaultAccountingInterval is cluster.accountingInterval when unset.
 const DefaultAccountingInterval = 10 * time.Second
 
+// Default leader election, applied when cluster.leaderElection leaves a
+// value unset: client-go's own defaults, and the Lease name of deploy/.
+const (
+	DefaultLeaseDuration = 15 * time.Second
+	DefaultRenewDeadline = 10 * time.Second
+	DefaultRetryPeriod   = 2 * time.Second
+	DefaultLeaseName     = "pullbroker"
+)
+
 // DefaultFilesystemRoot is storage.parameters.rootdirectory of the
 // filesystem driver when unset. It is applied after loading rather than
 // written in the embedded default, where a file choosing another driver

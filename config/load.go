@@ -124,6 +124,22 @@ func (c *Config) applyDefaults() {
 	if c.Storage.Fills.MaxConcurrent == 0 {
 		c.Storage.Fills.MaxConcurrent = DefaultMaxConcurrentFills
 	}
+	le := &c.Cluster.LeaderElection
+	if le.Backend == "" {
+		le.Backend = LeaderElectionStorage
+	}
+	if le.LeaseDuration == 0 {
+		le.LeaseDuration = DefaultLeaseDuration
+	}
+	if le.RenewDeadline == 0 {
+		le.RenewDeadline = DefaultRenewDeadline
+	}
+	if le.RetryPeriod == 0 {
+		le.RetryPeriod = DefaultRetryPeriod
+	}
+	if le.LeaseName == "" {
+		le.LeaseName = DefaultLeaseName
+	}
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		if u.TagTTL == 0 {

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/validation"
+
 	"github.com/pullbroker/pullbroker/internal/glob"
 	"github.com/pullbroker/pullbroker/internal/registryname"
 )
@@ -527,6 +529,10 @@ func validRealmHost(h string) bool {
 	return name != "" && !strings.ContainsAny(name, "/:*@?#[] ") && !strings.HasPrefix(name, ".") && !strings.HasSuffix(name, ".")
 }
 
+// replicaName is what a replica may be called: a host or Pod name, which
+// also becomes one path component in storage.
+var replicaName = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$`)
+
 func validMode(m string) bool { return m == "" || m == ModeOnline || m == ModeOffline }
 
 func validNamespacedName(s string) bool {
@@ -564,6 +570,39 @@ func validRegistryName(s string) bool {
 }
 
 func validateCluster(c Cluster, bad func(key, format string, args ...any)) {
+	if c.Name != "" && !replicaName.MatchString(c.Name) {
+		bad("cluster.name", "%q is not a host name: letters, digits, '.', '-' and '_', starting and ending with a letter or digit, at most 253", c.Name)
+	}
+	le := c.LeaderElection
+	switch le.Backend {
+	case LeaderElectionStorage, LeaderElectionKubernetes:
+	default:
+		bad("cluster.leaderElection.backend", "%q is not one of storage, kubernetes", le.Backend)
+	}
+	if le.RetryPeriod <= 0 {
+		bad("cluster.leaderElection.retryPeriod", "must be positive, for example 2s")
+	}
+	// client-go jitters retries by up to 1.2 times the period; a renewal
+	// must have room for at least one.
+	if float64(le.RenewDeadline) <= 1.2*float64(le.RetryPeriod) {
+		bad("cluster.leaderElection.renewDeadline", "%s must be more than 1.2 times retryPeriod (%s), for example 10s", le.RenewDeadline, le.RetryPeriod)
+	}
+	if le.LeaseDuration <= le.RenewDeadline {
+		bad("cluster.leaderElection.leaseDuration", "%s must be longer than renewDeadline (%s): a leader cut off from the lease must stop before another may start", le.LeaseDuration, le.RenewDeadline)
+	}
+	if le.Backend == LeaderElectionKubernetes && le.LeaseDuration%time.Second != 0 {
+		bad("cluster.leaderElection.leaseDuration", "%s is not a whole number of seconds, which is what a Lease records", le.LeaseDuration)
+	}
+	// Checked whatever the backend, so that switching to kubernetes does
+	// not reveal an old mistake.
+	for _, msg := range validation.IsDNS1123Subdomain(le.LeaseName) {
+		bad("cluster.leaderElection.leaseName", "%q is not a Kubernetes object name: %s", le.LeaseName, msg)
+	}
+	if le.Namespace != "" {
+		for _, msg := range validation.IsDNS1123Label(le.Namespace) {
+			bad("cluster.leaderElection.namespace", "%q is not a Kubernetes namespace name: %s", le.Namespace, msg)
+		}
+	}
 	if c.PeerListen == "" {
 		if len(c.Peers) > 0 || c.PeerService != "" {
 			bad("cluster.peerListen", "must be set when cluster.peers or cluster.peerService is, for example \":5002\"")
