@@ -13,13 +13,14 @@
 //   - storage: a JSON object at cluster/leader in the cache's storage
 //     driver, for replicas that share a bucket or a volume but no API
 //     server. A driver offers no compare-and-swap, so a replica takes an
-//     expired lease by writing it, waits one retryPeriod, and leads only if
-//     the object still names it. A competitor whose write took longer than
-//     that to land can still win after this replica started: both lead
-//     until the next renewal, which reads the object first and stops the
-//     replica it no longer names, so the overlap lasts about one
-//     retryPeriod. The same holds for a renewal written before a partition
-//     and landing after another replica took over.
+//     expired lease by writing it, waits one retryPeriod (plus as long as
+//     its write took), and leads only if the object still names it. A
+//     competitor whose write took longer than that to land can still win
+//     after this replica started: both lead until the next renewal, which
+//     reads the object first and stops the replica it no longer names, so
+//     the overlap lasts about one retryPeriod. The same holds for a
+//     renewal written before a partition and landing after another
+//     replica took over.
 //
 // Neither backend reads a clock another machine set: expiry is judged by
 // this replica's monotonic clock since it last saw the lease change, so
@@ -136,16 +137,22 @@ func (e *Elector) runLead(ctx, leading context.Context, lead func(context.Contex
 	defer stop()
 	e.metrics.leader.Set(1)
 	e.log.Info("this replica leads: starting the cluster-wide work")
-	ended := context.AfterFunc(leadCtx, func() {
+	// Reported as soon as leadership ends, not when lead gets to return;
+	// and before runLead returns, whichever comes first.
+	ended := sync.OnceFunc(func() {
 		e.metrics.leader.Set(0)
-		if ctx.Err() != nil {
+		switch {
+		case ctx.Err() != nil:
 			e.log.Info("this replica stops leading: shutting down")
-		} else {
+		case leading.Err() != nil:
 			e.log.Warn("this replica stops leading: the lease was lost or could not be renewed in time")
+		default:
+			e.log.Info("this replica stops leading: the cluster-wide work returned")
 		}
 	})
-	defer ended()
+	context.AfterFunc(leadCtx, ended)
 	lead(leadCtx)
+	ended()
 }
 
 // tenure is one term of leadership: its context ends renewDeadline after

@@ -351,6 +351,40 @@ func TestStoragePartitionedLeaderStepsDown(t *testing.T) {
 	noOverlap(t, ls)
 }
 
+// A holder written by someone else while this replica leads (another
+// replica's takeover that landed late) ends its term at its next renewal;
+// it takes the lease again only once that holder let it expire.
+func TestStorageLeaderYieldsToAnotherHolder(t *testing.T) {
+	const (
+		lease = 2 * time.Second
+		retry = 200 * time.Millisecond
+	)
+	cfg := storageCluster(lease, time.Second, retry)
+	driver := filesystemDriver(t)
+	r := startReplica(t, &leaders{}, "a", cfg, driver)
+	theLeader(t, 10*time.Second, r)
+	other := []byte(`{"holder":"z_00000000","leaseDurationMillis":2000}`)
+	written := time.Now()
+	if err := driver.PutContent(t.Context(), "/cluster/leader", other); err != nil {
+		t.Fatal(err)
+	}
+	for r.leading.Load() {
+		if time.Since(written) > lease {
+			t.Fatal("still leading a lease that names another holder")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_, ended := r.times()
+	t.Logf("stopped %s after another holder was written", ended.Sub(written).Round(time.Millisecond))
+	theLeader(t, 5*lease, r)
+	if started, _ := r.times(); started.Sub(written) < lease {
+		t.Fatalf("led again %s after another holder was written, before its lease expired", started.Sub(written))
+	}
+	if c := r.changes(); c != 2 {
+		t.Fatalf("pullbroker_leader_changes_total = %v, want 2 (to z and back)", c)
+	}
+}
+
 // A lease object that is not a lease is not taken for a free lease: it is
 // taken over once it stayed unchanged for leaseDuration.
 func TestStorageUnreadableLeaseWaitsForExpiry(t *testing.T) {

@@ -113,10 +113,11 @@ func (s *storageLease) tryAcquire(ctx context.Context) (time.Time, bool) {
 	}
 	// No compare-and-swap: a replica that saw the lease expired as this
 	// one did may have written after it. Leading only if the object still
-	// names this replica after a retryPeriod leaves one winner unless a
+	// names this replica after a retryPeriod, plus as long as this write
+	// took (a competitor's is likely as slow), leaves one winner unless a
 	// competitor's write took longer than that to land (see the package
 	// doc).
-	if !sleep(ctx, s.e.cfg.RetryPeriod) {
+	if !sleep(ctx, s.e.cfg.RetryPeriod+time.Since(start)) {
 		s.release(ctx)
 		return time.Time{}, false
 	}
