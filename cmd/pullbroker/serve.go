@@ -57,7 +57,17 @@ func newServeCmd() *cobra.Command {
 
 func loadConfig(cmd *cobra.Command) (*config.Config, error) {
 	path, _ := cmd.Flags().GetString("config")
-	return config.Load(path)
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	// The host name is the Pod name in Kubernetes: unique among replicas.
+	if cfg.Cluster.Name == "" {
+		if cfg.Cluster.Name, err = os.Hostname(); err != nil {
+			return nil, fmt.Errorf("cluster.name: empty, and the host name is unknown (%v); set it", err)
+		}
+	}
+	return cfg, nil
 }
 
 func newLogger(c config.Log, w io.Writer) *slog.Logger {
