@@ -123,7 +123,8 @@ func New(cfg config.Cluster, opts Options) (*Elector, error) {
 // lead to return before it campaigns again. When ctx ends, or lead returns
 // on its own, the lease is released once lead has returned, so that
 // another replica takes over at its next attempt rather than after
-// leaseDuration (a rolling restart hands over at once).
+// leaseDuration (a rolling restart hands over at once). Run once per
+// Elector at a time.
 func (e *Elector) Run(ctx context.Context, lead func(ctx context.Context)) {
 	e.campaign(ctx, lead)
 }

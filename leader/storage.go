@@ -242,7 +242,8 @@ func (s *storageLease) read(ctx context.Context) (leaseRecord, error) {
 		return leaseRecord{}, err
 	}
 	s.failing = false
-	if !bytes.Equal(raw, s.observedRaw) || s.observedAt.IsZero() {
+	changed := !bytes.Equal(raw, s.observedRaw) || s.observedAt.IsZero()
+	if changed {
 		s.observedRaw = raw
 		s.observedAt = time.Now()
 	}
@@ -251,7 +252,9 @@ func (s *storageLease) read(ctx context.Context) (leaseRecord, error) {
 		return rec, nil
 	}
 	if err := json.Unmarshal(raw, &rec); err != nil {
-		s.e.log.Warn("the lease object is not a lease; it is taken over once unchanged for leaseDuration", "path", leasePath, "err", err)
+		if changed {
+			s.e.log.Warn("the lease object is not a lease; it is taken over once unchanged for leaseDuration", "path", leasePath, "err", err)
+		}
 		return leaseRecord{Holder: unreadableHolder}, nil
 	}
 	s.e.observe(rec.Holder)
