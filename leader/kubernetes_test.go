@@ -1,12 +1,19 @@
 package leader_test
 
 import (
+	"io"
+	"net"
+	"net/url"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
+
+	"k8s.io/client-go/rest"
 
 	"github.com/pullbroker/pullbroker/config"
 	"github.com/pullbroker/pullbroker/internal/testenv"
@@ -66,4 +73,123 @@ func TestKubernetesHandover(t *testing.T) {
 		t.Fatalf("Lease holder %q after every replica stopped, want it released", h)
 	}
 	noOverlap(t, ls)
+}
+
+// A leader whose connection to the API server hangs stops leading within
+// renewDeadline of its last renewal, before the other replica takes the
+// Lease over (leaseDuration after the last renewal it saw). client-go
+// alone would end the lead's context only after also failing to release
+// the Lease, another renewDeadline later, by when the other leads.
+func TestKubernetesPartitionedLeaderStepsDown(t *testing.T) {
+	apiserver := testenv.StartAPIServer(t)
+	const (
+		lease = 4 * time.Second
+		renew = 2 * time.Second
+		retry = 300 * time.Millisecond
+	)
+	cluster := func(r *rest.Config) config.Cluster {
+		return config.Cluster{Kubeconfig: testenv.KubeconfigFile(t, r), LeaderElection: config.LeaderElection{
+			Backend:       config.LeaderElectionKubernetes,
+			LeaseDuration: lease, RenewDeadline: renew, RetryPeriod: retry,
+			LeaseName: "pullbroker-test",
+		}}
+	}
+	ls := &leaders{}
+	// a reaches the API server through a proxy that can be cut; b
+	// directly, and starts once a leads.
+	p := startCutProxy(t, apiserver.Host)
+	viaProxy := rest.CopyConfig(apiserver)
+	viaProxy.Host = "https://" + p.addr()
+	a := startReplica(t, ls, "a", cluster(viaProxy), nil)
+	theLeader(t, 30*time.Second, a)
+	b := startReplica(t, ls, "b", cluster(apiserver), nil)
+	exactlyOneLeads(t, time.Second, a, b)
+
+	cutAt := time.Now()
+	p.cut()
+	theLeader(t, 5*lease, b)
+	_, aEnded := a.times()
+	bStarted, _ := b.times()
+	if aEnded.IsZero() {
+		t.Fatalf("a still leads; b took over %s after the cut", bStarted.Sub(cutAt))
+	}
+	t.Logf("a stopped %s after the cut; b took over %s after it", aEnded.Sub(cutAt).Round(time.Millisecond), bStarted.Sub(cutAt).Round(time.Millisecond))
+	if aEnded.Sub(cutAt) > renew+retry {
+		t.Fatalf("a stopped %s after the cut, want within renewDeadline %s", aEnded.Sub(cutAt), renew)
+	}
+	if !bStarted.After(aEnded) {
+		t.Fatal("b started leading before the cut-off a stopped")
+	}
+	noOverlap(t, ls)
+}
+
+// cutProxy forwards TCP connections to target until cut; then it drops
+// them, and new ones hang: an API server that stopped answering.
+type cutProxy struct {
+	ln     net.Listener
+	target string
+	isCut  atomic.Bool
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func startCutProxy(t *testing.T, targetURL string) *cutProxy {
+	t.Helper()
+	u, err := url.Parse(targetURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln, target: u.Host}
+	t.Cleanup(p.close)
+	go p.serve()
+	return p
+}
+
+func (p *cutProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *cutProxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.track(c)
+		if p.isCut.Load() {
+			continue // held open, never answered
+		}
+		up, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.track(up)
+		go func() { _, _ = io.Copy(up, c); up.Close() }()
+		go func() { _, _ = io.Copy(c, up); c.Close() }()
+	}
+}
+
+func (p *cutProxy) track(c net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.conns = append(p.conns, c)
+}
+
+// cut drops every forwarded connection; later ones hang.
+func (p *cutProxy) cut() {
+	p.isCut.Store(true)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *cutProxy) close() {
+	p.ln.Close()
+	p.cut()
 }

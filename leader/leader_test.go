@@ -325,9 +325,12 @@ func TestStoragePartitionedLeaderStepsDown(t *testing.T) {
 	second := theLeader(t, 10*lease, others(rs, first)...)
 	_, firstEnded := first.times()
 	secondStarted, _ := second.times()
+	if firstEnded.IsZero() {
+		t.Fatalf("the cut-off %s still leads; %s took over %s after the partition", first.name, second.name, secondStarted.Sub(cutAt))
+	}
 	t.Logf("%s stopped %s after the partition; %s took over %s after it", first.name,
 		firstEnded.Sub(cutAt).Round(time.Millisecond), second.name, secondStarted.Sub(cutAt).Round(time.Millisecond))
-	if firstEnded.IsZero() || firstEnded.Sub(cutAt) > renew+retry {
+	if firstEnded.Sub(cutAt) > renew+retry {
 		t.Fatalf("the cut-off leader stopped %s after the partition, want within renewDeadline %s", firstEnded.Sub(cutAt), renew)
 	}
 	if !secondStarted.After(firstEnded) {
