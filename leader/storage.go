@@ -176,6 +176,9 @@ renewals:
 		switch {
 		case err == nil:
 			t.renewed(start)
+		case errors.Is(err, errLost) && holder == "":
+			s.e.log.Warn("the lease was emptied or removed by someone else")
+			t.end()
 		case errors.Is(err, errLost):
 			s.e.log.Warn("another replica took the lease", "holder", holder)
 			t.end()
