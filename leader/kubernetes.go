@@ -2,26 +2,19 @@ package leader
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/klog/v2"
-)
 
-// serviceAccountNamespace is where a Pod finds its namespace.
-const serviceAccountNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+	"github.com/pullbroker/pullbroker/internal/kubeclient"
+)
 
 // kubernetesLease is the election through a coordination.k8s.io Lease, by
 // client-go's leader election.
@@ -34,20 +27,17 @@ type kubernetesLease struct {
 }
 
 func newKubernetesLease(e *Elector, kubeconfig string) (*kubernetesLease, error) {
-	cfg, namespace, err := restConfig(kubeconfig)
+	cfg, err := kubeclient.RESTConfig(kubeconfig)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("cluster.kubeconfig: %w", err)
 	}
-	if e.cfg.Namespace != "" {
-		namespace = e.cfg.Namespace
-	}
+	namespace := e.cfg.Namespace
 	if namespace == "" {
-		return nil, fmt.Errorf("cluster.leaderElection.namespace: empty, and the Pod's namespace is unknown (%s unreadable); set it", serviceAccountNamespace)
+		if namespace, err = kubeclient.Namespace(kubeconfig); err != nil {
+			return nil, fmt.Errorf("cluster.leaderElection.namespace: empty, and %w; set it", err)
+		}
 	}
-	cfg = rest.CopyConfig(cfg)
 	cfg.UserAgent = "pullbroker"
-	// The coordination/v1 client alone: the full clientset would link every
-	// API group into the binary.
 	client, err := coordinationv1client.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
@@ -59,35 +49,6 @@ func newKubernetesLease(e *Elector, kubeconfig string) (*kubernetesLease, error)
 		return nil, fmt.Errorf("cluster.leaderElection: %w", err)
 	}
 	return k, nil
-}
-
-// restConfig loads a kubeconfig and its context's namespace, or the
-// in-cluster config and the Pod's namespace when path is empty. Errors
-// quote neither file contents nor tokens.
-func restConfig(path string) (*rest.Config, string, error) {
-	if path == "" {
-		cfg, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, "", fmt.Errorf("cluster.kubeconfig: empty, and not running in a cluster: %w", err)
-		}
-		ns, _ := os.ReadFile(serviceAccountNamespace)
-		return cfg, strings.TrimSpace(string(ns)), nil
-	}
-	loader := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
-		&clientcmd.ClientConfigLoadingRules{ExplicitPath: path}, &clientcmd.ConfigOverrides{})
-	cfg, err := loader.ClientConfig()
-	if err != nil {
-		var pe *fs.PathError
-		if errors.As(err, &pe) || clientcmd.IsConfigurationInvalid(err) {
-			return nil, "", fmt.Errorf("cluster.kubeconfig %s: %w", path, err)
-		}
-		return nil, "", fmt.Errorf("cluster.kubeconfig %s cannot be loaded", path)
-	}
-	ns, _, err := loader.Namespace()
-	if err != nil {
-		return nil, "", fmt.Errorf("cluster.kubeconfig %s: no namespace: %w", path, err)
-	}
-	return cfg, ns, nil
 }
 
 func (k *kubernetesLease) run(ctx context.Context, lead func(context.Context)) {
