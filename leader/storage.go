@@ -108,7 +108,9 @@ func (s *storageLease) tryAcquire(ctx context.Context) (time.Time, bool) {
 		next.LeaderTransitions++
 	}
 	if err := s.write(ctx, next); err != nil {
-		s.e.log.Warn("could not write the lease to take it", "path", leasePath, "err", err)
+		if ctx.Err() == nil {
+			s.e.log.Warn("could not write the lease to take it", "path", leasePath, "err", err)
+		}
 		return time.Time{}, false
 	}
 	// No compare-and-swap: a replica that saw the lease expired as this
@@ -238,7 +240,7 @@ func (s *storageLease) release(ctx context.Context) {
 func (s *storageLease) read(ctx context.Context) (leaseRecord, error) {
 	raw, err := s.driver.GetContent(ctx, leasePath)
 	if err != nil && !errors.As(err, new(storagedriver.PathNotFoundError)) {
-		if !s.failing {
+		if !s.failing && ctx.Err() == nil {
 			s.e.log.Warn("cannot read the lease", "path", leasePath, "err", err)
 		}
 		s.failing = true
