@@ -3,6 +3,7 @@ package leader_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -354,8 +355,8 @@ func TestStoragePartitionedLeaderStepsDown(t *testing.T) {
 	noOverlap(t, ls)
 }
 
-// A holder written by someone else while this replica leads (another
-// replica's takeover that landed late) ends its term at its next renewal;
+// Another holder renewing the lease while this replica leads (another
+// replica whose takeover landed late) ends its term at its next renewal;
 // it takes the lease again only once that holder let it expire.
 func TestStorageLeaderYieldsToAnotherHolder(t *testing.T) {
 	const (
@@ -366,22 +367,27 @@ func TestStorageLeaderYieldsToAnotherHolder(t *testing.T) {
 	driver := filesystemDriver(t)
 	r := startReplica(t, &leaders{}, "a", cfg, driver)
 	theLeader(t, 10*time.Second, r)
-	other := []byte(`{"holder":"z_00000000","leaseDurationMillis":2000}`)
-	written := time.Now()
-	if err := driver.PutContent(t.Context(), "/cluster/leader", other); err != nil {
-		t.Fatal(err)
-	}
-	for r.leading.Load() {
-		if time.Since(written) > lease {
-			t.Fatal("still leading a lease that names another holder")
+
+	// z renews faster than a, so a's renewal, which reads before it
+	// writes, cannot keep overwriting it.
+	zStarted := time.Now()
+	var zLast time.Time
+	for i := 0; time.Since(zStarted) < lease; i++ {
+		zLast = time.Now()
+		other := fmt.Sprintf(`{"holder":"z_00000000","leaseDurationMillis":2000,"leaderTransitions":%d}`, i)
+		if err := driver.PutContent(t.Context(), "/cluster/leader", []byte(other)); err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(retry / 2)
+	}
+	if r.leading.Load() {
+		t.Fatal("still leading a lease that another holder renews")
 	}
 	_, ended := r.times()
-	t.Logf("stopped %s after another holder was written", ended.Sub(written).Round(time.Millisecond))
+	t.Logf("stopped %s after another holder started renewing", ended.Sub(zStarted).Round(time.Millisecond))
 	theLeader(t, 5*lease, r)
-	if started, _ := r.times(); started.Sub(written) < lease {
-		t.Fatalf("led again %s after another holder was written, before its lease expired", started.Sub(written))
+	if started, _ := r.times(); started.Sub(zLast) < lease {
+		t.Fatalf("led again %s after the other holder's last renewal, before its lease expired", started.Sub(zLast))
 	}
 	if c := r.changes(); c != 2 {
 		t.Fatalf("pullbroker_leader_changes_total = %v, want 2 (to z and back)", c)
