@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,19 +15,57 @@ import (
 	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
 
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/pullbroker/pullbroker/config"
 	"github.com/pullbroker/pullbroker/internal/testenv"
 )
+
+// One kube-apiserver (with etcd) for the package, started by the first
+// test that needs it and stopped by TestMain; each test uses a Lease of
+// its own.
+var (
+	apiOnce sync.Once
+	apiEnv  *envtest.Environment
+	apiRest *rest.Config
+	apiErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if apiEnv != nil {
+		_ = apiEnv.Stop()
+	}
+	os.Exit(code)
+}
+
+// apiServer returns a cluster-admin config of the shared API server, or
+// skips when the binaries are not there (fails under
+// PULLBROKER_REQUIRE_TOOLS=1).
+func apiServer(t *testing.T) *rest.Config {
+	t.Helper()
+	// Outside the Once, so that a skip cannot leave it half done.
+	testenv.KubeAssets(t)
+	apiOnce.Do(func() {
+		env := testenv.NewAPIServerEnvironment(t)
+		if apiRest, apiErr = env.Start(); apiErr == nil {
+			apiEnv = env
+		}
+	})
+	if apiErr != nil {
+		t.Fatalf("starting etcd and kube-apiserver: %v", apiErr)
+	}
+	return apiRest
+}
 
 // Two replicas on a Lease of a real kube-apiserver, found through a
 // kubeconfig file as cluster.kubeconfig names it (the Lease in the
 // context's namespace): one leads, and stopping it releases the Lease so
 // that the other leads at once.
 func TestKubernetesHandover(t *testing.T) {
-	rest := testenv.StartAPIServer(t)
-	kubeconfig := testenv.KubeconfigFile(t, rest)
-	leases, err := coordinationv1client.NewForConfig(rest)
+	apiserver := apiServer(t)
+	kubeconfig := testenv.KubeconfigFile(t, apiserver)
+	leases, err := coordinationv1client.NewForConfig(apiserver)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,11 +73,11 @@ func TestKubernetesHandover(t *testing.T) {
 	cfg := config.Cluster{Kubeconfig: kubeconfig, LeaderElection: config.LeaderElection{
 		Backend:       config.LeaderElectionKubernetes,
 		LeaseDuration: lease, RenewDeadline: 3 * time.Second, RetryPeriod: 300 * time.Millisecond,
-		LeaseName: "pullbroker-test",
+		LeaseName: "handover",
 	}}
 	holder := func() string {
 		t.Helper()
-		l, err := leases.Leases("default").Get(t.Context(), "pullbroker-test", metav1.GetOptions{})
+		l, err := leases.Leases("default").Get(t.Context(), "handover", metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -81,7 +120,7 @@ func TestKubernetesHandover(t *testing.T) {
 // alone would end the lead's context only after also failing to release
 // the Lease, another renewDeadline later, by when the other leads.
 func TestKubernetesPartitionedLeaderStepsDown(t *testing.T) {
-	apiserver := testenv.StartAPIServer(t)
+	apiserver := apiServer(t)
 	const (
 		lease = 4 * time.Second
 		renew = 2 * time.Second
@@ -91,7 +130,7 @@ func TestKubernetesPartitionedLeaderStepsDown(t *testing.T) {
 		return config.Cluster{Kubeconfig: testenv.KubeconfigFile(t, r), LeaderElection: config.LeaderElection{
 			Backend:       config.LeaderElectionKubernetes,
 			LeaseDuration: lease, RenewDeadline: renew, RetryPeriod: retry,
-			LeaseName: "pullbroker-test",
+			LeaseName: "partition",
 		}}
 	}
 	ls := &leaders{}
