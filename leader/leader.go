@@ -27,14 +27,18 @@
 // clock skew between replicas does not matter, only how fast their clocks
 // run.
 //
-// The work led this way tolerates two leaders for a moment, because each
-// step is safe on its own and only wasteful when repeated: GC deletes blobs
-// that nothing references and that are older than its grace period, which
-// two runs agree on, and a delete done twice is a delete; two evictions at
-// once may together delete more of the least recently read blobs than the
-// size bound needs, which costs fetching them again, not correctness. A
-// lead must still stop promptly when its context is cancelled: leadership
-// ends renewDeadline after the last confirmed renewal, which is
+// The work led this way (cache.Store.Lead: journal merging, eviction, GC,
+// scrub) tolerates two leaders for a moment, because each step is safe on
+// its own and only wasteful when repeated: GC deletes blobs that nothing
+// references and that are older than its grace period, which two runs
+// agree on, and a delete done twice is a delete; two evictions at once may
+// together delete more than the size bound needs, and as each merges only
+// the journals it reads first, one may take a blob read within the last
+// interval for an old one. What is deleted that way is fetched again when
+// next pulled. Such an overlap needs a competing write to land more than a
+// retryPeriod after it was made, and ends at the next renewal. A lead
+// must still stop promptly when its context is cancelled: leadership ends
+// renewDeadline after the last confirmed renewal, which is
 // leaseDuration-renewDeadline before another replica may take over.
 package leader
 
