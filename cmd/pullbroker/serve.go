@@ -26,6 +26,7 @@ import (
 	"github.com/pullbroker/pullbroker/config"
 	"github.com/pullbroker/pullbroker/internal/kubeclient"
 	"github.com/pullbroker/pullbroker/internal/version"
+	"github.com/pullbroker/pullbroker/leader"
 	"github.com/pullbroker/pullbroker/mirror"
 	"github.com/pullbroker/pullbroker/peers"
 	"github.com/pullbroker/pullbroker/podimages"
@@ -93,6 +94,9 @@ type app struct {
 	sources []auth.Source
 	// kept are what eviction and GC keep besides pins.
 	kept *keptImages
+	// elector picks the one replica that runs the store's cluster-wide
+	// work (cluster.leaderElection).
+	elector *leader.Elector
 	// draining turns /readyz to 503 once shutdown began.
 	draining atomic.Bool
 }
@@ -132,11 +136,16 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 		GCGrace:             cfg.Storage.GC.Grace,
 		RecordCacheTTL:      cfg.Storage.RecordCacheTTL,
 		AccountingInterval:  cfg.Cluster.AccountingInterval,
+		Replica:             cfg.Cluster.Name,
 	})
 	if err != nil {
 		return nil, err
 	}
 	a.kept.watchPods(cfg, a.store, log, a.registry)
+	a.elector, err = leader.New(cfg.Cluster, leader.Options{Logger: log.With("component", "leader"), Registerer: a.registry, Driver: driver})
+	if err != nil {
+		return nil, err
+	}
 
 	clients := map[string]*upstream.Client{}
 	for _, u := range cfg.Upstreams {
@@ -271,9 +280,18 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	// reads and commits with the leader (cluster.accountingInterval).
 	a.store.Start(ctx)
 	// The leader measures the cache and runs eviction (storage.maxSizeBytes),
-	// the scrub (storage.scrub) and GC (storage.gc) for all replicas; a
-	// single replica leads itself.
-	go a.store.Lead(ctx)
+	// the scrub (storage.scrub) and GC (storage.gc) for all replicas. The
+	// lease is released once Lead returned, when serve ends for any reason.
+	leading, stopLeading := context.WithCancel(ctx)
+	led := make(chan struct{})
+	go func() {
+		defer close(led)
+		a.elector.Run(leading, a.store.Lead)
+	}()
+	defer func() {
+		stopLeading()
+		<-led
+	}()
 	if cfg.Sync.ImagesFile != "" {
 		// Checked now, so a bad list fails the start rather than a run hours later.
 		if _, err := mirror.ReadImageList(cfg, cfg.Sync.ImagesFile); err != nil {
