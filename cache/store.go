@@ -56,6 +56,9 @@ type Options struct {
 	// recently once the cache holds more than this. Pinned images, and
 	// those Roots names, are never evicted.
 	MaxSizeBytes int64
+	// EvictMinIdle protects blobs read or committed this recently from
+	// eviction. Default one minute.
+	EvictMinIdle time.Duration
 	// Roots names the manifests that eviction and GC must keep, with
 	// everything they reference, besides the pins in storage (which the
 	// Store finds itself): the lock files of locked rules. It is asked once
@@ -140,6 +143,9 @@ func New(driver storagedriver.StorageDriver, opts Options) (*Store, error) {
 	if opts.MaxConcurrentFills <= 0 {
 		opts.MaxConcurrentFills = config.DefaultMaxConcurrentFills
 	}
+	if opts.EvictMinIdle <= 0 {
+		opts.EvictMinIdle = defaultEvictMinIdle
+	}
 	s := &Store{
 		driver:       driver,
 		localRoot:    opts.LocalRoot,
@@ -148,7 +154,7 @@ func New(driver storagedriver.StorageDriver, opts Options) (*Store, error) {
 		fills:        map[digest.Digest]*Fill{},
 		maxSize:      opts.MaxSizeBytes,
 		roots:        opts.Roots,
-		evictMinIdle: defaultEvictMinIdle,
+		evictMinIdle: opts.EvictMinIdle,
 		usage:        newUsage(),
 		scanned:      make(chan struct{}),
 

@@ -25,7 +25,7 @@ import (
 
 // defaultEvictMinIdle protects blobs read or committed this recently from
 // eviction: a pull that just fetched a manifest is about to fetch its
-// layers. Tests shorten Store.evictMinIdle.
+// layers.
 const defaultEvictMinIdle = time.Minute
 
 // evictLowWater is the fraction of MaxSizeBytes that an eviction pass

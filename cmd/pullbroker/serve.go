@@ -102,6 +102,7 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 		Logger: log.With("component", "cache"), Registerer: a.registry,
 		LocalRoot: localRoot, SpoolDir: cfg.Storage.SpoolDir,
 		MaxSizeBytes:        cfg.Storage.MaxSizeBytes,
+		EvictMinIdle:        cfg.Storage.EvictMinIdle,
 		Roots:               func(context.Context) ([]cache.Root, error) { return locked, nil },
 		FillTimeout:         cfg.Storage.Fills.Timeout,
 		FillStallTimeout:    cfg.Storage.Fills.StallTimeout,
