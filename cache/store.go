@@ -56,6 +56,11 @@ type Options struct {
 	// recently once the cache (all of the storage) holds more than this. Pinned images, and
 	// those Roots names, are never evicted.
 	MaxSizeBytes int64
+	// EvictMinIdle protects blobs read or committed this recently from
+	// eviction. Default one minute; never less than three
+	// AccountingIntervals, the time a read on another replica may take to
+	// reach the leader.
+	EvictMinIdle time.Duration
 	// Roots names the manifests that eviction and GC must keep, with
 	// everything they reference, besides the pins in storage (which the
 	// Store finds itself): the lock files of locked rules. It is asked once
@@ -153,6 +158,9 @@ func New(driver storagedriver.StorageDriver, opts Options) (*Store, error) {
 	if opts.MaxConcurrentFills <= 0 {
 		opts.MaxConcurrentFills = config.DefaultMaxConcurrentFills
 	}
+	if opts.EvictMinIdle <= 0 {
+		opts.EvictMinIdle = defaultEvictMinIdle
+	}
 	if opts.AccountingInterval <= 0 {
 		opts.AccountingInterval = config.DefaultAccountingInterval
 	}
@@ -174,7 +182,7 @@ func New(driver storagedriver.StorageDriver, opts Options) (*Store, error) {
 		fills:              map[digest.Digest]*Fill{},
 		maxSize:            opts.MaxSizeBytes,
 		roots:              opts.Roots,
-		evictMinIdle:       max(defaultEvictMinIdle, evictMinIdleIntervals*opts.AccountingInterval),
+		evictMinIdle:       max(opts.EvictMinIdle, evictMinIdleIntervals*opts.AccountingInterval),
 		usage:              newUsage(),
 		journal:            newJournal(),
 		replica:            opts.Replica,

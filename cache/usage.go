@@ -31,7 +31,7 @@ import (
 // defaultEvictMinIdle protects blobs read or committed this recently from
 // eviction: a pull that just fetched a manifest is about to fetch its
 // layers. New raises it to evictMinIdleIntervals accounting intervals when
-// that is longer. Tests shorten Store.evictMinIdle.
+// that is longer.
 const defaultEvictMinIdle = time.Minute
 
 // evictMinIdleIntervals: a read on another replica reaches the leader's

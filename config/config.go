@@ -193,11 +193,14 @@ type Storage struct {
 	// for drivers that are not a local filesystem.
 	SpoolDir string `mapstructure:"spoolDir"`
 	// MaxSizeBytes bounds the cache: above it, the blobs read least
-	// recently (and not within the last minute) are deleted until the
-	// cache is at 90% of it; pinned and locked images are never deleted. 0 means unbounded. The size is measured by
-	// walking storage at start; replicas sharing one storage each account
-	// only for what they stored, read and evicted themselves.
+	// recently (and not within EvictMinIdle) are deleted until the cache
+	// is at 90% of it; pinned and locked images are never deleted. 0 means
+	// unbounded.
 	MaxSizeBytes int64 `mapstructure:"maxSizeBytes"`
+	// EvictMinIdle protects blobs read or stored this recently from
+	// eviction: a node that just fetched a manifest is about to fetch its
+	// layers, and a read still in progress must not lose its blob.
+	EvictMinIdle time.Duration `mapstructure:"evictMinIdle"`
 	// Redirect answers GETs of cached blobs with a redirect to a
 	// short-lived signed URL of the object (the driver's RedirectURL), for
 	// clients that can reach the bucket themselves. Only s3 can sign one.

@@ -58,6 +58,9 @@ func (c *Config) Validate() error {
 	if c.Storage.MaxSizeBytes < 0 {
 		bad("storage.maxSizeBytes", "must not be negative (0 means unbounded)")
 	}
+	if c.Storage.EvictMinIdle <= 0 {
+		bad("storage.evictMinIdle", "must be positive: it keeps reads in progress and images being pulled from losing their blobs")
+	}
 	if c.Storage.RecordCacheTTL < 0 {
 		bad("storage.recordCacheTTL", "must not be negative (0 reads storage on every request)")
 	}

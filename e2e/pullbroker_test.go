@@ -57,6 +57,10 @@ type pbConfig struct {
 	Access string
 	// Fills is storage.fills as a YAML flow mapping ("{stallTimeout: 2s}"); "" for the defaults.
 	Fills string
+	// MaxSizeBytes and EvictMinIdle are storage.maxSizeBytes and storage.evictMinIdle (0: the
+	// defaults).
+	MaxSizeBytes int64
+	EvictMinIdle time.Duration
 	// Cluster is the cluster section's body, as YAML indented under "cluster:".
 	Cluster string
 }
@@ -103,6 +107,12 @@ func writeConfig(t *testing.T, cfg pbConfig, listen, admin string) string {
 	}
 	if cfg.Fills != "" {
 		fmt.Fprintf(&b, "  fills: %s\n", cfg.Fills)
+	}
+	if cfg.MaxSizeBytes != 0 {
+		fmt.Fprintf(&b, "  maxSizeBytes: %d\n", cfg.MaxSizeBytes)
+	}
+	if cfg.EvictMinIdle != 0 {
+		fmt.Fprintf(&b, "  evictMinIdle: %s\n", cfg.EvictMinIdle)
 	}
 	// debug: the more the proxy logs, the more the leak checks see.
 	fmt.Fprintf(&b, "log:\n  format: json\n  level: debug\n")

@@ -126,6 +126,7 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 		Logger: log.With("component", "cache"), Registerer: a.registry,
 		LocalRoot: localRoot, SpoolDir: cfg.Storage.SpoolDir,
 		MaxSizeBytes:        cfg.Storage.MaxSizeBytes,
+		EvictMinIdle:        cfg.Storage.EvictMinIdle,
 		Roots:               a.kept.roots,
 		FillTimeout:         cfg.Storage.Fills.Timeout,
 		FillStallTimeout:    cfg.Storage.Fills.StallTimeout,
