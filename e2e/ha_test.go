@@ -29,8 +29,8 @@ const haCluster = `  accountingInterval: 250ms
 // TestThreeReplicasEvictOnOneLeader (issue 10): three replicas on one bucket, filled past
 // storage.maxSizeBytes with many images, two of them pinned. Exactly one replica (the leader)
 // evicts, the bucket settles under the limit, and every pull served meanwhile has the right bytes.
-// The leader is killed right after a second burst of pulls pushes the bucket over the limit
-// again: another replica takes the lease and settles it. Evicted images are fetched again on
+// The leader is killed in the middle of a second burst of pulls that takes the bucket over the
+// limit again: another replica takes the lease and evicts what the burst added. Evicted images are fetched again on
 // demand; with the upstream stopped, the pinned images still pull through every live replica.
 func TestThreeReplicasEvictOnOneLeader(t *testing.T) {
 	f := newFixture(t)
@@ -94,11 +94,16 @@ func TestThreeReplicasEvictOnOneLeader(t *testing.T) {
 			live = append(live, p)
 		}
 	}
-	for i := 10; i < 14; i++ {
+	for i := 10; i < 16; i++ {
 		digests[i] = push(i)
+	}
+	for i := 10; i < 12; i++ {
 		pull(live[i%2], i)
 	}
 	leader.kill9()
+	for i := 12; i < 16; i++ {
+		pull(live[i%2], i)
+	}
 	waitUntil(t, "the bucket settles under storage.maxSizeBytes with the leader dead", func() bool { return blobBytes(t, srv) <= limit })
 	successor := onlyLeader(t, live)
 	if metricValue(t, successor.metrics(t), "pullbroker_evictions_total", `reason="size"`) == 0 {
@@ -108,7 +113,7 @@ func TestThreeReplicasEvictOnOneLeader(t *testing.T) {
 	// An evicted image is fetched again on demand; then, with the upstream gone, the pinned ones
 	// are whole in the bucket.
 	evicted := -1
-	for i := 2; i < 14 && evicted < 0; i++ {
+	for i := 2; i < 16 && evicted < 0; i++ {
 		if !imageWhole(t, client, live[0], repo, digests[i], srv) {
 			evicted = i
 		}
