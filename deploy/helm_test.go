@@ -51,6 +51,7 @@ resources: {requests: {cpu: 50m, memory: 128Mi, ephemeral-storage: 1Gi}, limits:
 webhook: {enabled: true}`},
 	{name: "servicemonitor", kustomize: "default+servicemonitor", values: `serviceMonitor: {enabled: true}`},
 	{name: "ha", kustomize: "overlays/ha", valuesFile: "values-ha.yaml"},
+	{name: "ha-webhook", kustomize: "examples/ha-webhook", valuesFile: "values-ha.yaml", values: `webhook: {enabled: true}`},
 	{name: "daemonset-servicemonitor", kustomize: "daemonset+servicemonitor", values: `
 mode: daemonset
 resources: {requests: {cpu: 50m, memory: 128Mi, ephemeral-storage: 1Gi}, limits: {memory: 512Mi}}

@@ -48,7 +48,7 @@ var overlays = []string{"default", "daemonset", "webhook", "ha"}
 
 // examples are the variants under deploy/examples that docs/deploy.md
 // points to.
-var examples = []string{"webhook-cert-manager", "daemonset-webhook"}
+var examples = []string{"webhook-cert-manager", "daemonset-webhook", "ha-webhook"}
 
 // allBuilds are the overlay and example directories, relative to deploy/.
 func allBuilds() []string {
@@ -1066,7 +1066,7 @@ func checkNetworkPolicies(t *testing.T, r rendered, ws []workload) {
 }
 
 func TestWebhookOverlay(t *testing.T) {
-	for _, dir := range []string{"overlays/webhook", "examples/webhook-cert-manager", "examples/daemonset-webhook"} {
+	for _, dir := range []string{"overlays/webhook", "examples/webhook-cert-manager", "examples/daemonset-webhook", "examples/ha-webhook"} {
 		t.Run(dir, func(t *testing.T) { checkWebhook(t, render(t, dir)) })
 	}
 }
