@@ -159,6 +159,26 @@ func TestApplyToAPIServer(t *testing.T) {
 		}
 		runWebhook(ctx, t, cfg, cs, webhookBuild)
 	})
+	// Last: its ClusterRole lets the proxy list Pods, which the checks
+	// above deny.
+	t.Run("ha-rbac", func(t *testing.T) {
+		// Its RBAC for real; the rest went through the dry run, and its
+		// Services would collide with the webhook build's node port.
+		r := build(filepath.Join("overlays", "ha"))
+		for _, o := range r.objs {
+			if !strings.HasSuffix(o.GetKind(), "Role") && !strings.HasSuffix(o.GetKind(), "RoleBinding") {
+				continue
+			}
+			err := c.Create(ctx, o.DeepCopy(), client.FieldValidation("Strict"))
+			if err != nil && !apierrors.IsAlreadyExists(err) {
+				t.Fatalf("create %s %s: %v", o.GetKind(), o.GetName(), err)
+			}
+		}
+		for _, w := range warn.take() {
+			t.Errorf("API server warning: %s", w)
+		}
+		checkHAAuthorizer(ctx, t, cs)
+	})
 }
 
 func applyNamespace(ctx context.Context, t *testing.T, c client.Client, r rendered) {
@@ -175,18 +195,18 @@ func applyNamespace(ctx context.Context, t *testing.T, c client.Client, r render
 	}
 }
 
+// access is one question to the authorizer: may the ServiceAccount sa of
+// the pullbroker namespace do verb on the resource?
+type access struct {
+	sa                                      string
+	verb, group, resource, ns, resourceName string
+	allowed                                 bool
+}
+
 // checkAuthorizer asks the API server's RBAC authorizer, with the rendered
 // Roles and bindings in place, what each ServiceAccount may do.
 func checkAuthorizer(ctx context.Context, t *testing.T, cs kubernetes.Interface) {
-	sa := func(name string) (string, []string) {
-		return "system:serviceaccount:" + namespace + ":" + name,
-			[]string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"}
-	}
-	type check struct {
-		sa                                      string
-		verb, group, resource, ns, resourceName string
-		allowed                                 bool
-	}
+	type check = access
 	const mwc = "mutatingwebhookconfigurations"
 	const adm = "admissionregistration.k8s.io"
 	checks := []check{
@@ -215,6 +235,46 @@ func checkAuthorizer(ctx context.Context, t *testing.T, cs kubernetes.Interface)
 		{"pullbroker-webhook", "patch", adm, "validatingwebhookconfigurations", "", webhookName, false},
 		{"pullbroker-webhook", "get", "", "secrets", namespace, "dockerhub", false},
 		{"pullbroker-webhook", "list", "", "secrets", namespace, "", false},
+	}
+	authorize(ctx, t, cs, checks)
+}
+
+// checkHAAuthorizer: with deploy/overlays/ha applied, the proxy may hold
+// its Lease, watch the peers' EndpointSlices in its namespace and Pods
+// everywhere, and nothing more.
+func checkHAAuthorizer(ctx context.Context, t *testing.T, cs kubernetes.Interface) {
+	const coord, disc = "coordination.k8s.io", "discovery.k8s.io"
+	authorize(ctx, t, cs, []access{
+		{"pullbroker", "create", coord, "leases", namespace, "", true},
+		{"pullbroker", "get", coord, "leases", namespace, "pullbroker", true},
+		{"pullbroker", "update", coord, "leases", namespace, "pullbroker", true},
+		{"pullbroker", "get", coord, "leases", namespace, "someone-else", false},
+		{"pullbroker", "update", coord, "leases", namespace, "someone-else", false},
+		{"pullbroker", "delete", coord, "leases", namespace, "pullbroker", false},
+		{"pullbroker", "patch", coord, "leases", namespace, "pullbroker", false},
+		{"pullbroker", "list", coord, "leases", namespace, "", false},
+		{"pullbroker", "create", coord, "leases", "kube-system", "", false},
+		{"pullbroker", "get", coord, "leases", "kube-system", "pullbroker", false},
+		{"pullbroker", "list", disc, "endpointslices", namespace, "", true},
+		{"pullbroker", "watch", disc, "endpointslices", namespace, "", true},
+		{"pullbroker", "list", disc, "endpointslices", "default", "", false},
+		{"pullbroker", "update", disc, "endpointslices", namespace, "pullbroker-peers-x", false},
+		{"pullbroker", "list", "", "pods", "", "", true},
+		{"pullbroker", "watch", "", "pods", "", "", true},
+		{"pullbroker", "list", "", "pods", "kube-system", "", true},
+		{"pullbroker", "get", "", "pods", "default", "x", false},
+		{"pullbroker", "create", "", "pods", namespace, "", false},
+		{"pullbroker", "delete", "", "pods", namespace, "x", false},
+		{"pullbroker", "list", "", "secrets", "", "", false},
+		{"pullbroker", "list", "", "secrets", "default", "", false},
+	})
+}
+
+func authorize(ctx context.Context, t *testing.T, cs kubernetes.Interface, checks []access) {
+	t.Helper()
+	sa := func(name string) (string, []string) {
+		return "system:serviceaccount:" + namespace + ":" + name,
+			[]string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"}
 	}
 	for _, ch := range checks {
 		user, groups := sa(ch.sa)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
@@ -29,6 +30,8 @@ const chartDir = "helm/pullbroker"
 type chartCase struct {
 	name   string
 	values string
+	// valuesFile, in the chart's directory, is read before values (helm -f).
+	valuesFile string
 	// kustomize is the equivalent build: a directory under deploy/, or
 	// "+servicemonitor" after an overlay name.
 	kustomize string
@@ -47,6 +50,8 @@ mode: daemonset
 resources: {requests: {cpu: 50m, memory: 128Mi, ephemeral-storage: 1Gi}, limits: {memory: 512Mi}}
 webhook: {enabled: true}`},
 	{name: "servicemonitor", kustomize: "default+servicemonitor", values: `serviceMonitor: {enabled: true}`},
+	{name: "ha", kustomize: "overlays/ha", valuesFile: "values-ha.yaml"},
+	{name: "ha-webhook", kustomize: "examples/ha-webhook", valuesFile: "values-ha.yaml", values: `webhook: {enabled: true}`},
 	{name: "daemonset-servicemonitor", kustomize: "daemonset+servicemonitor", values: `
 mode: daemonset
 resources: {requests: {cpu: 50m, memory: 128Mi, ephemeral-storage: 1Gi}, limits: {memory: 512Mi}}
@@ -68,6 +73,11 @@ storage: {persistence: {storageClassName: fast, size: 50Gi}, maxSizeBytes: 40000
 grafanaDashboard: {enabled: true}
 serviceMonitor: {enabled: true}
 webhook: {enabled: true, excludeNamespaces: [kube-system, monitoring]}`},
+	// Two replicas on an S3-compatible server, credentials from the rest of
+	// the AWS chain (IRSA), the Lease in the bucket, no peers.
+	{name: "s3-irsa", values: `
+replicas: 2
+storage: {driver: s3, s3: {bucket: cache, regionendpoint: "https://s3.example.com", forcepathstyle: true, rootdirectory: ""}}`},
 }
 
 // Value sets that leave out what the overlays' checks demand (a claim, the
@@ -99,6 +109,32 @@ func parseValues(t *testing.T, s string) map[string]any {
 	return vals
 }
 
+// vals are the case's values as helm install -f valuesFile --values
+// values would merge them.
+func (tc chartCase) vals(t *testing.T) map[string]any {
+	t.Helper()
+	vals := map[string]any{}
+	if tc.valuesFile != "" {
+		b, err := os.ReadFile(filepath.Join(chartDir, tc.valuesFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		vals = parseValues(t, string(b))
+	}
+	return chartutil.MergeTables(parseValues(t, tc.values), vals)
+}
+
+func haChartCase(t *testing.T) chartCase {
+	t.Helper()
+	for _, tc := range chartCases {
+		if tc.kustomize == "overlays/ha" {
+			return tc
+		}
+	}
+	t.Fatal("no chart case for overlays/ha")
+	return chartCase{}
+}
+
 // renderChartValues renders the chart as `helm template --namespace
 // pullbroker pullbroker deploy/helm/pullbroker` would, schema check included.
 func renderChartValues(c *chartv2.Chart, vals map[string]any) (map[string]string, error) {
@@ -116,7 +152,7 @@ func renderChartValues(c *chartv2.Chart, vals map[string]any) (map[string]string
 // docs/deploy.md gives).
 func renderChart(t *testing.T, tc chartCase) rendered {
 	t.Helper()
-	files, err := renderChartValues(loadChart(t), parseValues(t, tc.values))
+	files, err := renderChartValues(loadChart(t), tc.vals(t))
 	if err != nil {
 		t.Fatalf("render chart (%s): %v", tc.name, err)
 	}
@@ -175,7 +211,7 @@ func allChartCases() []chartCase { return append(slices.Clone(chartCases), chart
 func TestChartLint(t *testing.T) {
 	for _, tc := range append(allChartCases(), chartLintOnlyCases...) {
 		t.Run(tc.name, func(t *testing.T) {
-			res := lint.RunAll(chartDir, parseValues(t, tc.values), namespace)
+			res := lint.RunAll(chartDir, tc.vals(t), namespace)
 			for _, m := range res.Messages {
 				if m.Severity >= support.WarningSev {
 					t.Errorf("helm lint: %s", m)
@@ -296,7 +332,15 @@ func TestChartSchemaErrors(t *testing.T) {
 		{`tls: {enabled: true}`, "tls.enabled needs tls.existingSecret"},
 		{`tls: {enabled: true, certManager: {enabled: true}}`, "tls.certManager.issuerRef.name"},
 		{`webhook: {enabled: true, certManager: {enabled: true}}`, "webhook.certManager.issuerRef.name"},
-		{`replicas: 2`, "replicas > 1 on one ReadWriteOnce claim"},
+		{`replicas: 2`, "replicas: 2 needs the cache in one bucket that every replica shares"},
+		{`{replicas: 3, storage: {persistence: {enabled: false}}}`, "replicas: 3 needs the cache in one bucket"},
+		{`{replicas: 3, storage: {persistence: {accessModes: [ReadWriteMany]}}}`, "set storage.driver: s3 and storage.s3.bucket"},
+		{`storage: {driver: s3}`, "storage.s3.bucket: name the bucket"},
+		{`storage: {driver: s3, s3: {bucket: b}}`, "storage.s3.region"},
+		{`storage: {driver: gcs}`, "at '/storage/driver'"},
+		{`{mode: daemonset, storage: {driver: s3, s3: {bucket: b, region: r}}}`, "storage.driver: s3 is for mode: deployment"},
+		{`peers: {enabled: true}`, "peers.enabled needs storage.driver: s3"},
+		{`leaderElection: {backend: etcd}`, "at '/leaderElection/backend'"},
 	} {
 		_, err := renderChartValues(c, parseValues(t, tc.values))
 		if err == nil {

@@ -7,9 +7,11 @@ package deploy_test
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -42,11 +44,11 @@ const (
 )
 
 // overlays are the deployable directories under deploy/overlays.
-var overlays = []string{"default", "daemonset", "webhook"}
+var overlays = []string{"default", "daemonset", "webhook", "ha"}
 
 // examples are the variants under deploy/examples that docs/deploy.md
 // points to.
-var examples = []string{"webhook-cert-manager", "daemonset-webhook"}
+var examples = []string{"webhook-cert-manager", "daemonset-webhook", "ha-webhook"}
 
 // allBuilds are the overlay and example directories, relative to deploy/.
 func allBuilds() []string {
@@ -378,8 +380,10 @@ func checkPodSecurity(t *testing.T, r rendered, w workload) {
 				if s.ConfigMap != nil && r.find("ConfigMap", s.ConfigMap.Name) == nil {
 					t.Errorf("%s: volume %s names ConfigMap %q, not in the output", w, v.Name, s.ConfigMap.Name)
 				}
-				if s.Secret != nil && (s.Secret.Optional == nil || !*s.Secret.Optional) && !r.certificateFor(s.Secret.Name) {
-					t.Errorf("%s: volume %s: Secret %q must be optional or made by a Certificate in the output", w, v.Name, s.Secret.Name)
+				if s.Secret != nil && (s.Secret.Optional == nil || !*s.Secret.Optional) && !r.certificateFor(s.Secret.Name) &&
+					!documentedSecrets(t)[s.Secret.Name] {
+					t.Errorf("%s: volume %s: Secret %q must be optional, made by a Certificate in the output, "+
+						"or created as docs/deploy.md says", w, v.Name, s.Secret.Name)
 				}
 			}
 		}
@@ -419,8 +423,14 @@ func checkPodSecurity(t *testing.T, r rendered, w workload) {
 			t.Errorf("%s container %s: want readiness and liveness probes", w, c.Name)
 		}
 		for _, e := range c.Env {
-			if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
-				t.Errorf("%s container %s: env %s from a Secret", w, c.Name, e.Name)
+			if e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+				continue
+			}
+			// Only the AWS default chain takes its credentials from the
+			// environment; every other secret is a file.
+			if ref := e.ValueFrom.SecretKeyRef; !awsCredentialEnv[e.Name] || ref.Key != e.Name || !documentedSecrets(t)[ref.Name] {
+				t.Errorf("%s container %s: env %s from Secret %s key %s: only %v, from a Secret docs/deploy.md tells how to create, under their own names",
+					w, c.Name, e.Name, ref.Name, ref.Key, slices.Sorted(maps.Keys(awsCredentialEnv)))
 			}
 		}
 		if len(c.EnvFrom) > 0 {
@@ -503,27 +513,40 @@ func checkProxy(t *testing.T, r rendered, w workload) {
 	if cfg.Listen.TLSEnabled() && !projects(w, cfgMount.Name, cfg.Listen.TLSCertFile, cfg.Listen.TLSKeyFile) {
 		t.Errorf("%s: TLS is on but %s and %s are not mounted", w, cfg.Listen.TLSCertFile, cfg.Listen.TLSKeyFile)
 	}
-	if cfg.Storage.Driver != "filesystem" {
-		t.Errorf("%s: storage.driver %q", w, cfg.Storage.Driver)
-	}
-	root, _ := cfg.Storage.Parameters["rootdirectory"].(string)
-	cache, ok := mounts[root]
-	if !ok || cache.ReadOnly {
-		t.Errorf("%s: storage rootdirectory %q is not a writable mount", w, root)
-	} else {
+	// The cache on a volume of the Pod, or in a bucket with the fills
+	// spooled on an emptyDir.
+	var cache corev1.VolumeMount
+	switch cfg.Storage.Driver {
+	case "filesystem":
+		root, _ := cfg.Storage.Parameters["rootdirectory"].(string)
+		cache, ok = mounts[root]
+		if !ok || cache.ReadOnly {
+			t.Errorf("%s: storage rootdirectory %q is not a writable mount", w, root)
+		} else {
+			for _, v := range w.pod.Spec.Volumes {
+				if v.Name == cache.Name && v.EmptyDir == nil && v.PersistentVolumeClaim == nil && v.Ephemeral == nil {
+					t.Errorf("%s: cache volume %s is neither emptyDir nor a claim", w, v.Name)
+				}
+			}
+		}
 		for _, v := range w.pod.Spec.Volumes {
-			if v.Name == cache.Name && v.EmptyDir == nil && v.PersistentVolumeClaim == nil && v.Ephemeral == nil {
-				t.Errorf("%s: cache volume %s is neither emptyDir nor a claim", w, v.Name)
+			if v.Name == cache.Name && v.EmptyDir != nil && v.EmptyDir.SizeLimit != nil {
+				limit := v.EmptyDir.SizeLimit.Value()
+				if m := cfg.Storage.MaxSizeBytes; m <= 0 || m > limit*85/100 {
+					t.Errorf("%s: storage.maxSizeBytes %d must be set and leave 15%% of the cache volume's sizeLimit %d free", w, m, limit)
+				}
 			}
 		}
-	}
-	for _, v := range w.pod.Spec.Volumes {
-		if v.Name == cache.Name && v.EmptyDir != nil && v.EmptyDir.SizeLimit != nil {
-			limit := v.EmptyDir.SizeLimit.Value()
-			if m := cfg.Storage.MaxSizeBytes; m <= 0 || m > limit*85/100 {
-				t.Errorf("%s: storage.maxSizeBytes %d must be set and leave 15%% of the cache volume's sizeLimit %d free", w, m, limit)
-			}
+	case "s3":
+		spool, ok := mounts[cfg.Storage.SpoolDir]
+		if !ok || spool.ReadOnly || !slices.ContainsFunc(w.pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == spool.Name && v.EmptyDir != nil }) {
+			t.Errorf("%s: storage.spoolDir %q is not a writable emptyDir mount", w, cfg.Storage.SpoolDir)
 		}
+		if len(r.ofKind("PersistentVolumeClaim")) > 0 {
+			t.Errorf("%s: a PersistentVolumeClaim beside a cache in a bucket", w)
+		}
+	default:
+		t.Errorf("%s: storage.driver %q", w, cfg.Storage.Driver)
 	}
 	if _, ok := mounts["/tmp"]; !ok {
 		t.Errorf("%s: no writable /tmp under the read-only root filesystem", w)
@@ -543,8 +566,20 @@ func checkProxy(t *testing.T, r rendered, w workload) {
 			t.Errorf("%s: listen.addr %q must listen on all Pod addresses", w, cfg.Listen.Addr)
 		}
 		d := typed[appsv1.Deployment](t, r.find("Deployment", w.name))
-		// One replica on a claim until replicas share one cache: two
-		// caches would pin differently and split pin/sync/import.
+		if r.find("PodDisruptionBudget", w.name) == nil {
+			t.Errorf("%s: no PodDisruptionBudget", w)
+		}
+		if cfg.Storage.Driver == "s3" {
+			// Replicas on one bucket: no claim to hand over, so a new Pod
+			// is ready before an old one stops.
+			if s := d.Spec.Strategy; s.Type != appsv1.RollingUpdateDeploymentStrategyType || s.RollingUpdate == nil ||
+				s.RollingUpdate.MaxUnavailable == nil || s.RollingUpdate.MaxUnavailable.IntValue() != 0 {
+				t.Errorf("%s: strategy %+v, want RollingUpdate with maxUnavailable 0", w, s)
+			}
+			break
+		}
+		// One replica on a claim: replicas with caches of their own
+		// would pin differently and split pin/sync/import.
 		if d.Spec.Replicas == nil || *d.Spec.Replicas != 1 {
 			t.Errorf("%s: want 1 replica", w)
 		}
@@ -564,9 +599,6 @@ func checkProxy(t *testing.T, r rendered, w workload) {
 		}
 		if d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
 			t.Errorf("%s: a ReadWriteOnce cache needs strategy Recreate", w)
-		}
-		if r.find("PodDisruptionBudget", w.name) == nil {
-			t.Errorf("%s: no PodDisruptionBudget", w)
 		}
 	case "DaemonSet":
 		if !w.pod.Spec.HostNetwork || w.pod.Spec.DNSPolicy != corev1.DNSClusterFirstWithHostNet {
@@ -815,6 +847,19 @@ func checkRBAC(t *testing.T, r rendered, ws []workload) {
 						t.Errorf("Role %s: verb %q on secrets; the proxy only reads them", o.GetName(), v)
 					}
 				}
+			// Leader election: client-go creates the Lease, then gets and
+			// updates it by name.
+			case o.GetKind() == "Role" && slices.Equal(ru.APIGroups, []string{"coordination.k8s.io"}) && slices.Equal(ru.Resources, []string{"leases"}):
+				if !slices.Equal(ru.Verbs, []string{"create"}) &&
+					!(slices.Equal(ru.Verbs, []string{"get", "update"}) && slices.Equal(ru.ResourceNames, []string{"pullbroker"})) {
+					t.Errorf("Role %s: %+v, want create, and get and update of the Lease pullbroker only", o.GetName(), ru)
+				}
+			// Peers and running images: informers, which list and watch.
+			case o.GetKind() == "Role" && slices.Equal(ru.APIGroups, []string{"discovery.k8s.io"}) && slices.Equal(ru.Resources, []string{"endpointslices"}),
+				o.GetKind() == "ClusterRole" && slices.Equal(ru.APIGroups, []string{""}) && slices.Equal(ru.Resources, []string{"pods"}):
+				if !slices.Equal(ru.Verbs, []string{"list", "watch"}) || len(ru.ResourceNames) > 0 {
+					t.Errorf("%s %s: %+v, want list and watch only", o.GetKind(), o.GetName(), ru)
+				}
 			case o.GetKind() == "ClusterRole" && slices.Equal(ru.APIGroups, []string{"admissionregistration.k8s.io"}) &&
 				slices.Equal(ru.Resources, []string{"mutatingwebhookconfigurations"}):
 				if len(ru.ResourceNames) == 0 {
@@ -833,9 +878,6 @@ func checkRBAC(t *testing.T, r rendered, ws []workload) {
 				t.Errorf("%s %s: unexpected rule %+v", o.GetKind(), o.GetName(), ru)
 			}
 		}
-	}
-	if len(r.ofKind("ClusterRole")) > 0 && len(mwcNames) == 0 {
-		t.Errorf("a ClusterRole without a webhook configuration to patch")
 	}
 
 	usedSAs := map[string]string{}
@@ -865,12 +907,44 @@ func checkRBAC(t *testing.T, r rendered, ws []workload) {
 			if !used {
 				t.Errorf("%s %s: ServiceAccount %v runs no workload", o.GetKind(), o.GetName(), s["name"])
 			}
-			// Secrets for the proxy; the webhook configuration for the webhook.
-			if refKind == "Role" && comp != "proxy" || refKind == "ClusterRole" && comp != "webhook" {
-				t.Errorf("%s %s grants %s %s to the %s workload", o.GetKind(), o.GetName(), refKind, refName, comp)
+			// Only the webhook may touch webhook configurations; every
+			// other rule is the proxy's.
+			wantComp := "proxy"
+			if role := r.find(refKind, refName); role != nil && slices.ContainsFunc(rulesOf(t, role), func(ru rule) bool {
+				return slices.Contains(ru.APIGroups, "admissionregistration.k8s.io")
+			}) {
+				wantComp = "webhook"
+			}
+			if comp != wantComp {
+				t.Errorf("%s %s grants %s %s to the %s workload, want %s", o.GetKind(), o.GetName(), refKind, refName, comp, wantComp)
 			}
 		}
 	}
+}
+
+// npPeer is one entry of a NetworkPolicy rule's from or to.
+type npPeer struct {
+	PodSelector       *selector `json:"podSelector"`
+	NamespaceSelector *selector `json:"namespaceSelector"`
+	IPBlock           *struct {
+		CIDR string `json:"cidr"`
+	} `json:"ipBlock"`
+}
+
+// onlyPods reports whether the entries admit exactly the Pods labelled
+// like w in the policy's own namespace: podSelectors that select w, and no
+// namespaceSelector or ipBlock that would let others in.
+func onlyPods(peers []npPeer, w workload) bool {
+	if len(peers) == 0 {
+		return false
+	}
+	for _, p := range peers {
+		if p.NamespaceSelector != nil || p.IPBlock != nil || p.PodSelector == nil ||
+			len(p.PodSelector.MatchExpressions) > 0 || !selects(p.PodSelector.MatchLabels, w.pod.Labels) {
+			return false
+		}
+	}
+	return true
 }
 
 func checkNetworkPolicies(t *testing.T, r rendered, ws []workload) {
@@ -888,12 +962,14 @@ func checkNetworkPolicies(t *testing.T, r rendered, ws []workload) {
 						Protocol string `json:"protocol"`
 						Port     int    `json:"port"`
 					} `json:"ports"`
+					From []npPeer `json:"from"`
 				} `json:"ingress"`
 				Egress []struct {
 					Ports []struct {
 						Protocol string `json:"protocol"`
 						Port     int    `json:"port"`
 					} `json:"ports"`
+					To []npPeer `json:"to"`
 				} `json:"egress"`
 			} `json:"spec"`
 		}
@@ -916,18 +992,43 @@ func checkNetworkPolicies(t *testing.T, r rendered, ws []workload) {
 		if !slices.Equal(np.Spec.PolicyTypes, []string{"Ingress", "Egress"}) {
 			t.Errorf("NetworkPolicy %s: policyTypes %v", o.GetName(), np.Spec.PolicyTypes)
 		}
-		in, out := portSet{}, portSet{}
-		for _, i := range np.Spec.Ingress {
-			for _, p := range i.Ports {
-				in[p.Protocol+"/"+strconv.Itoa(p.Port)] = true
+		// The replicas' peer port: from and to the replicas only.
+		var peerPort int32
+		for _, c := range target.pod.Spec.Containers {
+			for _, p := range c.Ports {
+				if p.Name == "peer" {
+					peerPort = p.ContainerPort
+				}
 			}
 		}
+		in, out := portSet{}, portSet{}
+		for _, i := range np.Spec.Ingress {
+			if len(i.Ports) == 0 {
+				t.Errorf("NetworkPolicy %s: an ingress rule without ports opens every port", o.GetName())
+			}
+			for _, p := range i.Ports {
+				in[p.Protocol+"/"+strconv.Itoa(p.Port)] = true
+				if peerPort != 0 && p.Port == int(peerPort) && !onlyPods(i.From, *target) {
+					t.Errorf("NetworkPolicy %s: the peer port %d is open to %+v, want the %s Pods only", o.GetName(), peerPort, i.From, target)
+				}
+			}
+		}
+		peerOut := false
 		for _, e := range np.Spec.Egress {
 			for _, p := range e.Ports {
 				out[p.Protocol+"/"+strconv.Itoa(p.Port)] = true
+				if peerPort != 0 && p.Port == int(peerPort) {
+					peerOut = onlyPods(e.To, *target)
+				}
 			}
 		}
+		if peerPort != 0 && !peerOut {
+			t.Errorf("NetworkPolicy %s: no egress to the peer port %d of the %s Pods only", o.GetName(), peerPort, target)
+		}
 		wantIn := []string{"TCP/5000", "TCP/5001"}
+		if peerPort != 0 {
+			wantIn = append(wantIn, "TCP/"+strconv.Itoa(int(peerPort)))
+		}
 		wantOut := []string{"UDP/53", "TCP/53", "TCP/443", "TCP/80", "TCP/6443"}
 		if target.pod.Labels[componentKey] == "webhook" {
 			wantIn = []string{"TCP/9443", "TCP/9090"}
@@ -965,7 +1066,7 @@ func checkNetworkPolicies(t *testing.T, r rendered, ws []workload) {
 }
 
 func TestWebhookOverlay(t *testing.T) {
-	for _, dir := range []string{"overlays/webhook", "examples/webhook-cert-manager", "examples/daemonset-webhook"} {
+	for _, dir := range []string{"overlays/webhook", "examples/webhook-cert-manager", "examples/daemonset-webhook", "examples/ha-webhook"} {
 		t.Run(dir, func(t *testing.T) { checkWebhook(t, render(t, dir)) })
 	}
 }
@@ -1186,4 +1287,25 @@ func (s selector) excludes(key, value string) bool {
 		}
 	}
 	return false
+}
+
+// awsCredentialEnv are the variables of the AWS default credential chain
+// that the s3 driver reads when storage.parameters has no accesskey.
+var awsCredentialEnv = map[string]bool{"AWS_ACCESS_KEY_ID": true, "AWS_SECRET_ACCESS_KEY": true}
+
+var createSecretCommand = regexp.MustCompile(`kubectl (?:-n \S+ )?create secret (?:generic|docker-registry|tls) ([a-z0-9.-]+)`)
+
+// documentedSecrets are the Secrets docs/deploy.md gives a `kubectl create
+// secret` command for: those a layout may require without making them.
+func documentedSecrets(t *testing.T) map[string]bool {
+	t.Helper()
+	b, err := os.ReadFile("../docs/deploy.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, m := range createSecretCommand.FindAllSubmatch(b, -1) {
+		out[string(m[1])] = true
+	}
+	return out
 }
