@@ -16,11 +16,14 @@ func TestClusterNameDefaultsToHostName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Cluster.Name != host {
-		t.Fatalf("cluster.name = %q, want the host name %q", cfg.Cluster.Name, host)
+	if name, err := replicaName(cfg.Cluster); err != nil || name != host {
+		t.Fatalf("replica name = %q, %v; want the host name %q", name, err, host)
 	}
 	t.Setenv("PULLBROKER_CLUSTER_NAME", "replica-1")
-	if cfg, err = loadConfig(newRootCmd()); err != nil || cfg.Cluster.Name != "replica-1" {
-		t.Fatalf("cluster.name set: %v, %v", cfg, err)
+	if cfg, err = loadConfig(newRootCmd()); err != nil {
+		t.Fatal(err)
+	}
+	if name, err := replicaName(cfg.Cluster); err != nil || name != "replica-1" {
+		t.Fatalf("replica name with cluster.name set = %q, %v; want replica-1", name, err)
 	}
 }

@@ -58,17 +58,20 @@ func newServeCmd() *cobra.Command {
 
 func loadConfig(cmd *cobra.Command) (*config.Config, error) {
 	path, _ := cmd.Flags().GetString("config")
-	cfg, err := config.Load(path)
+	return config.Load(path)
+}
+
+// replicaName is cluster.name, or else the host name: the Pod name in
+// Kubernetes, unique among replicas.
+func replicaName(c config.Cluster) (string, error) {
+	if c.Name != "" {
+		return c.Name, nil
+	}
+	host, err := os.Hostname()
 	if err != nil {
-		return nil, err
+		return "", fmt.Errorf("cluster.name: empty, and the host name is unknown (%v); set it", err)
 	}
-	// The host name is the Pod name in Kubernetes: unique among replicas.
-	if cfg.Cluster.Name == "" {
-		if cfg.Cluster.Name, err = os.Hostname(); err != nil {
-			return nil, fmt.Errorf("cluster.name: empty, and the host name is unknown (%v); set it", err)
-		}
-	}
-	return cfg, nil
+	return host, nil
 }
 
 func newLogger(c config.Log, w io.Writer) *slog.Logger {
@@ -122,6 +125,10 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 		return nil, err
 	}
 	a.kept = &keptImages{locked: locked}
+	cluster := cfg.Cluster
+	if cluster.Name, err = replicaName(cfg.Cluster); err != nil {
+		return nil, err
+	}
 	a.store, err = cache.New(driver, cache.Options{
 		Logger: log.With("component", "cache"), Registerer: a.registry,
 		LocalRoot: localRoot, SpoolDir: cfg.Storage.SpoolDir,
@@ -137,13 +144,13 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 		GCGrace:             cfg.Storage.GC.Grace,
 		RecordCacheTTL:      cfg.Storage.RecordCacheTTL,
 		AccountingInterval:  cfg.Cluster.AccountingInterval,
-		Replica:             cfg.Cluster.Name,
+		Replica:             cluster.Name,
 	})
 	if err != nil {
 		return nil, err
 	}
 	a.kept.watchPods(cfg, a.store, log, a.registry)
-	a.elector, err = leader.New(cfg.Cluster, leader.Options{Logger: log.With("component", "leader"), Registerer: a.registry, Driver: driver})
+	a.elector, err = leader.New(cluster, leader.Options{Logger: log.With("component", "leader"), Registerer: a.registry, Driver: driver})
 	if err != nil {
 		return nil, err
 	}
