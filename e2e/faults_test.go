@@ -337,8 +337,7 @@ func uploads(t *testing.T, storageDir string) []string {
 
 // pullBlob GETs a blob through pullbroker and returns the status, the bytes' digest and count,
 // and the read error (a cut connection).
-func pullBlob(t *testing.T, client *http.Client, url string) (status int, digest string, n int64, readErr error) {
-	t.Helper()
+func pullBlob(client *http.Client, url string) (status int, digest string, n int64, readErr error) {
 	resp, err := client.Get(url)
 	if err != nil {
 		return 0, "", 0, err
@@ -406,7 +405,7 @@ func TestKillMidFillThenRestart(t *testing.T) {
 	faults.releaseHeld()
 	pb = f.startPullbroker(cfg)
 	blobURL = pb.url("/v2/" + upstreamName + "/" + appRepo + "/blobs/" + layer.Digest)
-	status, digest, n, err := pullBlob(t, http.DefaultClient, blobURL)
+	status, digest, n, err := pullBlob(http.DefaultClient, blobURL)
 	if status != http.StatusOK || digest != layer.Digest || n != layer.Size || err != nil {
 		t.Fatalf("after the restart: %d, %d bytes %s (%v); want 200, %d bytes %s", status, n, digest, err, layer.Size, layer.Digest)
 	}
@@ -570,7 +569,7 @@ func TestHostileUpstream(t *testing.T) {
 			before := peakRSS(t, pb.Pid())
 			if tc.layer != nil {
 				start := time.Now()
-				status, digest, n, err := pullBlob(t, client,
+				status, digest, n, err := pullBlob(client,
 					pb.url("/v2/"+upstreamName+"/"+appRepo+"/blobs/"+tc.layer.Digest))
 				took := time.Since(start)
 				t.Logf("%s: client got %d, %d bytes, %v after %v", tc.fault, status, n, err, took.Round(time.Millisecond))
@@ -714,7 +713,7 @@ func TestDiskFull(t *testing.T) {
 	client := &http.Client{Timeout: time.Minute}
 	pull := func(what string, d descriptor) {
 		t.Helper()
-		status, digest, n, err := pullBlob(t, client, blobURL(d.Digest))
+		status, digest, n, err := pullBlob(client, blobURL(d.Digest))
 		if status != http.StatusOK || digest != d.Digest || n != d.Size || err != nil {
 			t.Fatalf("%s: %d, %d bytes %s (%v); want 200, %d bytes %s", what, status, n, digest, err, d.Size, d.Digest)
 		}

@@ -200,23 +200,12 @@ func pullImage(client *http.Client, pb *pullbroker, repo, tag, want string) erro
 		return err
 	}
 	for _, b := range m.blobs() {
-		status, got, n, err := fetchBlob(client, pb.url("/v2/"+upstreamName+"/"+repo+"/blobs/"+b.Digest))
+		status, got, n, err := pullBlob(client, pb.url("/v2/"+upstreamName+"/"+repo+"/blobs/"+b.Digest))
 		if err != nil || status != http.StatusOK || got != b.Digest || n != b.Size {
 			return fmt.Errorf("blob %s: %d, %d bytes %s (%v)", b.Digest, status, n, got, err)
 		}
 	}
 	return nil
-}
-
-func fetchBlob(client *http.Client, url string) (status int, digest string, n int64, err error) {
-	resp, err := client.Get(url)
-	if err != nil {
-		return 0, "", 0, err
-	}
-	defer resp.Body.Close()
-	h := sha256.New()
-	n, err = io.Copy(h, resp.Body)
-	return resp.StatusCode, fmt.Sprintf("sha256:%x", h.Sum(nil)), n, err
 }
 
 // TestKillOwnerMidFill (issue 11): the owner of a layer is killed with SIGKILL while it fills the
@@ -272,7 +261,7 @@ func TestKillOwnerMidFill(t *testing.T) {
 			}
 			// Its retry goes to another replica, as a Service would send it.
 			other := c.replicas[(owner+1)%len(c.replicas)]
-			status, got, n, err := fetchBlob(http.DefaultClient, other.url(blobPath))
+			status, got, n, err := pullBlob(http.DefaultClient, other.url(blobPath))
 			if status != http.StatusOK || got != layer.Digest || n != layer.Size || err != nil {
 				t.Errorf("the owner's client retrying through another replica: %d, %d bytes %s (%v)", status, n, got, err)
 			}
@@ -282,18 +271,7 @@ func TestKillOwnerMidFill(t *testing.T) {
 			t.Errorf("client of replica %d after the owner died: %d bytes %s (%v); want %d bytes %s", i, p.n, got, err, layer.Size, layer.Digest)
 		}
 	}
-	hex := strings.TrimPrefix(layer.Digest, "sha256:")
-	layerKeys := func() (blob, uploads []string) {
-		for _, k := range srv.Keys(t) {
-			switch {
-			case strings.HasPrefix(k, "blobs/") && strings.Contains(k, hex):
-				blob = append(blob, k)
-			case strings.HasPrefix(k, "uploads/"):
-				uploads = append(uploads, k)
-			}
-		}
-		return blob, uploads
-	}
+	layerKeys := func() (blob, uploads []string) { return blobAndUploadKeys(t, srv, layer.Digest) }
 	waitUntil(t, "the layer is committed", func() bool { blob, _ := layerKeys(); return len(blob) == 1 })
 	waitUntil(t, "no upload is left", func() bool { _, uploads := layerKeys(); return len(uploads) == 0 })
 }
@@ -344,16 +322,16 @@ func TestLyingPeer(t *testing.T) {
 	// The fill through the liar fails before its last byte goes out: the client gets a 502, a cut
 	// response, or (Go's transport retries a GET whose reused connection closed before any
 	// response) the upstream's bytes; never a whole response of the liar's bytes.
-	status, got, n, err := fetchBlob(http.DefaultClient, blobURL)
+	status, got, n, err := pullBlob(http.DefaultClient, blobURL)
 	if status == http.StatusOK && err == nil && got != layer.Digest {
 		t.Fatalf("pull through a lying owner: a whole response of %d bytes %s, want %s", n, got, layer.Digest)
 	}
-	status, got, n, err = fetchBlob(http.DefaultClient, blobURL)
+	status, got, n, err = pullBlob(http.DefaultClient, blobURL)
 	if status != http.StatusOK || got != layer.Digest || n != layer.Size || err != nil {
 		t.Fatalf("retry: %d, %d bytes %s (%v); want the upstream's %s", status, n, got, err, layer.Digest)
 	}
 	waitUntil(t, "the layer is committed", func() bool { return committed() == 1 })
-	if status, got, _, err := fetchBlob(http.DefaultClient, blobURL); status != http.StatusOK || got != layer.Digest || err != nil {
+	if status, got, _, err := pullBlob(http.DefaultClient, blobURL); status != http.StatusOK || got != layer.Digest || err != nil {
 		t.Fatalf("the cached layer: %d, %s (%v)", status, got, err)
 	}
 	if m := pb.metrics(t); !strings.Contains(m, "pullbroker_peer_verification_failures_total 1\n") {

@@ -245,18 +245,7 @@ func TestKillMidFillOnS3(t *testing.T) {
 	b := f.startPullbroker(pbConfig{S3: srv})
 	linkManifest(t, a)
 	blobPath := "/v2/" + upstreamName + "/" + appRepo + "/blobs/" + layer.Digest
-	layerKeys := func() (blob, uploads []string) {
-		hex := strings.TrimPrefix(layer.Digest, "sha256:")
-		for _, k := range srv.Keys(t) {
-			switch {
-			case strings.HasPrefix(k, "blobs/") && strings.Contains(k, hex):
-				blob = append(blob, k)
-			case strings.HasPrefix(k, "uploads/"):
-				uploads = append(uploads, k)
-			}
-		}
-		return blob, uploads
-	}
+	layerKeys := func() (blob, uploads []string) { return blobAndUploadKeys(t, srv, layer.Digest) }
 
 	resp, err := http.Get(a.url(blobPath))
 	if err != nil {
@@ -277,7 +266,7 @@ func TestKillMidFillOnS3(t *testing.T) {
 	}
 
 	linkManifest(t, b)
-	status, digest, n, err := pullBlob(t, http.DefaultClient, b.url(blobPath))
+	status, digest, n, err := pullBlob(http.DefaultClient, b.url(blobPath))
 	if status != http.StatusOK || digest != layer.Digest || n != layer.Size || err != nil {
 		t.Fatalf("B after A's crash: %d, %d bytes %s (%v); want 200, %d bytes %s", status, n, digest, err, layer.Size, layer.Digest)
 	}
@@ -286,4 +275,19 @@ func TestKillMidFillOnS3(t *testing.T) {
 	if _, uploads := layerKeys(); len(uploads) != 0 {
 		t.Errorf("B's commit left uploads %v", uploads)
 	}
+}
+
+// blobAndUploadKeys lists the bucket's objects of the blob digest and those under uploads/.
+func blobAndUploadKeys(t *testing.T, srv *testenv.S3Server, digest string) (blob, uploads []string) {
+	t.Helper()
+	hex := strings.TrimPrefix(digest, "sha256:")
+	for _, k := range srv.Keys(t) {
+		switch {
+		case strings.HasPrefix(k, "blobs/") && strings.Contains(k, hex):
+			blob = append(blob, k)
+		case strings.HasPrefix(k, "uploads/"):
+			uploads = append(uploads, k)
+		}
+	}
+	return blob, uploads
 }
