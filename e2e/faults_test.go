@@ -655,7 +655,8 @@ func manifestAnswer(t *testing.T, client *http.Client, method, url string) (int,
 	return resp.StatusCode, body
 }
 
-// storedFiles lists the files pullbroker's cache holds (uploads/ aside), relative to its root.
+// storedFiles lists the files pullbroker's cache holds (uploads/ and cluster/ aside), relative
+// to its root.
 func storedFiles(t *testing.T, storageDir string) []string {
 	t.Helper()
 	var out []string
@@ -664,7 +665,8 @@ func storedFiles(t *testing.T, storageDir string) []string {
 			return err
 		}
 		rel, _ := filepath.Rel(storageDir, p)
-		if d.IsDir() && rel == "uploads" {
+		// uploads/ holds objects being written; cluster/ the replicas' lease and journals.
+		if d.IsDir() && (rel == "uploads" || rel == "cluster") {
 			return filepath.SkipDir
 		}
 		if !d.IsDir() {

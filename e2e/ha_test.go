@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -162,11 +163,12 @@ func TestRollingRestartWhileClientsPull(t *testing.T) {
 			defer wg.Done()
 			for i := c; ctx.Err() == nil; i++ {
 				tag := fmt.Sprintf("v%d", i%len(digests))
-				p := service.pick(i)
+				p, done := service.pick(i)
 				if err := pullImage(client, p, repo, tag, digests[tag]); err != nil {
 					failures.Add(1)
 					t.Errorf("client %d: pull %s:%s through %s: %v", c, repo, tag, p.Addr, err)
 				}
+				done()
 				pulls.Add(1)
 			}
 		}()
@@ -174,10 +176,11 @@ func TestRollingRestartWhileClientsPull(t *testing.T) {
 	for range 3 {
 		old := service.oldest()
 		service.add(f.startPullbroker(cfg))
-		service.remove(old)
 		// A terminating Pod leaves the Service's endpoints before its SIGTERM lands (the chart's
-		// preStop hook waits for that); requests it already has are drained.
-		time.Sleep(time.Second)
+		// preStop pause), so it gets no new pulls; a node's pull already under way goes on over
+		// its open connection, and what is in flight at the SIGTERM is drained.
+		service.remove(old)
+		service.waitIdle(t, old)
 		if err := old.Terminate(45 * time.Second); err != nil {
 			t.Errorf("replica %s did not drain and exit cleanly: %v", old.Addr, err)
 		}
@@ -192,10 +195,12 @@ func TestRollingRestartWhileClientsPull(t *testing.T) {
 	onlyLeader(t, service.all())
 }
 
-// endpoints is the test's Service: the replicas clients may pick.
+// endpoints is the test's Service: the replicas clients may pick, and the pulls each has under
+// way.
 type endpoints struct {
 	mu       sync.Mutex
 	replicas []*pullbroker
+	pulling  map[*pullbroker]int
 }
 
 func (e *endpoints) add(p *pullbroker) {
@@ -207,12 +212,7 @@ func (e *endpoints) add(p *pullbroker) {
 func (e *endpoints) remove(p *pullbroker) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for i, r := range e.replicas {
-		if r == p {
-			e.replicas = append(e.replicas[:i:i], e.replicas[i+1:]...)
-			return
-		}
-	}
+	e.replicas = slices.DeleteFunc(e.replicas, func(r *pullbroker) bool { return r == p })
 }
 
 func (e *endpoints) oldest() *pullbroker {
@@ -221,10 +221,29 @@ func (e *endpoints) oldest() *pullbroker {
 	return e.replicas[0]
 }
 
-func (e *endpoints) pick(i int) *pullbroker {
+// pick is the replica of pull i; done says the pull ended.
+func (e *endpoints) pick(i int) (p *pullbroker, done func()) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.replicas[i%len(e.replicas)]
+	if e.pulling == nil {
+		e.pulling = map[*pullbroker]int{}
+	}
+	p = e.replicas[i%len(e.replicas)]
+	e.pulling[p]++
+	return p, func() {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		e.pulling[p]--
+	}
+}
+
+// waitIdle waits until no pull is under way through p.
+func (e *endpoints) waitIdle(t *testing.T, p *pullbroker) {
+	waitUntil(t, "the pulls under way through "+p.Addr+" end", func() bool {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return e.pulling[p] == 0
+	})
 }
 
 func (e *endpoints) all() []*pullbroker {

@@ -3,6 +3,7 @@ package testenv
 import (
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -116,8 +117,10 @@ func (s *S3Server) Keys(t testing.TB) []string {
 
 // Operations counts the S3 operations the server has answered so far, by name ("GetObject",
 // "PutObject", "ListObjectsV2", ...), from its access log: what pullbroker costs in
-// object-storage requests.
-func (s *S3Server) Operations(t testing.TB) map[string]int {
+// object-storage requests. With prefixes, only requests on a key (or a listing of a prefix)
+// under one of them count: "repos/" and "blobs/" leave out the replicas' own coordination
+// (cluster/) and uploads.
+func (s *S3Server) Operations(t testing.TB, prefixes ...string) map[string]int {
 	t.Helper()
 	log, err := os.ReadFile(s.accessLog)
 	if err != nil {
@@ -125,12 +128,38 @@ func (s *S3Server) Operations(t testing.TB) map[string]int {
 	}
 	ops := map[string]int{}
 	for _, line := range strings.Split(string(log), "\n") {
-		// Each request is one line; its 8th field is the operation, as s3_GetObject.
-		if f := strings.Fields(line); len(f) > 7 && strings.HasPrefix(f[7], "s3_") {
-			ops[strings.TrimPrefix(f[7], "s3_")]++
+		// Each request is one line; its 8th field is the operation (as s3_GetObject), its 9th
+		// the key ("-" for none) and its 10th the request URI (a listing's prefix is there).
+		f := strings.Fields(line)
+		if len(f) < 10 || !strings.HasPrefix(f[7], "s3_") {
+			continue
 		}
+		if len(prefixes) > 0 && !underAny(requestKey(f[8], f[9]), prefixes) {
+			continue
+		}
+		ops[strings.TrimPrefix(f[7], "s3_")]++
 	}
 	return ops
+}
+
+// requestKey is the key a request named, or the prefix a listing asked for.
+func requestKey(key, uri string) string {
+	if key != "-" {
+		return key
+	}
+	if u, err := url.Parse(uri); err == nil {
+		return u.Query().Get("prefix")
+	}
+	return ""
+}
+
+func underAny(key string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(key, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // httpAnswers reports whether anything answers HTTP at base (an S3 server answers an unsigned
