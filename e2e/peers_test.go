@@ -9,15 +9,19 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/pullbroker/pullbroker/internal/testenv"
 	"github.com/pullbroker/pullbroker/peers"
+	"github.com/pullbroker/pullbroker/tags"
 )
 
 // The image the peer tests pull cold through three replicas: 150 MiB, as issue 11 asks.
@@ -37,9 +41,9 @@ type peerReplicas struct {
 	token     string
 }
 
-// startPeerReplicas starts n replicas whose peer list also names others, peers that are not
-// pullbrokers.
-func (f *fixture) startPeerReplicas(t *testing.T, srv *testenv.S3Server, n int, up upstreamConfig, others ...string) *peerReplicas {
+// startPeerReplicas starts n replicas of base (its storage and upstreams; the cluster section is
+// theirs) whose peer list also names others, peers that are not pullbrokers.
+func (f *fixture) startPeerReplicas(t *testing.T, base pbConfig, n int, others ...string) *peerReplicas {
 	t.Helper()
 	c := &peerReplicas{token: randomSecret("peer-token")}
 	f.secrets.add("peer token", c.token, "")
@@ -54,8 +58,9 @@ func (f *fixture) startPeerReplicas(t *testing.T, srv *testenv.S3Server, n int, 
 		quoted = append(quoted, fmt.Sprintf("%q", o))
 	}
 	for i := range n {
-		cluster := fmt.Sprintf("  peers: [%s]\n  peerListen: %q\n  peerTokenFile: %q", strings.Join(quoted, ", "), c.peerAddrs[i], tokenFile)
-		c.replicas = append(c.replicas, f.startPullbroker(pbConfig{S3: srv, Upstreams: []upstreamConfig{up}, Cluster: cluster}))
+		cfg := base
+		cfg.Cluster = fmt.Sprintf("  peers: [%s]\n  peerListen: %q\n  peerTokenFile: %q", strings.Join(quoted, ", "), c.peerAddrs[i], tokenFile)
+		c.replicas = append(c.replicas, f.startPullbroker(cfg))
 	}
 	return c
 }
@@ -115,7 +120,7 @@ func TestReplicasFetchFromUpstreamOnce(t *testing.T) {
 		imageBytes += b.Size
 	}
 	counting := newUpstreamProxy(t, f.upstream.Addr)
-	c := f.startPeerReplicas(t, srv, 3, f.upstreamConfig(counting.endpoint()))
+	c := f.startPeerReplicas(t, pbConfig{S3: srv, Upstreams: []upstreamConfig{f.upstreamConfig(counting.endpoint())}}, 3)
 
 	client := &http.Client{Timeout: 5 * time.Minute, Transport: &http.Transport{MaxConnsPerHost: peersClients, MaxIdleConnsPerHost: peersClients}}
 	start := make(chan struct{})
@@ -231,7 +236,7 @@ func TestKillOwnerMidFill(t *testing.T) {
 	layer := parseManifest(t, f.upstreamManifest(appRepo+"@"+f.appDigest)).Layers[0]
 	faults := newFaultProxy(t, f.upstream.Addr, layer.Digest, faultHold)
 	t.Cleanup(faults.releaseHeld)
-	c := f.startPeerReplicas(t, srv, 3, f.upstreamConfig(faults.endpoint()))
+	c := f.startPeerReplicas(t, pbConfig{S3: srv, Upstreams: []upstreamConfig{f.upstreamConfig(faults.endpoint())}}, 3)
 	for _, pb := range c.replicas {
 		linkManifest(t, pb)
 	}
@@ -313,7 +318,7 @@ func TestLyingPeer(t *testing.T) {
 	}))
 	t.Cleanup(liar.Close)
 	liarAddr := strings.TrimPrefix(liar.URL, "http://")
-	c := f.startPeerReplicas(t, srv, 1, f.upstreamConfig(""), liarAddr)
+	c := f.startPeerReplicas(t, pbConfig{S3: srv, Upstreams: []upstreamConfig{f.upstreamConfig("")}}, 1, liarAddr)
 	pb := c.replicas[0]
 	members := append([]string{liarAddr}, c.peerAddrs...)
 	// The blobs of every image the fixture pushed: the liar owns none of them once in 256 runs.
@@ -370,4 +375,114 @@ func sortedValues(m map[string]string) []string {
 		out = append(out, m[k])
 	}
 	return out
+}
+
+// tagHold is a reverse proxy to the upstream that holds the upstream's answer to the first HEAD of
+// one tag's manifest until released: a resolution of the tag in flight for as long as a test
+// needs, which answers what the tag meant when it was asked.
+type tagHold struct {
+	srv     *httptest.Server
+	held    chan struct{} // closed once that HEAD arrived
+	release chan struct{}
+	once    sync.Once
+	first   atomic.Bool
+}
+
+func newTagHold(t *testing.T, target, repo, tag string) *tagHold {
+	t.Helper()
+	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: target})
+	h := &tagHold{held: make(chan struct{}), release: make(chan struct{})}
+	rp.ModifyResponse = func(resp *http.Response) error {
+		r := resp.Request
+		if r.Method == http.MethodHead && r.URL.Path == "/v2/"+repo+"/manifests/"+tag && h.first.CompareAndSwap(false, true) {
+			close(h.held)
+			<-h.release
+		}
+		return nil
+	}
+	h.srv = httptest.NewServer(rp)
+	t.Cleanup(func() { h.releaseHeld(); h.srv.Close() })
+	return h
+}
+
+func (h *tagHold) addr() string { return strings.TrimPrefix(h.srv.URL, "http://") }
+
+func (h *tagHold) releaseHeld() { h.once.Do(func() { close(h.release) }) }
+
+// TestStickyTagDecidedOnce (issue 11): a tag under a sticky pin rule, three replicas. Replica A,
+// the tag's owner, resolves it first; while its question to the upstream is in flight, the tag
+// moves upstream, and replicas B and C are asked for it. All three answer the digest A resolved,
+// then and later, and the upstream was asked what the tag means once.
+func TestStickyTagDecidedOnce(t *testing.T) {
+	const repo, tag = "peers/sticky", "stable"
+	f := newFixture(t)
+	srv := testenv.StartS3(t)
+	f.secrets.add("s3 secret key", srv.SecretKey, srv.AccessKey)
+	first := testenv.PushTestImage(t, f.upstream.Addr, repo, tag, 1, 64<<10, &f.auth)
+	hold := newTagHold(t, f.upstream.Addr, repo, tag)
+	counting := newUpstreamProxy(t, hold.addr())
+	pins := fmt.Sprintf("  - registry: %q\n    repository: %q\n    tag: %q\n    policy: sticky", upstreamName, repo, tag)
+	c := f.startPeerReplicas(t, pbConfig{S3: srv, Upstreams: []upstreamConfig{f.upstreamConfig(counting.endpoint())}, Pins: pins}, 3)
+	a := c.owner(tags.Image{Registry: upstreamName, Repository: repo, Tag: tag}.String())
+	others := []int{(a + 1) % 3, (a + 2) % 3}
+
+	client := &http.Client{Timeout: time.Minute}
+	ask := func(i int) <-chan string {
+		answer := make(chan string, 1)
+		go func() {
+			req, _ := http.NewRequest(http.MethodGet, c.replicas[i].url("/v2/"+upstreamName+"/"+repo+"/manifests/"+tag), nil)
+			req.Header.Set("Accept", manifestAccept)
+			resp, err := client.Do(req)
+			if err != nil {
+				answer <- err.Error()
+				return
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			if err != nil || resp.StatusCode != http.StatusOK {
+				answer <- fmt.Sprintf("%s (%v)", resp.Status, err)
+				return
+			}
+			answer <- digestOf(body)
+		}()
+		return answer
+	}
+
+	fromA := ask(a)
+	select {
+	case <-hold.held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the owner never asked the upstream what the tag means")
+	}
+	moved := testenv.PushTestImage(t, f.upstream.Addr, repo, tag, 2, 64<<10, &f.auth)
+	if moved == first {
+		t.Fatal("the second push did not move the tag")
+	}
+	fromOthers := []<-chan string{ask(others[0]), ask(others[1])}
+	for _, i := range others {
+		waitUntil(t, fmt.Sprintf("replica %d asks the owner", i), func() bool {
+			return strings.Contains(c.replicas[i].metrics(t), `pullbroker_peer_forwards_total{kind="manifest"} 1`)
+		})
+	}
+	hold.releaseHeld()
+
+	if got := <-fromA; got != first {
+		t.Errorf("replica A (the owner) answered %s, want %s", got, first)
+	}
+	for j, ch := range fromOthers {
+		if got := <-ch; got != first {
+			t.Errorf("replica %d, asked after the tag moved, answered %s; want A's %s (moved: %s)", others[j], got, first, moved)
+		}
+	}
+	// Later requests keep the pin, on every replica.
+	for i := range c.replicas {
+		if got := <-ask(i); got != first {
+			t.Errorf("replica %d, asked again, answered %s; want the pinned %s", i, got, first)
+		}
+	}
+	counts := counting.repoCounts(repo)
+	t.Logf("upstream requests for %s: %v", repo, counts)
+	if counts["HEAD manifest"]+counts["GET manifest"] != 2 || counts["HEAD manifest"] != 1 {
+		t.Errorf("the upstream was asked %v; want the tag resolved once (one HEAD, and one GET of its manifest)", counts)
+	}
 }
