@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -484,5 +485,142 @@ func TestStickyTagDecidedOnce(t *testing.T) {
 	t.Logf("upstream requests for %s: %v", repo, counts)
 	if counts["HEAD manifest"]+counts["GET manifest"] != 2 || counts["HEAD manifest"] != 1 {
 		t.Errorf("the upstream was asked %v; want the tag resolved once (one HEAD, and one GET of its manifest)", counts)
+	}
+}
+
+// hangingPeer is a peer listener that accepts connections and never answers, as a replica that is
+// frozen or stuck does.
+type hangingPeer struct {
+	ln       net.Listener
+	mu       sync.Mutex
+	conns    []net.Conn
+	accepted atomic.Int64
+}
+
+func newHangingPeer(t *testing.T) *hangingPeer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &hangingPeer{ln: ln}
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			h.accepted.Add(1)
+			h.mu.Lock()
+			h.conns = append(h.conns, conn)
+			h.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		for _, c := range h.conns {
+			c.Close()
+		}
+	})
+	return h
+}
+
+func (h *hangingPeer) addr() string { return h.ln.Addr().String() }
+
+// TestHangingPeer (issue 11): two replicas and a third peer that accepts connections and never
+// answers. A client pulling an image through one replica gets every blob with the right digest,
+// those the hanging peer owns with their first byte within the first-byte bound (the replica then
+// fetches them from the upstream itself, and counts it); every blob is fetched from the upstream
+// once and committed once, and no upload is left. The other replica then serves the same image
+// with no further upstream blob request.
+func TestHangingPeer(t *testing.T) {
+	const repo = "peers/hang"
+	f := newFixture(t)
+	srv := testenv.StartS3(t)
+	f.secrets.add("s3 secret key", srv.SecretKey, srv.AccessKey)
+	hanging := newHangingPeer(t)
+	counting := newUpstreamProxy(t, f.upstream.Addr)
+	c := f.startPeerReplicas(t, pbConfig{S3: srv, Upstreams: []upstreamConfig{f.upstreamConfig(counting.endpoint())}}, 2, hanging.addr())
+	members := append([]string{hanging.addr()}, c.peerAddrs...)
+
+	// A tag the hanging peer does not own: this test is about blobs.
+	tag := ""
+	for i := 0; tag == ""; i++ {
+		if candidate := fmt.Sprintf("v%d", i); ownerOf(tags.Image{Registry: upstreamName, Repository: repo, Tag: candidate}.String(), members) != hanging.addr() {
+			tag = candidate
+		}
+	}
+	imageDigest := testenv.PushTestImage(t, f.upstream.Addr, repo, tag, 6, 256<<10, &f.auth)
+	blobs := parseManifest(t, f.upstreamManifest(repo+"@"+imageDigest)).blobs()
+	hung := map[string]bool{}
+	for _, b := range blobs {
+		if ownerOf(b.Digest, members) == hanging.addr() {
+			hung[b.Digest] = true
+		}
+	}
+	if len(hung) == 0 {
+		t.Skip("the hanging peer owns none of the image's blobs")
+	}
+
+	pull := func(pb *pullbroker) {
+		t.Helper()
+		resp, body := get(t, http.DefaultClient, pb.url("/v2/"+upstreamName+"/"+repo+"/manifests/"+tag))
+		if resp.StatusCode != http.StatusOK || digestOf(body) != imageDigest {
+			t.Fatalf("manifest through %s: %s, %s; want %s", pb.Addr, resp.Status, digestOf(body), imageDigest)
+		}
+		for _, b := range blobs {
+			start := time.Now()
+			resp, err := http.Get(pb.url("/v2/" + upstreamName + "/" + repo + "/blobs/" + b.Digest))
+			if err != nil {
+				t.Fatalf("blob %s: %v", b.Digest, err)
+			}
+			h := sha256.New()
+			var first [1]byte
+			_, err = io.ReadFull(resp.Body, first[:])
+			ttfb := time.Since(start)
+			h.Write(first[:])
+			n, rerr := io.Copy(h, resp.Body)
+			resp.Body.Close()
+			if got := fmt.Sprintf("sha256:%x", h.Sum(nil)); resp.StatusCode != http.StatusOK || err != nil || rerr != nil || got != b.Digest || n+1 != b.Size {
+				t.Fatalf("blob %s through %s: %s, %d bytes %s (%v, %v)", b.Digest, pb.Addr, resp.Status, n+1, got, err, rerr)
+			}
+			t.Logf("blob %s (owner %s) through %s: first byte after %v", b.Digest[:19], ownerOf(b.Digest, members), pb.Addr, ttfb.Round(time.Millisecond))
+			// The replica waits the bound for the hanging owner, then the upstream answers at once.
+			if bound := 2 * peers.DefaultByteTimeout; hung[b.Digest] && ttfb > bound {
+				t.Errorf("blob %s, owned by the hanging peer: first byte after %v, want it within %v", b.Digest, ttfb, bound)
+			}
+		}
+	}
+	pull(c.replicas[0])
+
+	committed := func(dgst string) int {
+		n := 0
+		for _, k := range srv.Keys(t) {
+			if strings.HasPrefix(k, "blobs/") && strings.Contains(k, strings.TrimPrefix(dgst, "sha256:")) {
+				n++
+			}
+		}
+		return n
+	}
+	for _, b := range blobs {
+		waitUntil(t, "blob "+b.Digest+" is committed once", func() bool { return committed(b.Digest) == 1 })
+	}
+	pull(c.replicas[1])
+	if counts := counting.repoCounts(repo); counts["GET blob"] != len(blobs) {
+		t.Errorf("upstream blob GETs: %d, want one per blob (%d): %v", counts["GET blob"], len(blobs), counts)
+	}
+	for _, k := range srv.Keys(t) {
+		if strings.HasPrefix(k, "uploads/") {
+			t.Errorf("an upload is left: %s", k)
+		}
+	}
+	if hanging.accepted.Load() == 0 {
+		t.Error("the hanging peer was never asked")
+	}
+	want := fmt.Sprintf(`pullbroker_peer_owner_unreachable_total{kind="blob"} %d`, len(hung))
+	if m := c.replicas[0].metrics(t); !strings.Contains(m, want+"\n") {
+		t.Errorf("replica 0 does not count %d fallbacks (%s)", len(hung), want)
 	}
 }
