@@ -99,7 +99,8 @@ func (e *env) peers(ctx context.Context, r *results, sz sizes) error {
 	if err != nil {
 		return err
 	}
-	for _, pb := range append([]*pbInstance{single}, replicas...) {
+	all := append([]*pbInstance{single}, replicas...)
+	for _, pb := range all {
 		if err := pb.waitReady(ctx); err != nil {
 			return err
 		}
@@ -147,12 +148,16 @@ func (e *env) peers(ctx context.Context, r *results, sz sizes) error {
 			}
 			upstream := st.ManifestBodyBytes + st.BlobBodyBytes
 			rows[p.name] = coldRow{server: p.name, wall: wall, upstreamBytes: upstream, blobRequests: st.BlobReqs, ratio: float64(upstream) / float64(img.total)}
+			if err := fillsDone(ctx, all); err != nil {
+				return err
+			}
 		}
 		res.rounds = append(res.rounds, rows)
 	}
 
 	// Time to first byte of cold blobs through their owner and through
-	// another replica, alternately, one blob after the other.
+	// another replica, alternately, one blob after the other, each once
+	// the fills of the one before were committed.
 	var layers []*fileLayer
 	for i := range 2 * sz.ttfbLayers {
 		l, err := randomFile(filepath.Join(e.dirs["data"], fmt.Sprintf("peers-ttfb-%d", i)), sz.ttfbLayer, uint64(200+i))
@@ -184,6 +189,9 @@ func (e *env) peers(ctx context.Context, r *results, sz sizes) error {
 		if i%2 == 1 {
 			through = (owner + 1) % len(members)
 		}
+		if err := fillsDone(ctx, replicas); err != nil {
+			return err
+		}
 		d, err := timeToFirstByte(ctx, c, blobURL(replicaURLs[through], img.repo, l.digest.String()), l.size)
 		if err != nil {
 			return fmt.Errorf("(9) cold TTFB: %w", err)
@@ -207,4 +215,35 @@ func (p *peersResult) wallRatios() []float64 {
 		}
 	}
 	return out
+}
+
+// fillsGauge counts a pullbroker's fills that have not ended: fetched,
+// verified and committed to storage.
+const fillsGauge = "pullbroker_fills_in_flight"
+
+// fillsDone waits until no fill of any of pbs is still running (a fill
+// commits to the bucket after its clients got their last byte), so that
+// the next phase does not share the machine with the last one's commits.
+func fillsDone(ctx context.Context, pbs []*pbInstance) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for _, pb := range pbs {
+		for {
+			n, err := gaugeValue(ctx, pb.adminURL, fillsGauge)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s still has %.0f fills running 2 minutes after its clients were done", pb.url, n)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	return nil
 }
