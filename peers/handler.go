@@ -77,20 +77,14 @@ func (s *server) blob(w http.ResponseWriter, r *http.Request) {
 		size = -1
 	}
 	registry, repo := r.URL.Query().Get("registry"), r.URL.Query().Get("repository")
-	if blob, err := s.local.Store.OpenBlob(ctx, dgst, size); err == nil {
-		defer blob.Content.Close()
-		w.Header().Set("Content-Type", "application/octet-stream")
-		http.ServeContent(w, r, "", blob.ModTime, blob.Content)
-		return
-	} else if !errors.Is(err, cache.ErrNotFound) {
-		s.fail(w, http.StatusInternalServerError, "cache", dgst, err)
-		return
-	}
+	// The peer asks because the blob was not in storage a moment ago: a
+	// fill is looked for first, and Fill looks at storage itself, so a
+	// cold blob costs one storage round trip here before its fetch starts.
 	fill := s.local.Store.RunningFill(dgst)
 	if fill == nil {
 		client := s.local.Upstreams[registry]
 		if client == nil || client.Offline() {
-			s.fail(w, http.StatusServiceUnavailable, "upstream", dgst, errors.New("no upstream to fetch it from"))
+			s.serveCached(w, r, dgst, size)
 			return
 		}
 		var cached bool
@@ -102,7 +96,7 @@ func (s *server) blob(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, http.StatusServiceUnavailable, "fill", dgst, err)
 			return
 		case cached:
-			s.blob(w, r)
+			s.serveCached(w, r, dgst, size)
 			return
 		}
 	}
@@ -128,6 +122,23 @@ func (s *server) blob(w http.ResponseWriter, r *http.Request) {
 		s.c.log.Warn("aborting a blob sent to a peer", "digest", dgst, "sent", n, "error", err)
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// serveCached serves a committed blob, or refuses when storage does not
+// hold it: there is no upstream to fetch it from.
+func (s *server) serveCached(w http.ResponseWriter, r *http.Request, dgst digest.Digest, size int64) {
+	blob, err := s.local.Store.OpenBlob(r.Context(), dgst, size)
+	switch {
+	case errors.Is(err, cache.ErrNotFound):
+		s.fail(w, http.StatusServiceUnavailable, "upstream", dgst, errors.New("not cached, and no upstream to fetch it from"))
+		return
+	case err != nil:
+		s.fail(w, http.StatusInternalServerError, "cache", dgst, err)
+		return
+	}
+	defer blob.Content.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	http.ServeContent(w, r, "", blob.ModTime, blob.Content)
 }
 
 func (s *server) fail(w http.ResponseWriter, status int, stage string, dgst digest.Digest, err error) {

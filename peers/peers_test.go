@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -544,4 +545,65 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// blobLookups is a storage driver that counts the lookups (Stat, Reader)
+// of committed blobs.
+type blobLookups struct {
+	storagedriver.StorageDriver
+	n atomic.Int64
+}
+
+func (d *blobLookups) count(path string) {
+	if strings.HasPrefix(path, "/blobs/") {
+		d.n.Add(1)
+	}
+}
+
+func (d *blobLookups) Stat(ctx context.Context, path string) (storagedriver.FileInfo, error) {
+	d.count(path)
+	return d.StorageDriver.Stat(ctx, path)
+}
+
+func (d *blobLookups) Reader(ctx context.Context, path string, offset int64) (io.ReadCloser, error) {
+	d.count(path)
+	return d.StorageDriver.Reader(ctx, path, offset)
+}
+
+// TestOwnerLooksAtStorageOnceForAPeer: the owner of a blob that another
+// replica asks for starts its fetch after one look at storage (the one
+// that keeps a committed blob from being fetched again): the peer looked
+// already, and each look is a round trip on object storage.
+func TestOwnerLooksAtStorageOnceForAPeer(t *testing.T) {
+	up := fakeregistry.New(t)
+	img, layers := pushImage(t, up, 1)
+	layer := layers[0]
+	lns := newListeners(t, 2)
+	members := []string{lns[0].Addr().String(), lns[1].Addr().String()}
+	set := NewSet(nil)
+	set.Update(members)
+	owner := 0
+	if set.Owner(layer.Digest.String()) == members[1] {
+		owner = 1
+	}
+	shared := inmemory.New()
+	lookups := &blobLookups{StorageDriver: shared}
+	var atFetch atomic.Int64
+	atFetch.Store(-1)
+	up.SetOverride(func(_ http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+layer.Digest.String()) {
+			atFetch.CompareAndSwap(-1, lookups.n.Load())
+		}
+		return false
+	})
+	startReplica(t, lns[owner], members, lookups, up)
+	asking := startReplica(t, lns[1-owner], members, shared, up)
+
+	got, err := asking.fill(t, layer)
+	if err != nil || !bytes.Equal(got, layerBytes(t, img, layer)) {
+		t.Fatalf("fill through the owner: %d bytes, %v", len(got), err)
+	}
+	if n := atFetch.Load(); n != 1 {
+		t.Errorf("the owner looked at storage %d times before fetching the blob, want 1", n)
+	}
 }
