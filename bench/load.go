@@ -251,8 +251,8 @@ func pullImage(ctx context.Context, c *http.Client, base string, img *benchImage
 
 // coldPull has clients clients pull the image at once, client i through
 // bases[i % len(bases)], and returns the wall time until the last
-// finished. The first client of each base checks digests.
-func coldPull(ctx context.Context, bases []string, img *benchImage, clients int) (time.Duration, error) {
+// finished. The first verify clients check digests.
+func coldPull(ctx context.Context, bases []string, img *benchImage, clients, verify int) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	c := newClient(clients * 4)
@@ -260,7 +260,7 @@ func coldPull(ctx context.Context, bases []string, img *benchImage, clients int)
 	errs := make(chan error, clients)
 	start := time.Now()
 	for i := range clients {
-		go func() { errs <- pullImage(ctx, c, bases[i%len(bases)], img, i < len(bases)) }()
+		go func() { errs <- pullImage(ctx, c, bases[i%len(bases)], img, i < verify) }()
 	}
 	var all []error
 	for range clients {

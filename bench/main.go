@@ -157,8 +157,11 @@ type sizes struct {
 	// Measurement (8): see options.
 	scaleBlobs, scaleTags int
 	// Measurement (9): cold pulls of coldClients clients in peerRounds
-	// rounds, each of a new image of coldLayers coldLayer-byte layers.
-	peerRounds int
+	// rounds, each of a new image of coldLayers coldLayer-byte layers;
+	// then peerTTFBBlobs cold blobs of peerTTFBSize bytes through their
+	// owner and as many through another replica.
+	peerRounds, peerTTFBBlobs int
+	peerTTFBSize              int64
 }
 
 func sizesFor(o options) sizes {
@@ -182,7 +185,7 @@ func baseSizes(quick bool) sizes {
 			loadClients: 50, loadDuration: 5 * time.Second, loadMaxRequests: 200_000,
 			s3Blob: 50 << 20, s3Rounds: 1, headRounds: 1,
 			scaleBlobs: 50_000, scaleTags: 5_000,
-			peerRounds: 1,
+			peerRounds: 1, peerTTFBBlobs: 3, peerTTFBSize: 4 << 20,
 		}
 	}
 	return sizes{
@@ -192,7 +195,7 @@ func baseSizes(quick bool) sizes {
 		loadClients: 500, loadDuration: 60 * time.Second, loadMaxRequests: 5_000_000,
 		s3Blob: 50 << 20, s3Rounds: 5, headRounds: 3,
 		scaleBlobs: 1_000_000, scaleTags: 100_000,
-		peerRounds: 3,
+		peerRounds: 5, peerTTFBBlobs: 20, peerTTFBSize: 8 << 20,
 	}
 }
 
@@ -602,7 +605,7 @@ func (e *env) compare(ctx context.Context, r *results, sz sizes) error {
 			return err
 		}
 		w := watchRSS(px.p.pid())
-		wall, err := coldPull(ctx, []string{px.url}, coldImg, sz.coldClients)
+		wall, err := coldPull(ctx, []string{px.url}, coldImg, sz.coldClients, 1)
 		r.rss[px.name][phaseCold] = w.peakBytes()
 		if err != nil {
 			return fmt.Errorf("(3) %s: %w", px.name, err)

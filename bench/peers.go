@@ -63,7 +63,7 @@ func (e *env) peers(ctx context.Context, r *results, sz sizes) error {
 			return err
 		}
 	}
-	res := &peersResult{replicas: peersReplicas, clients: sz.coldClients, layers: sz.coldLayers, layerSize: sz.coldLayer, ttfbLayerSize: sz.ttfbLayer}
+	res := &peersResult{replicas: peersReplicas, clients: sz.coldClients, layers: sz.coldLayers, layerSize: sz.coldLayer, ttfbLayerSize: sz.peerTTFBSize}
 	r.peers = res
 
 	tokenFile := filepath.Join(e.o.out, "peer-token")
@@ -138,7 +138,9 @@ func (e *env) peers(ctx context.Context, r *results, sz sizes) error {
 			if err := e.resetCounts(ctx); err != nil {
 				return err
 			}
-			wall, err := coldPull(ctx, p.urls, img, sz.coldClients)
+			// The first client of each replica checks digests, and as many
+			// clients of the one replica: the harness hashes alike in both.
+			wall, err := coldPull(ctx, p.urls, img, sz.coldClients, peersReplicas)
 			if err != nil {
 				return fmt.Errorf("(9) %s: %w", p.name, err)
 			}
@@ -159,8 +161,8 @@ func (e *env) peers(ctx context.Context, r *results, sz sizes) error {
 	// another replica, alternately, one blob after the other, each once
 	// the fills of the one before were committed.
 	var layers []*fileLayer
-	for i := range 2 * sz.ttfbLayers {
-		l, err := randomFile(filepath.Join(e.dirs["data"], fmt.Sprintf("peers-ttfb-%d", i)), sz.ttfbLayer, uint64(200+i))
+	for i := range 2 * sz.peerTTFBBlobs {
+		l, err := randomFile(filepath.Join(e.dirs["data"], fmt.Sprintf("peers-ttfb-%d", i)), sz.peerTTFBSize, uint64(200+i))
 		if err != nil {
 			return err
 		}
@@ -177,7 +179,7 @@ func (e *env) peers(ctx context.Context, r *results, sz sizes) error {
 	if _, err := getManifest(ctx, c, replicaURLs[0], img.repo, img.tag); err != nil {
 		return err
 	}
-	log.Printf("(9) cold TTFB through the owner and through another replica, %d blobs each", sz.ttfbLayers)
+	log.Printf("(9) cold TTFB through the owner and through another replica, %d blobs each", sz.peerTTFBBlobs)
 	for i, l := range layers {
 		owner := 0
 		for j, m := range members {
