@@ -530,9 +530,9 @@ func newHangingPeer(t *testing.T) *hangingPeer {
 func (h *hangingPeer) addr() string { return h.ln.Addr().String() }
 
 // TestHangingPeer (issue 11): two replicas and a third peer that accepts connections and never
-// answers. A client pulling an image through one replica gets every blob with the right digest,
-// those the hanging peer owns with their first byte within the first-byte bound (the replica then
-// fetches them from the upstream itself, and counts it); every blob is fetched from the upstream
+// answers, and owns the tag pulled. The tag's manifest comes within the first-byte bound; so does
+// the first byte of every blob the hanging peer owns (the replica then fetches them from the
+// upstream itself, and counts it); every blob has the right digest, is fetched from the upstream
 // once and committed once, and no upload is left. The other replica then serves the same image
 // with no further upstream blob request.
 func TestHangingPeer(t *testing.T) {
@@ -545,10 +545,10 @@ func TestHangingPeer(t *testing.T) {
 	c := f.startPeerReplicas(t, pbConfig{S3: srv, Upstreams: []upstreamConfig{f.upstreamConfig(counting.endpoint())}}, 2, hanging.addr())
 	members := append([]string{hanging.addr()}, c.peerAddrs...)
 
-	// A tag the hanging peer does not own: this test is about blobs.
+	// A tag the hanging peer owns.
 	tag := ""
 	for i := 0; tag == ""; i++ {
-		if candidate := fmt.Sprintf("v%d", i); ownerOf(tags.Image{Registry: upstreamName, Repository: repo, Tag: candidate}.String(), members) != hanging.addr() {
+		if candidate := fmt.Sprintf("v%d", i); ownerOf(tags.Image{Registry: upstreamName, Repository: repo, Tag: candidate}.String(), members) == hanging.addr() {
 			tag = candidate
 		}
 	}
@@ -564,12 +564,20 @@ func TestHangingPeer(t *testing.T) {
 		t.Skip("the hanging peer owns none of the image's blobs")
 	}
 
-	pull := func(pb *pullbroker) {
+	getManifest := func(pb *pullbroker) {
 		t.Helper()
+		start := time.Now()
 		resp, body := get(t, http.DefaultClient, pb.url("/v2/"+upstreamName+"/"+repo+"/manifests/"+tag))
 		if resp.StatusCode != http.StatusOK || digestOf(body) != imageDigest {
 			t.Fatalf("manifest through %s: %s, %s; want %s", pb.Addr, resp.Status, digestOf(body), imageDigest)
 		}
+		t.Logf("manifest through %s: %v", pb.Addr, time.Since(start).Round(time.Millisecond))
+		if took, bound := time.Since(start), 2*peers.DefaultByteTimeout; took > bound {
+			t.Errorf("the manifest of a tag the hanging peer owns took %v, want it within %v", took, bound)
+		}
+	}
+	getBlobs := func(pb *pullbroker) {
+		t.Helper()
 		for _, b := range blobs {
 			start := time.Now()
 			resp, err := http.Get(pb.url("/v2/" + upstreamName + "/" + repo + "/blobs/" + b.Digest))
@@ -593,7 +601,11 @@ func TestHangingPeer(t *testing.T) {
 			}
 		}
 	}
-	pull(c.replicas[0])
+	// Replica 1 resolves the tag, and keeps away from the hanging peer for a while after; replica
+	// 0, which has not met it yet, is asked for the blobs (the tag's manifest links them in the
+	// shared storage).
+	getManifest(c.replicas[1])
+	getBlobs(c.replicas[0])
 
 	committed := func(dgst string) int {
 		n := 0
@@ -607,7 +619,8 @@ func TestHangingPeer(t *testing.T) {
 	for _, b := range blobs {
 		waitUntil(t, "blob "+b.Digest+" is committed once", func() bool { return committed(b.Digest) == 1 })
 	}
-	pull(c.replicas[1])
+	getManifest(c.replicas[1])
+	getBlobs(c.replicas[1])
 	if counts := counting.repoCounts(repo); counts["GET blob"] != len(blobs) {
 		t.Errorf("upstream blob GETs: %d, want one per blob (%d): %v", counts["GET blob"], len(blobs), counts)
 	}
@@ -619,8 +632,12 @@ func TestHangingPeer(t *testing.T) {
 	if hanging.accepted.Load() == 0 {
 		t.Error("the hanging peer was never asked")
 	}
-	want := fmt.Sprintf(`pullbroker_peer_owner_unreachable_total{kind="blob"} %d`, len(hung))
-	if m := c.replicas[0].metrics(t); !strings.Contains(m, want+"\n") {
-		t.Errorf("replica 0 does not count %d fallbacks (%s)", len(hung), want)
+	for i, want := range []string{
+		fmt.Sprintf(`pullbroker_peer_owner_unreachable_total{kind="blob"} %d`, len(hung)),
+		`pullbroker_peer_owner_unreachable_total{kind="manifest"} 1`,
+	} {
+		if m := c.replicas[i].metrics(t); !strings.Contains(m, want+"\n") {
+			t.Errorf("replica %d does not count its fallbacks: no %s", i, want)
+		}
 	}
 }

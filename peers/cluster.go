@@ -24,8 +24,10 @@ const (
 	// first byte, or any next one, before it fetches from the upstream
 	// itself.
 	DefaultByteTimeout = 5 * time.Second
-	// downFor is how long a peer that refused a connection is not asked
-	// at all, so that each request for a key it owns does not pay a dial.
+	// downFor is how long a peer that refused a connection, or sent no
+	// status to a manifest request within the first-byte bound (which it
+	// answers before any work), is not asked at all, so that each request
+	// for a key it owns does not pay a dial or the bound.
 	downFor = 5 * time.Second
 	// avoidFor is how long a peer that failed one key (wrong bytes, cut
 	// mid-stream) is not asked for that key again.

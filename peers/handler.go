@@ -148,7 +148,10 @@ func (s *server) fail(w http.ResponseWriter, status int, stage string, dgst dige
 
 // manifest resolves an image reference as its owner and answers the
 // digest of the manifest, which it has stored for the asking replica to
-// read.
+// read. The status goes out before the upstream is asked, so that the
+// asking replica tells a replica that is working (however long its
+// upstream takes) from one that hangs, within its first-byte bound; how
+// the resolution ended is in the body.
 func (s *server) manifest(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	img := tags.Image{Registry: q.Get("registry"), Repository: q.Get("repository"), Tag: q.Get("tag"), Digest: digest.Digest(q.Get("digest"))}
@@ -156,12 +159,14 @@ func (s *server) manifest(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "registry, repository and one of tag or digest are required", http.StatusBadRequest)
 		return
 	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_ = http.NewResponseController(w).Flush()
 	ans, err := s.local.Tags.ManifestHere(r.Context(), img, q["accept"])
 	if err != nil {
 		s.c.log.LogAttrs(r.Context(), slog.LevelWarn, "could not resolve an image for a peer", slog.String("image", img.String()), slog.Any("error", err))
-		http.Error(w, http.StatusText(http.StatusBadGateway), http.StatusBadGateway)
+		_ = json.NewEncoder(w).Encode(manifestAnswer{Failed: true})
 		return
 	}
-	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(manifestAnswer{Digest: ans.Manifest.Digest, Outcome: ans.Outcome})
 }

@@ -607,3 +607,63 @@ func TestOwnerLooksAtStorageOnceForAPeer(t *testing.T) {
 		t.Errorf("the owner looked at storage %d times before fetching the blob, want 1", n)
 	}
 }
+
+// TestHangingTagOwner: the owner of a tag accepts the connection and never
+// answers. The replica that asked resolves the tag itself once the
+// first-byte bound passed (not the upstream's bounds, which a working
+// owner may take), counts it, and asks the hanging peer nothing more for
+// a while.
+func TestHangingTagOwner(t *testing.T) {
+	up := fakeregistry.New(t)
+	img, _ := pushImage(t, up, 1)
+	want, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lns := newListeners(t, 2)
+	hanging := lns[1]
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := hanging.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	t.Cleanup(func() { hanging.Close() })
+	members := []string{lns[0].Addr().String(), hanging.Addr().String()}
+	set := NewSet(nil)
+	set.Update(members)
+	tag := ""
+	for i := 0; tag == ""; i++ {
+		if candidate := fmt.Sprintf("t%d", i); set.Owner(tags.Image{Registry: testRegistry, Repository: testRepo, Tag: candidate}.String()) == members[1] {
+			tag = candidate
+		}
+	}
+	up.Push(testRepo, tag, img)
+	r := startReplica(t, lns[0], members, inmemory.New(), up)
+
+	start := time.Now()
+	ans, err := r.resolver.Manifest(context.Background(), tags.Image{Registry: testRegistry, Repository: testRepo, Tag: tag}, nil)
+	took := time.Since(start)
+	if err != nil || ans.Manifest.Digest.String() != want.String() {
+		t.Fatalf("resolving a tag the hanging peer owns: %s, %v; want %s", ans.Manifest.Digest, err, want)
+	}
+	// The bound is a second here (startReplica); a working owner's answer may take 30 s more.
+	if took > 10*time.Second {
+		t.Errorf("resolving a tag the hanging peer owns took %v", took)
+	}
+	if n := testutil.ToFloat64(r.cluster.metrics.ownerUnreachable.WithLabelValues("manifest")); n != 1 {
+		t.Errorf("owner-unreachable fallbacks for manifests: %v, want 1", n)
+	}
+	if n := r.cluster.livePeers(); n != 1 {
+		t.Errorf("live peers after the owner hung: %d, want 1 (this replica)", n)
+	}
+}
