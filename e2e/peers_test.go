@@ -2,11 +2,18 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"hash"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -61,6 +68,9 @@ func (f *fixture) startPeerReplicas(t *testing.T, base pbConfig, n int, others .
 	for i := range n {
 		cfg := base
 		cfg.Cluster = fmt.Sprintf("  peers: [%s]\n  peerListen: %q\n  peerTokenFile: %q", strings.Join(quoted, ", "), c.peerAddrs[i], tokenFile)
+		if base.PeerTLS != "" {
+			cfg.Cluster += "\n  peerTLS: " + base.PeerTLS
+		}
 		c.replicas = append(c.replicas, f.startPullbroker(cfg))
 	}
 	return c
@@ -638,6 +648,75 @@ func TestHangingPeer(t *testing.T) {
 	} {
 		if m := c.replicas[i].metrics(t); !strings.Contains(m, want+"\n") {
 			t.Errorf("replica %d does not count its fallbacks: no %s", i, want)
+		}
+	}
+}
+
+// writePeerCert writes a self-signed certificate, its own CA, for both server and client
+// authentication and naming no host, with its key, into dir; the peer CA file is the certificate.
+func writePeerCert(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "pullbroker peers"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true,
+		KeyUsage:    x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testenv.WriteCertPair(t, dir, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}))
+}
+
+// TestPeersOverMutualTLS (issue 11): two replicas whose peer traffic is mutual TLS
+// (cluster.peerTLS). A pull through one gets every blob right, those the other owns streamed from
+// it, and the upstream sends each blob once; the peer listener does not answer plain HTTP.
+func TestPeersOverMutualTLS(t *testing.T) {
+	f := newFixture(t)
+	srv := testenv.StartS3(t)
+	f.secrets.add("s3 secret key", srv.SecretKey, srv.AccessKey)
+	counting := newUpstreamProxy(t, f.upstream.Addr)
+	certFile, keyFile := writePeerCert(t, t.TempDir())
+	c := f.startPeerReplicas(t, pbConfig{S3: srv, Upstreams: []upstreamConfig{f.upstreamConfig(counting.endpoint())},
+		PeerTLS: fmt.Sprintf("{certFile: %q, keyFile: %q, caFile: %q}", certFile, keyFile, certFile)}, 2)
+	blobs := parseManifest(t, f.upstreamManifest(appRepo+"@"+f.appDigest)).blobs()
+	forwarded := 0
+	for _, b := range blobs {
+		if c.owner(b.Digest) == 1 {
+			forwarded++
+		}
+	}
+	if forwarded == 0 {
+		t.Skip("replica 1 owns none of the image's blobs")
+	}
+	if err := pullImage(http.DefaultClient, c.replicas[0], appRepo, appTag, f.appDigest); err != nil {
+		t.Fatal(err)
+	}
+	if counts := counting.repoCounts(appRepo); counts["GET blob"] != len(blobs) {
+		t.Errorf("upstream blob GETs: %d, want one per blob (%d): %v", counts["GET blob"], len(blobs), counts)
+	}
+	if want := fmt.Sprintf(`pullbroker_peer_forwards_total{kind="blob"} %d`, forwarded); !strings.Contains(c.replicas[0].metrics(t), want+"\n") {
+		t.Errorf("replica 0 did not stream the %d blobs replica 1 owns from it: no %s", forwarded, want)
+	}
+	if m := c.replicas[0].metrics(t); strings.Contains(m, "pullbroker_peer_owner_unreachable_total{") {
+		t.Errorf("replica 0 fell back to the upstream:\n%s", m)
+	}
+	resp, err := http.Get("http://" + c.peerAddrs[1] + peers.ProtocolPrefix + "blobs/" + blobs[0].Digest)
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Error("the peer listener answered plain HTTP")
 		}
 	}
 }

@@ -61,6 +61,8 @@ type pbConfig struct {
 	Cluster string
 	// Pins is the pins section's body, as YAML indented under "pins:".
 	Pins string
+	// PeerTLS is cluster.peerTLS as a YAML flow mapping, for startPeerReplicas.
+	PeerTLS string
 }
 
 // pullbroker is a running `pullbroker serve`.

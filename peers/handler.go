@@ -58,6 +58,10 @@ type server struct {
 }
 
 func (s *server) authorized(r *http.Request) bool {
+	if s.c.serverTLS != nil && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
+		// Served without the listener's TLS: it cannot be a peer.
+		return false
+	}
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(s.c.token.Get())) == 1
 }

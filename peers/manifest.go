@@ -70,7 +70,7 @@ func (c *Cluster) askManifest(ctx context.Context, owner string, img tags.Image,
 	ctx, cancelStatus := context.WithCancelCause(ctx)
 	defer cancelStatus(nil)
 	timer := time.AfterFunc(c.byteTimeout, func() { cancelStatus(fmt.Errorf("%w (%s)", errNoFirstByte, c.byteTimeout)) })
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+owner+ProtocolPrefix+"manifests?"+q.Encode(), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.scheme+"://"+owner+ProtocolPrefix+"manifests?"+q.Encode(), nil)
 	if err != nil {
 		return manifestAnswer{}, err
 	}
