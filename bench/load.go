@@ -249,9 +249,10 @@ func pullImage(ctx context.Context, c *http.Client, base string, img *benchImage
 	return errors.Join(all...)
 }
 
-// coldPull has clients clients pull the image at once and returns the
-// wall time until the last finished. The first client checks digests.
-func coldPull(ctx context.Context, base string, img *benchImage, clients int) (time.Duration, error) {
+// coldPull has clients clients pull the image at once, client i through
+// bases[i % len(bases)], and returns the wall time until the last
+// finished. The first verify clients check digests.
+func coldPull(ctx context.Context, bases []string, img *benchImage, clients, verify int) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	c := newClient(clients * 4)
@@ -259,7 +260,7 @@ func coldPull(ctx context.Context, base string, img *benchImage, clients int) (t
 	errs := make(chan error, clients)
 	start := time.Now()
 	for i := range clients {
-		go func() { errs <- pullImage(ctx, c, base, img, i == 0) }()
+		go func() { errs <- pullImage(ctx, c, bases[i%len(bases)], img, i < verify) }()
 	}
 	var all []error
 	for range clients {
@@ -282,38 +283,47 @@ func coldTTFB(ctx context.Context, base string, img *benchImage) ([]time.Duratio
 	}
 	var out []time.Duration
 	for _, l := range m.Layers {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, blobURL(base, img.repo, l.Digest), nil)
+		ttfb, err := timeToFirstByte(ctx, c, blobURL(base, img.repo, l.Digest), l.Size)
 		if err != nil {
 			return nil, err
-		}
-		addAuth(ctx, req)
-		start := time.Now()
-		resp, err := c.Do(req)
-		if err != nil {
-			return nil, err
-		}
-		if resp.StatusCode != http.StatusOK {
-			resp.Body.Close()
-			return nil, fmt.Errorf("GET %s: %s", req.URL, resp.Status)
-		}
-		var one [1]byte
-		n, err := io.ReadFull(resp.Body, one[:])
-		ttfb := time.Since(start)
-		if err != nil {
-			resp.Body.Close()
-			return nil, err
-		}
-		rest, err := drain(resp.Body, nil)
-		resp.Body.Close()
-		if err != nil {
-			return nil, err
-		}
-		if int64(n)+rest != l.Size {
-			return nil, fmt.Errorf("GET %s: %d bytes, want %d", req.URL, int64(n)+rest, l.Size)
 		}
 		out = append(out, ttfb)
 	}
 	return out, nil
+}
+
+// timeToFirstByte GETs a blob of size bytes and returns the time from
+// sending the request to the first byte of its body; the rest is read and
+// counted.
+func timeToFirstByte(ctx context.Context, c *http.Client, url string, size int64) (time.Duration, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	addAuth(ctx, req)
+	start := time.Now()
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	var one [1]byte
+	n, err := io.ReadFull(resp.Body, one[:])
+	ttfb := time.Since(start)
+	if err != nil {
+		return 0, err
+	}
+	rest, err := drain(resp.Body, nil)
+	if err != nil {
+		return 0, err
+	}
+	if int64(n)+rest != size {
+		return 0, fmt.Errorf("GET %s: %d bytes, want %d", url, int64(n)+rest, size)
+	}
+	return ttfb, nil
 }
 
 type authKey struct{}

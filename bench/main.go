@@ -3,13 +3,14 @@
 //
 //	go run ./bench              # the numbers of record (about 4 min, plus the registry build once)
 //	go run ./bench -quick       # small sizes, one round: checks the harness itself
-//	go run ./bench -only load   # measurement (6) alone; also -only s3, -only scale
+//	go run ./bench -only load   # measurement (6) alone; also -only s3, -only scale, -only peers
 //
 // It builds pullbroker from this checkout and distribution v3.1.2's
 // registry (cached under ~/.cache/pullbroker-test/), starts an upstream
 // registry, a counting reverse proxy in front of it, and both proxies in
 // front of that, then runs the five measurements of issue 6, the load
-// test of issue 12, and the S3 and index-scale measurements of issue 10.
+// test of issue 12, the S3 and index-scale measurements of issue 10, and
+// the replicas with peers of issue 11.
 // See README.md.
 package main
 
@@ -48,12 +49,13 @@ type options struct {
 }
 
 // onlyChoices are the measurements -only runs alone.
-var onlyChoices = []string{onlyLoad, onlyS3, onlyScale}
+var onlyChoices = []string{onlyLoad, onlyS3, onlyScale, onlyPeers}
 
 const (
 	onlyLoad  = "load"  // (6) load over cached content
 	onlyS3    = "s3"    // (7) S3 storage: cached blob GETs and pinned-tag HEADs
 	onlyScale = "scale" // (8) a large index: start-up, accounting, memory, HEADs
+	onlyPeers = "peers" // (9) three replicas with peers against one: cold pulls, TTFB
 )
 
 func main() {
@@ -76,7 +78,7 @@ func main() {
 	flag.StringVar(&o.results, "results", filepath.Join(root, "bench", "RESULTS.md"), "where to write the report")
 	flag.BoolVar(&o.quick, "quick", false, "small sizes and one round, to check the harness (writes RESULTS-quick.md unless -results is given)")
 	flag.StringVar(&o.pullbrokerBin, "pullbroker", "", "use this pullbroker binary instead of building ./cmd/pullbroker")
-	flag.StringVar(&o.only, "only", "", `run one measurement alone: "load" (6), "s3" (7) or "scale" (8) (writes RESULTS-<name>.md unless -results is given)`)
+	flag.StringVar(&o.only, "only", "", `run one measurement alone: "load" (6), "s3" (7), "scale" (8) or "peers" (9) (writes RESULTS-<name>.md unless -results is given)`)
 	flag.IntVar(&o.scaleBlobs, "scale-blobs", 0, "blobs written into storage for measurement (8) (default 1000000, with -quick 50000)")
 	flag.IntVar(&o.scaleTags, "scale-tags", 0, "tag records written into storage for measurement (8) (default a tenth of -scale-blobs)")
 	flag.Parse()
@@ -154,6 +156,12 @@ type sizes struct {
 	headRounds int
 	// Measurement (8): see options.
 	scaleBlobs, scaleTags int
+	// Measurement (9): cold pulls of coldClients clients in peerRounds
+	// rounds, each of a new image of coldLayers coldLayer-byte layers;
+	// then peerTTFBBlobs cold blobs of peerTTFBSize bytes through their
+	// owner and as many through another replica.
+	peerRounds, peerTTFBBlobs int
+	peerTTFBSize              int64
 }
 
 func sizesFor(o options) sizes {
@@ -177,6 +185,7 @@ func baseSizes(quick bool) sizes {
 			loadClients: 50, loadDuration: 5 * time.Second, loadMaxRequests: 200_000,
 			s3Blob: 50 << 20, s3Rounds: 1, headRounds: 1,
 			scaleBlobs: 50_000, scaleTags: 5_000,
+			peerRounds: 1, peerTTFBBlobs: 3, peerTTFBSize: 4 << 20,
 		}
 	}
 	return sizes{
@@ -186,6 +195,7 @@ func baseSizes(quick bool) sizes {
 		loadClients: 500, loadDuration: 60 * time.Second, loadMaxRequests: 5_000_000,
 		s3Blob: 50 << 20, s3Rounds: 5, headRounds: 3,
 		scaleBlobs: 1_000_000, scaleTags: 100_000,
+		peerRounds: 5, peerTTFBBlobs: 20, peerTTFBSize: 8 << 20,
 	}
 }
 
@@ -294,6 +304,12 @@ func run(ctx context.Context, root string, o options) error {
 	// (7) S3 storage, with pullbrokers of their own.
 	if o.runs(onlyS3) {
 		if err := e.s3(ctx, r, sz); err != nil {
+			return err
+		}
+	}
+	// (9) Replicas with peers, with pullbrokers of their own on S3.
+	if o.runs(onlyPeers) {
+		if err := e.peers(ctx, r, sz); err != nil {
 			return err
 		}
 	}
@@ -589,7 +605,7 @@ func (e *env) compare(ctx context.Context, r *results, sz sizes) error {
 			return err
 		}
 		w := watchRSS(px.p.pid())
-		wall, err := coldPull(ctx, px.url, coldImg, sz.coldClients)
+		wall, err := coldPull(ctx, []string{px.url}, coldImg, sz.coldClients, 1)
 		r.rss[px.name][phaseCold] = w.peakBytes()
 		if err != nil {
 			return fmt.Errorf("(3) %s: %w", px.name, err)

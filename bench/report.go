@@ -82,6 +82,8 @@ type results struct {
 	s3 *s3Result
 	// scale is measurement (8), when it ran.
 	scale *scaleResult
+	// peers is measurement (9), when it ran.
+	peers *peersResult
 }
 
 // s3Result is measurement (7).
@@ -345,7 +347,8 @@ func (r *results) targets() []target {
 		})
 	}
 	out = append(out, r.s3Targets()...)
-	return append(out, r.scaleTargets()...)
+	out = append(out, r.scaleTargets()...)
+	return append(out, r.peersTargets()...)
 }
 
 func (r *results) write(w io.Writer) {
@@ -364,6 +367,8 @@ func (r *results) write(w io.Writer) {
 		p("pullbrokers on\nS3 storage and on the filesystem in front of it. Ratios compare numbers measured in this same run.\n\n")
 	case onlyScale:
 		p("pullbrokers over\na large synthetic cache and over a small one in front of it. Ratios compare numbers measured in\nthis same run.\n\n")
+	case onlyPeers:
+		p("three pullbrokers\nwith peers on one S3 bucket and one pullbroker on another in front of it. Ratios compare numbers\nmeasured in this same run.\n\n")
 	}
 	if r.quick {
 		p("**Quick mode (`-quick`): small sizes, one round. Not the numbers of record.**\n\n")
@@ -398,6 +403,9 @@ func (r *results) write(w io.Writer) {
 	}
 	if r.scale != nil {
 		r.writeScale(p)
+	}
+	if r.peers != nil {
+		r.writePeers(p)
 	}
 }
 
@@ -679,6 +687,79 @@ func (r *results) writeScale(p func(format string, args ...any)) {
 		p("| %s | %d | %s | %s | %s | %s | %s | %s | %.0f | %.0f | %.2f |\n", run.storage, run.objects,
 			run.ready.Round(time.Millisecond), accounted, mib(run.rssAccounted), mib(run.rssPeak), mib(rssAllowance(run.objects)),
 			mib(run.rssSmall), median(run.headLarge), median(run.headSmall), pairedRatio(run.headLarge, run.headSmall))
+	}
+	p("\n")
+}
+
+// peersTTFBSlack is how much later than through its owner the first byte
+// of a cold blob may come through another replica (issue 11).
+const peersTTFBSlack = 2 * time.Millisecond
+
+// peersTargets are issue 11's targets, measurement (9).
+func (r *results) peersTargets() []target {
+	pr := r.peers
+	if pr == nil || len(pr.rounds) == 0 {
+		return nil
+	}
+	var out []target
+	worst := 0.0
+	for _, rows := range pr.rounds {
+		worst = max(worst, rows[peersThree].ratio)
+	}
+	out = append(out, target{
+		goal:   fmt.Sprintf("peers, %d replicas, %d cold clients: upstream bytes ÷ image = 1.00", pr.replicas, pr.clients),
+		met:    worst <= 1.001,
+		detail: fmt.Sprintf("%.3f in the worst of %d round(s)", worst, len(pr.rounds)),
+	})
+	ratio := median(pr.wallRatios())
+	t := target{goal: fmt.Sprintf("peers, %d replicas, %d cold clients: wall time at most 1.3× one replica serving all", pr.replicas, pr.clients), met: ratio <= 1.3}
+	t.detail = fmt.Sprintf("%.2f×, median of per-round ratios", ratio)
+	if !t.met {
+		t.detail += fmt.Sprintf("; missed by %.2f", ratio-1.3)
+	}
+	out = append(out, t)
+	if len(pr.ttfbOwner) > 0 && len(pr.ttfbNonOwner) > 0 {
+		owner, other := medianDuration(pr.ttfbOwner), medianDuration(pr.ttfbNonOwner)
+		t := target{goal: "peers, cold blob: first byte through a non-owner at most 2 ms after the owner's (medians)", met: other-owner <= peersTTFBSlack}
+		t.detail = fmt.Sprintf("%+.1f ms (%s through another replica, %s through the owner)", float64(other-owner)/float64(time.Millisecond), ms(other), ms(owner))
+		out = append(out, t)
+	}
+	return out
+}
+
+func (r *results) writePeers(p func(format string, args ...any)) {
+	pr := r.peers
+	p("## (9) Replicas with peers\n\n")
+	p("%d pullbrokers on one versitygw bucket with a static `cluster.peers` list (each its own peer listener,\n", pr.replicas)
+	p("a shared token), against one pullbroker on a bucket of its own without peers; all with\n")
+	p("`storage.recordCacheTTL` %s, in front of the counting proxy. Each round, an image of %d layers of %s\n", peersRecordCacheTTL, pr.layers, mib(pr.layerSize))
+	p("(%d bytes with manifest and config) that neither cache holds is pulled by %d clients at once as in\n", pr.image, pr.clients)
+	p("(3): through the one replica, and spread over the %d (client i through replica i mod %d), in an\n", pr.replicas, pr.replicas)
+	p("order swapped every round. Upstream bytes are manifest and blob response body bytes.\n\n")
+	p("| round | pull | wall time | upstream bytes | upstream / image size | upstream blob requests |\n|---|---|---|---|---|---|\n")
+	for i, rows := range pr.rounds {
+		for _, name := range []string{peersSingle, peersThree} {
+			c := rows[name]
+			p("| %d | %s | %s | %d | %.3f | %d |\n", i+1, name, c.wall.Round(time.Millisecond), c.upstreamBytes, c.ratio, c.blobRequests)
+		}
+	}
+	var parts []string
+	for _, x := range pr.wallRatios() {
+		parts = append(parts, fmt.Sprintf("%.2f", x))
+	}
+	p("\nWall time of the replicas ÷ the one replica's, per round: %s.\n\n", strings.Join(parts, ", "))
+	p("**Time to first byte of a cold blob.** After the image's manifest, %d blobs of %s that no replica\n", len(pr.ttfbOwner)+len(pr.ttfbNonOwner), mib(pr.ttfbLayerSize))
+	p("holds, GET one after the other, alternately through the blob's owner (which fills it from the upstream)\n")
+	p("and through another replica (which streams it from the owner while the owner fills it).\n\n")
+	p("| through | blobs | median | min | max |\n|---|---|---|---|---|\n")
+	for _, row := range []struct {
+		name string
+		ds   []time.Duration
+	}{{"the owner", pr.ttfbOwner}, {"another replica", pr.ttfbNonOwner}} {
+		if len(row.ds) == 0 {
+			continue
+		}
+		p("| %s | %d | %s | %s | %s |\n", row.name, len(row.ds), ms(medianDuration(row.ds)), ms(slices.Min(row.ds)), ms(slices.Max(row.ds)))
 	}
 	p("\n")
 }

@@ -292,6 +292,13 @@ func waitCounted(ctx context.Context, pb *pbInstance, want int) (took time.Durat
 // objectsCounted reads the objects gauge from the admin listener's
 // /metrics.
 func objectsCounted(ctx context.Context, adminURL string) (int, error) {
+	v, err := gaugeValue(ctx, adminURL, objectsGauge)
+	return int(v), err
+}
+
+// gaugeValue reads the metric name (without labels) from /metrics of
+// the admin listener at adminURL.
+func gaugeValue(ctx context.Context, adminURL, name string) (float64, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, adminURL+"/metrics", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -301,13 +308,12 @@ func objectsCounted(ctx context.Context, adminURL string) (int, error) {
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), objectsGauge+" "); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			return int(f), err
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return 0, err
 	}
-	return 0, fmt.Errorf("%s/metrics has no %s", adminURL, objectsGauge)
+	return 0, fmt.Errorf("%s/metrics has no %s", adminURL, name)
 }

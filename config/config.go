@@ -62,7 +62,7 @@ type Cache struct {
 type Cluster struct {
 	// Name is this replica's name among the replicas: in the leader lease,
 	// its journal objects and logs. Empty: the host name (the Pod name in
-	// Kubernetes), filled in by cmd at start.
+	// Kubernetes), decided by cmd at start.
 	Name string `mapstructure:"name"`
 	// Kubeconfig is a kubeconfig path for the Kubernetes API (the Pod
 	// informer, the peer Service's EndpointSlices, the Lease of the
@@ -88,6 +88,8 @@ type Cluster struct {
 	// PeerTokenFile holds the bearer token every replica sends to and
 	// expects from its peers; re-read when it changes.
 	PeerTokenFile string `mapstructure:"peerTokenFile"`
+	// PeerTLS, when set, is mutual TLS between peers, beside the token.
+	PeerTLS PeerTLS `mapstructure:"peerTLS"`
 	// LeaderElection decides which replica runs the cluster-wide work.
 	LeaderElection LeaderElection `mapstructure:"leaderElection"`
 }
@@ -124,6 +126,21 @@ const (
 	// LeaderElectionKubernetes uses a coordination.k8s.io Lease.
 	LeaderElectionKubernetes = "kubernetes"
 )
+
+// PeerTLS is mutual TLS on peer traffic: every replica serves CertFile on
+// its peer listener and presents it to the peers it asks, and accepts only
+// peers whose certificate CAFile signed (for both server and client
+// authentication). Peers are addressed as the peer set lists them, often
+// by Pod IP, which their certificates need not name: the CA is the
+// identity. The pair is reloaded when its files change.
+type PeerTLS struct {
+	CertFile string `mapstructure:"certFile"`
+	KeyFile  string `mapstructure:"keyFile"`
+	CAFile   string `mapstructure:"caFile"`
+}
+
+// Enabled reports whether any of the files is set.
+func (t PeerTLS) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" || t.CAFile != "" }
 
 // Sync re-runs an image list, as `pullbroker sync -f` takes it, inside a
 // running proxy, moving the listed tags' pins to what the upstream has now.

@@ -150,6 +150,7 @@ func TestBadConfigNamesTheKey(t *testing.T) {
 		{`cluster: {peerListen: ":5002", peerTokenFile: t, peerService: "ns/pb", peers: ["a:5002"]}`, "cluster.peerService: set either"},
 		{`cluster: {peerListen: ":5002", peerTokenFile: t, peers: ["a:5002", "b"]}`, "cluster.peers[1]"},
 		{`cluster: {peerListen: ":5002", peerTokenFile: t, peers: ["a:5002", "a:5002"]}`, "cluster.peers[1]: \"a:5002\" is listed twice"},
+		{`cluster: {peerListen: ":5002", peerTokenFile: t, peers: ["a:5002"], peerTLS: {certFile: c, keyFile: k}}`, "cluster.peerTLS: set certFile, keyFile and caFile together"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {

@@ -618,6 +618,9 @@ func validateCluster(c Cluster, bad func(key, format string, args ...any)) {
 	if c.PeerTokenFile == "" {
 		bad("cluster.peerTokenFile", "must be set when cluster.peerListen is: peers authenticate with the token in it")
 	}
+	if t := c.PeerTLS; t.Enabled() && (t.CertFile == "" || t.KeyFile == "" || t.CAFile == "") {
+		bad("cluster.peerTLS", "set certFile, keyFile and caFile together, or none of them")
+	}
 	switch ns, name, ok := strings.Cut(c.PeerService, "/"); {
 	case c.PeerService != "" && len(c.Peers) > 0:
 		bad("cluster.peerService", "set either cluster.peers (a static list) or cluster.peerService, not both")

@@ -2,22 +2,34 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"hash"
 	"io"
+	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/pullbroker/pullbroker/internal/testenv"
 	"github.com/pullbroker/pullbroker/peers"
+	"github.com/pullbroker/pullbroker/tags"
 )
 
 // The image the peer tests pull cold through three replicas: 150 MiB, as issue 11 asks.
@@ -37,9 +49,9 @@ type peerReplicas struct {
 	token     string
 }
 
-// startPeerReplicas starts n replicas whose peer list also names others, peers that are not
-// pullbrokers.
-func (f *fixture) startPeerReplicas(t *testing.T, srv *testenv.S3Server, n int, up upstreamConfig, others ...string) *peerReplicas {
+// startPeerReplicas starts n replicas of base (its storage and upstreams; the cluster section is
+// theirs) whose peer list also names others, peers that are not pullbrokers.
+func (f *fixture) startPeerReplicas(t *testing.T, base pbConfig, n int, others ...string) *peerReplicas {
 	t.Helper()
 	c := &peerReplicas{token: randomSecret("peer-token")}
 	f.secrets.add("peer token", c.token, "")
@@ -54,8 +66,12 @@ func (f *fixture) startPeerReplicas(t *testing.T, srv *testenv.S3Server, n int, 
 		quoted = append(quoted, fmt.Sprintf("%q", o))
 	}
 	for i := range n {
-		cluster := fmt.Sprintf("  peers: [%s]\n  peerListen: %q\n  peerTokenFile: %q", strings.Join(quoted, ", "), c.peerAddrs[i], tokenFile)
-		c.replicas = append(c.replicas, f.startPullbroker(pbConfig{S3: srv, Upstreams: []upstreamConfig{up}, Cluster: cluster}))
+		cfg := base
+		cfg.Cluster = fmt.Sprintf("  peers: [%s]\n  peerListen: %q\n  peerTokenFile: %q", strings.Join(quoted, ", "), c.peerAddrs[i], tokenFile)
+		if base.PeerTLS != "" {
+			cfg.Cluster += "\n  peerTLS: " + base.PeerTLS
+		}
+		c.replicas = append(c.replicas, f.startPullbroker(cfg))
 	}
 	return c
 }
@@ -115,7 +131,7 @@ func TestReplicasFetchFromUpstreamOnce(t *testing.T) {
 		imageBytes += b.Size
 	}
 	counting := newUpstreamProxy(t, f.upstream.Addr)
-	c := f.startPeerReplicas(t, srv, 3, f.upstreamConfig(counting.endpoint()))
+	c := f.startPeerReplicas(t, pbConfig{S3: srv, Upstreams: []upstreamConfig{f.upstreamConfig(counting.endpoint())}}, 3)
 
 	client := &http.Client{Timeout: 5 * time.Minute, Transport: &http.Transport{MaxConnsPerHost: peersClients, MaxIdleConnsPerHost: peersClients}}
 	start := make(chan struct{})
@@ -220,7 +236,7 @@ func TestKillOwnerMidFill(t *testing.T) {
 	layer := parseManifest(t, f.upstreamManifest(appRepo+"@"+f.appDigest)).Layers[0]
 	faults := newFaultProxy(t, f.upstream.Addr, layer.Digest, faultHold)
 	t.Cleanup(faults.releaseHeld)
-	c := f.startPeerReplicas(t, srv, 3, f.upstreamConfig(faults.endpoint()))
+	c := f.startPeerReplicas(t, pbConfig{S3: srv, Upstreams: []upstreamConfig{f.upstreamConfig(faults.endpoint())}}, 3)
 	for _, pb := range c.replicas {
 		linkManifest(t, pb)
 	}
@@ -291,7 +307,7 @@ func TestLyingPeer(t *testing.T) {
 	}))
 	t.Cleanup(liar.Close)
 	liarAddr := strings.TrimPrefix(liar.URL, "http://")
-	c := f.startPeerReplicas(t, srv, 1, f.upstreamConfig(""), liarAddr)
+	c := f.startPeerReplicas(t, pbConfig{S3: srv, Upstreams: []upstreamConfig{f.upstreamConfig("")}}, 1, liarAddr)
 	pb := c.replicas[0]
 	members := append([]string{liarAddr}, c.peerAddrs...)
 	// The blobs of every image the fixture pushed: the liar owns none of them once in 256 runs.
@@ -348,4 +364,342 @@ func sortedValues(m map[string]string) []string {
 		out = append(out, m[k])
 	}
 	return out
+}
+
+// tagHold is a reverse proxy to the upstream that holds the upstream's answer to the first HEAD of
+// one tag's manifest until released: a resolution of the tag in flight for as long as a test
+// needs, which answers what the tag meant when it was asked.
+type tagHold struct {
+	srv     *httptest.Server
+	held    chan struct{} // closed once that HEAD arrived
+	release chan struct{}
+	once    sync.Once
+	first   atomic.Bool
+}
+
+func newTagHold(t *testing.T, target, repo, tag string) *tagHold {
+	t.Helper()
+	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: target})
+	h := &tagHold{held: make(chan struct{}), release: make(chan struct{})}
+	rp.ModifyResponse = func(resp *http.Response) error {
+		r := resp.Request
+		if r.Method == http.MethodHead && r.URL.Path == "/v2/"+repo+"/manifests/"+tag && h.first.CompareAndSwap(false, true) {
+			close(h.held)
+			<-h.release
+		}
+		return nil
+	}
+	h.srv = httptest.NewServer(rp)
+	t.Cleanup(func() { h.releaseHeld(); h.srv.Close() })
+	return h
+}
+
+func (h *tagHold) addr() string { return strings.TrimPrefix(h.srv.URL, "http://") }
+
+func (h *tagHold) releaseHeld() { h.once.Do(func() { close(h.release) }) }
+
+// TestStickyTagDecidedOnce (issue 11): a tag under a sticky pin rule, three replicas. Replica A,
+// the tag's owner, resolves it first; while its question to the upstream is in flight, the tag
+// moves upstream, and replicas B and C are asked for it. All three answer the digest A resolved,
+// then and later, and the upstream was asked what the tag means once.
+func TestStickyTagDecidedOnce(t *testing.T) {
+	const repo, tag = "peers/sticky", "stable"
+	f := newFixture(t)
+	srv := testenv.StartS3(t)
+	f.secrets.add("s3 secret key", srv.SecretKey, srv.AccessKey)
+	first := testenv.PushTestImage(t, f.upstream.Addr, repo, tag, 1, 64<<10, &f.auth)
+	hold := newTagHold(t, f.upstream.Addr, repo, tag)
+	counting := newUpstreamProxy(t, hold.addr())
+	pins := fmt.Sprintf("  - registry: %q\n    repository: %q\n    tag: %q\n    policy: sticky", upstreamName, repo, tag)
+	c := f.startPeerReplicas(t, pbConfig{S3: srv, Upstreams: []upstreamConfig{f.upstreamConfig(counting.endpoint())}, Pins: pins}, 3)
+	a := c.owner(tags.Image{Registry: upstreamName, Repository: repo, Tag: tag}.String())
+	others := []int{(a + 1) % 3, (a + 2) % 3}
+
+	client := &http.Client{Timeout: time.Minute}
+	ask := func(i int) <-chan string {
+		answer := make(chan string, 1)
+		go func() {
+			req, _ := http.NewRequest(http.MethodGet, c.replicas[i].url("/v2/"+upstreamName+"/"+repo+"/manifests/"+tag), nil)
+			req.Header.Set("Accept", manifestAccept)
+			resp, err := client.Do(req)
+			if err != nil {
+				answer <- err.Error()
+				return
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			if err != nil || resp.StatusCode != http.StatusOK {
+				answer <- fmt.Sprintf("%s (%v)", resp.Status, err)
+				return
+			}
+			answer <- digestOf(body)
+		}()
+		return answer
+	}
+
+	fromA := ask(a)
+	select {
+	case <-hold.held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the owner never asked the upstream what the tag means")
+	}
+	moved := testenv.PushTestImage(t, f.upstream.Addr, repo, tag, 2, 64<<10, &f.auth)
+	if moved == first {
+		t.Fatal("the second push did not move the tag")
+	}
+	fromOthers := []<-chan string{ask(others[0]), ask(others[1])}
+	for _, i := range others {
+		waitUntil(t, fmt.Sprintf("replica %d asks the owner", i), func() bool {
+			return strings.Contains(c.replicas[i].metrics(t), `pullbroker_peer_forwards_total{kind="manifest"} 1`)
+		})
+	}
+	hold.releaseHeld()
+
+	if got := <-fromA; got != first {
+		t.Errorf("replica A (the owner) answered %s, want %s", got, first)
+	}
+	for j, ch := range fromOthers {
+		if got := <-ch; got != first {
+			t.Errorf("replica %d, asked after the tag moved, answered %s; want A's %s (moved: %s)", others[j], got, first, moved)
+		}
+	}
+	// Later requests keep the pin, on every replica.
+	for i := range c.replicas {
+		if got := <-ask(i); got != first {
+			t.Errorf("replica %d, asked again, answered %s; want the pinned %s", i, got, first)
+		}
+	}
+	counts := counting.repoCounts(repo)
+	t.Logf("upstream requests for %s: %v", repo, counts)
+	if counts["HEAD manifest"]+counts["GET manifest"] != 2 || counts["HEAD manifest"] != 1 {
+		t.Errorf("the upstream was asked %v; want the tag resolved once (one HEAD, and one GET of its manifest)", counts)
+	}
+}
+
+// hangingPeer is a peer listener that accepts connections and never answers, as a replica that is
+// frozen or stuck does.
+type hangingPeer struct {
+	ln       net.Listener
+	mu       sync.Mutex
+	conns    []net.Conn
+	accepted atomic.Int64
+}
+
+func newHangingPeer(t *testing.T) *hangingPeer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &hangingPeer{ln: ln}
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			h.accepted.Add(1)
+			h.mu.Lock()
+			h.conns = append(h.conns, conn)
+			h.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		for _, c := range h.conns {
+			c.Close()
+		}
+	})
+	return h
+}
+
+func (h *hangingPeer) addr() string { return h.ln.Addr().String() }
+
+// TestHangingPeer (issue 11): two replicas and a third peer that accepts connections and never
+// answers, and owns the tag pulled. The tag's manifest comes within the first-byte bound; so does
+// the first byte of every blob the hanging peer owns (the replica then fetches them from the
+// upstream itself, and counts it); every blob has the right digest, is fetched from the upstream
+// once and committed once, and no upload is left. The other replica then serves the same image
+// with no further upstream blob request.
+func TestHangingPeer(t *testing.T) {
+	const repo = "peers/hang"
+	f := newFixture(t)
+	srv := testenv.StartS3(t)
+	f.secrets.add("s3 secret key", srv.SecretKey, srv.AccessKey)
+	hanging := newHangingPeer(t)
+	counting := newUpstreamProxy(t, f.upstream.Addr)
+	c := f.startPeerReplicas(t, pbConfig{S3: srv, Upstreams: []upstreamConfig{f.upstreamConfig(counting.endpoint())}}, 2, hanging.addr())
+	members := append([]string{hanging.addr()}, c.peerAddrs...)
+
+	// A tag the hanging peer owns.
+	tag := ""
+	for i := 0; tag == ""; i++ {
+		if candidate := fmt.Sprintf("v%d", i); ownerOf(tags.Image{Registry: upstreamName, Repository: repo, Tag: candidate}.String(), members) == hanging.addr() {
+			tag = candidate
+		}
+	}
+	// An image of which the hanging peer owns some blobs: each push is of new random layers.
+	var imageDigest string
+	var blobs []descriptor
+	hung := map[string]bool{}
+	for attempt := 0; len(hung) == 0 && attempt < 5; attempt++ {
+		imageDigest = testenv.PushTestImage(t, f.upstream.Addr, repo, tag, 6, 256<<10, &f.auth)
+		blobs = parseManifest(t, f.upstreamManifest(repo+"@"+imageDigest)).blobs()
+		for _, b := range blobs {
+			if ownerOf(b.Digest, members) == hanging.addr() {
+				hung[b.Digest] = true
+			}
+		}
+	}
+	if len(hung) == 0 {
+		t.Skip("the hanging peer owns none of the blobs of five images")
+	}
+
+	getManifest := func(pb *pullbroker) {
+		t.Helper()
+		start := time.Now()
+		resp, body := get(t, http.DefaultClient, pb.url("/v2/"+upstreamName+"/"+repo+"/manifests/"+tag))
+		if resp.StatusCode != http.StatusOK || digestOf(body) != imageDigest {
+			t.Fatalf("manifest through %s: %s, %s; want %s", pb.Addr, resp.Status, digestOf(body), imageDigest)
+		}
+		t.Logf("manifest through %s: %v", pb.Addr, time.Since(start).Round(time.Millisecond))
+		if took, bound := time.Since(start), 2*peers.DefaultByteTimeout; took > bound {
+			t.Errorf("the manifest of a tag the hanging peer owns took %v, want it within %v", took, bound)
+		}
+	}
+	getBlobs := func(pb *pullbroker) {
+		t.Helper()
+		for _, b := range blobs {
+			start := time.Now()
+			resp, err := http.Get(pb.url("/v2/" + upstreamName + "/" + repo + "/blobs/" + b.Digest))
+			if err != nil {
+				t.Fatalf("blob %s: %v", b.Digest, err)
+			}
+			h := sha256.New()
+			var first [1]byte
+			_, err = io.ReadFull(resp.Body, first[:])
+			ttfb := time.Since(start)
+			h.Write(first[:])
+			n, rerr := io.Copy(h, resp.Body)
+			resp.Body.Close()
+			if got := fmt.Sprintf("sha256:%x", h.Sum(nil)); resp.StatusCode != http.StatusOK || err != nil || rerr != nil || got != b.Digest || n+1 != b.Size {
+				t.Fatalf("blob %s through %s: %s, %d bytes %s (%v, %v)", b.Digest, pb.Addr, resp.Status, n+1, got, err, rerr)
+			}
+			t.Logf("blob %s (owner %s) through %s: first byte after %v", b.Digest[:19], ownerOf(b.Digest, members), pb.Addr, ttfb.Round(time.Millisecond))
+			// The replica waits the bound for the hanging owner, then the upstream answers at once.
+			if bound := 2 * peers.DefaultByteTimeout; hung[b.Digest] && ttfb > bound {
+				t.Errorf("blob %s, owned by the hanging peer: first byte after %v, want it within %v", b.Digest, ttfb, bound)
+			}
+		}
+	}
+	// Replica 1 resolves the tag, and keeps away from the hanging peer for a while after; replica
+	// 0, which has not met it yet, is asked for the blobs (the tag's manifest links them in the
+	// shared storage).
+	getManifest(c.replicas[1])
+	getBlobs(c.replicas[0])
+
+	committed := func(dgst string) int {
+		n := 0
+		for _, k := range srv.Keys(t) {
+			if strings.HasPrefix(k, "blobs/") && strings.Contains(k, strings.TrimPrefix(dgst, "sha256:")) {
+				n++
+			}
+		}
+		return n
+	}
+	for _, b := range blobs {
+		waitUntil(t, "blob "+b.Digest+" is committed once", func() bool { return committed(b.Digest) == 1 })
+	}
+	getManifest(c.replicas[1])
+	getBlobs(c.replicas[1])
+	if counts := counting.repoCounts(repo); counts["GET blob"] != len(blobs) {
+		t.Errorf("upstream blob GETs: %d, want one per blob (%d): %v", counts["GET blob"], len(blobs), counts)
+	}
+	for _, k := range srv.Keys(t) {
+		if strings.HasPrefix(k, "uploads/") {
+			t.Errorf("an upload is left: %s", k)
+		}
+	}
+	if hanging.accepted.Load() == 0 {
+		t.Error("the hanging peer was never asked")
+	}
+	for i, want := range []string{
+		fmt.Sprintf(`pullbroker_peer_owner_unreachable_total{kind="blob"} %d`, len(hung)),
+		`pullbroker_peer_owner_unreachable_total{kind="manifest"} 1`,
+	} {
+		if m := c.replicas[i].metrics(t); !strings.Contains(m, want+"\n") {
+			t.Errorf("replica %d does not count its fallbacks: no %s", i, want)
+		}
+	}
+}
+
+// writePeerCert writes a self-signed certificate, its own CA, for both server and client
+// authentication and naming no host, with its key, into dir; the peer CA file is the certificate.
+func writePeerCert(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "pullbroker peers"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true,
+		KeyUsage:    x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testenv.WriteCertPair(t, dir, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}))
+}
+
+// TestPeersOverMutualTLS (issue 11): two replicas whose peer traffic is mutual TLS
+// (cluster.peerTLS). A pull through one gets every blob right, those the other owns streamed from
+// it, and the upstream sends each blob once; the peer listener does not answer plain HTTP.
+func TestPeersOverMutualTLS(t *testing.T) {
+	f := newFixture(t)
+	srv := testenv.StartS3(t)
+	f.secrets.add("s3 secret key", srv.SecretKey, srv.AccessKey)
+	counting := newUpstreamProxy(t, f.upstream.Addr)
+	certFile, keyFile := writePeerCert(t, t.TempDir())
+	c := f.startPeerReplicas(t, pbConfig{S3: srv, Upstreams: []upstreamConfig{f.upstreamConfig(counting.endpoint())},
+		PeerTLS: fmt.Sprintf("{certFile: %q, keyFile: %q, caFile: %q}", certFile, keyFile, certFile)}, 2)
+	blobs := parseManifest(t, f.upstreamManifest(appRepo+"@"+f.appDigest)).blobs()
+	forwarded := 0
+	for _, b := range blobs {
+		if c.owner(b.Digest) == 1 {
+			forwarded++
+		}
+	}
+	if forwarded == 0 {
+		t.Skip("replica 1 owns none of the image's blobs")
+	}
+	if err := pullImage(http.DefaultClient, c.replicas[0], appRepo, appTag, f.appDigest); err != nil {
+		t.Fatal(err)
+	}
+	if counts := counting.repoCounts(appRepo); counts["GET blob"] != len(blobs) {
+		t.Errorf("upstream blob GETs: %d, want one per blob (%d): %v", counts["GET blob"], len(blobs), counts)
+	}
+	if want := fmt.Sprintf(`pullbroker_peer_forwards_total{kind="blob"} %d`, forwarded); !strings.Contains(c.replicas[0].metrics(t), want+"\n") {
+		t.Errorf("replica 0 did not stream the %d blobs replica 1 owns from it: no %s", forwarded, want)
+	}
+	if m := c.replicas[0].metrics(t); strings.Contains(m, "pullbroker_peer_owner_unreachable_total{") {
+		t.Errorf("replica 0 fell back to the upstream:\n%s", m)
+	}
+	resp, err := http.Get("http://" + c.peerAddrs[1] + peers.ProtocolPrefix + "blobs/" + blobs[0].Digest)
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Error("the peer listener answered plain HTTP")
+		}
+	}
 }

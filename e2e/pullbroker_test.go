@@ -63,6 +63,10 @@ type pbConfig struct {
 	EvictMinIdle time.Duration
 	// Cluster is the cluster section's body, as YAML indented under "cluster:".
 	Cluster string
+	// Pins is the pins section's body, as YAML indented under "pins:".
+	Pins string
+	// PeerTLS is cluster.peerTLS as a YAML flow mapping, for startPeerReplicas.
+	PeerTLS string
 }
 
 // pullbroker is a running `pullbroker serve`.
@@ -149,6 +153,9 @@ func writeConfig(t *testing.T, cfg pbConfig, listen, admin string) string {
 	}
 	if cfg.Cluster != "" {
 		fmt.Fprintf(&b, "cluster:\n%s\n", cfg.Cluster)
+	}
+	if cfg.Pins != "" {
+		fmt.Fprintf(&b, "pins:\n%s\n", cfg.Pins)
 	}
 	path := filepath.Join(t.TempDir(), "pullbroker.yaml")
 	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {

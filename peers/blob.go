@@ -66,7 +66,7 @@ func (c *Cluster) openBlob(ctx context.Context, owner, registry, repository stri
 		cancel(nil)
 		return nil, 0, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+owner+ProtocolPrefix+"blobs/"+dgst.String()+"?"+q.Encode(), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.scheme+"://"+owner+ProtocolPrefix+"blobs/"+dgst.String()+"?"+q.Encode(), nil)
 	if err != nil {
 		return fail(err)
 	}

@@ -2,6 +2,7 @@ package peers
 
 import (
 	"cmp"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -24,8 +25,10 @@ const (
 	// first byte, or any next one, before it fetches from the upstream
 	// itself.
 	DefaultByteTimeout = 5 * time.Second
-	// downFor is how long a peer that refused a connection is not asked
-	// at all, so that each request for a key it owns does not pay a dial.
+	// downFor is how long a peer that refused a connection, or sent no
+	// status to a manifest request within the first-byte bound (which it
+	// answers before any work), is not asked at all, so that each request
+	// for a key it owns does not pay a dial or the bound.
 	downFor = 5 * time.Second
 	// avoidFor is how long a peer that failed one key (wrong bytes, cut
 	// mid-stream) is not asked for that key again.
@@ -43,15 +46,23 @@ type Options struct {
 	ByteTimeout time.Duration
 	Logger      *slog.Logger
 	Registerer  prometheus.Registerer
-	// Transport carries peer requests; nil is a plain HTTP transport.
+	// TLS, when set, is mutual TLS between peers (cluster.peerTLS).
+	TLS *TLSFiles
+	// Transport carries peer requests; nil is an HTTP transport, over
+	// TLS when TLS is set.
 	Transport http.RoundTripper
 }
 
 // Cluster is this replica's view of its peers: who owns what, and how to
 // ask them.
 type Cluster struct {
-	set         *Set
-	token       *filewatch.Value[string]
+	set   *Set
+	token *filewatch.Value[string]
+	// scheme is that of requests to peers: https with mutual TLS.
+	scheme string
+	// serverTLS is the peer listener's TLS configuration; nil without
+	// mutual TLS.
+	serverTLS   *tls.Config
 	client      *http.Client
 	byteTimeout time.Duration
 	log         *slog.Logger
@@ -82,10 +93,18 @@ func New(opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster.peerTokenFile: %w", err)
 	}
-	transport := opts.Transport
+	scheme, transport := "http", opts.Transport
+	var serverTLS, clientTLS *tls.Config
+	if opts.TLS != nil {
+		if serverTLS, clientTLS, err = mutualTLS(*opts.TLS, log); err != nil {
+			return nil, err
+		}
+		scheme = "https"
+	}
 	if transport == nil {
 		transport = &http.Transport{
 			Proxy:               nil,
+			TLSClientConfig:     clientTLS,
 			MaxIdleConnsPerHost: 64,
 			IdleConnTimeout:     90 * time.Second,
 		}
@@ -93,6 +112,8 @@ func New(opts Options) (*Cluster, error) {
 	c := &Cluster{
 		set:         opts.Set,
 		token:       token,
+		scheme:      scheme,
+		serverTLS:   serverTLS,
 		client:      &http.Client{Transport: transport},
 		byteTimeout: cmp.Or(opts.ByteTimeout, DefaultByteTimeout),
 		log:         log,
@@ -102,6 +123,10 @@ func New(opts Options) (*Cluster, error) {
 	c.metrics = newMetrics(opts.Registerer, c)
 	return c, nil
 }
+
+// ServerTLS is the TLS configuration of the peer listener, which wants
+// a client certificate of the peer CA; nil without cluster.peerTLS.
+func (c *Cluster) ServerTLS() *tls.Config { return c.serverTLS }
 
 // Ready reports whether the peer set is known, so that ownership means
 // the same on every replica.

@@ -58,6 +58,10 @@ type server struct {
 }
 
 func (s *server) authorized(r *http.Request) bool {
+	if s.c.serverTLS != nil && (r.TLS == nil || len(r.TLS.VerifiedChains) == 0) {
+		// Served without the listener's TLS: it cannot be a peer.
+		return false
+	}
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(s.c.token.Get())) == 1
 }
@@ -77,20 +81,14 @@ func (s *server) blob(w http.ResponseWriter, r *http.Request) {
 		size = -1
 	}
 	registry, repo := r.URL.Query().Get("registry"), r.URL.Query().Get("repository")
-	if blob, err := s.local.Store.OpenBlob(ctx, dgst, size); err == nil {
-		defer blob.Content.Close()
-		w.Header().Set("Content-Type", "application/octet-stream")
-		http.ServeContent(w, r, "", blob.ModTime, blob.Content)
-		return
-	} else if !errors.Is(err, cache.ErrNotFound) {
-		s.fail(w, http.StatusInternalServerError, "cache", dgst, err)
-		return
-	}
+	// The peer asks because the blob was not in storage a moment ago: a
+	// fill is looked for first, and Fill looks at storage itself, so a
+	// cold blob costs one storage round trip here before its fetch starts.
 	fill := s.local.Store.RunningFill(dgst)
 	if fill == nil {
 		client := s.local.Upstreams[registry]
 		if client == nil || client.Offline() {
-			s.fail(w, http.StatusServiceUnavailable, "upstream", dgst, errors.New("no upstream to fetch it from"))
+			s.serveCached(w, r, dgst, size)
 			return
 		}
 		var cached bool
@@ -102,7 +100,7 @@ func (s *server) blob(w http.ResponseWriter, r *http.Request) {
 			s.fail(w, http.StatusServiceUnavailable, "fill", dgst, err)
 			return
 		case cached:
-			s.blob(w, r)
+			s.serveCached(w, r, dgst, size)
 			return
 		}
 	}
@@ -130,6 +128,23 @@ func (s *server) blob(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// serveCached serves a committed blob, or refuses when storage does not
+// hold it: there is no upstream to fetch it from.
+func (s *server) serveCached(w http.ResponseWriter, r *http.Request, dgst digest.Digest, size int64) {
+	blob, err := s.local.Store.OpenBlob(r.Context(), dgst, size)
+	switch {
+	case errors.Is(err, cache.ErrNotFound):
+		s.fail(w, http.StatusServiceUnavailable, "upstream", dgst, errors.New("not cached, and no upstream to fetch it from"))
+		return
+	case err != nil:
+		s.fail(w, http.StatusInternalServerError, "cache", dgst, err)
+		return
+	}
+	defer blob.Content.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	http.ServeContent(w, r, "", blob.ModTime, blob.Content)
+}
+
 func (s *server) fail(w http.ResponseWriter, status int, stage string, dgst digest.Digest, err error) {
 	s.c.log.Warn("could not serve a blob to a peer", "stage", stage, "digest", dgst, "error", err)
 	http.Error(w, http.StatusText(status), status)
@@ -137,7 +152,10 @@ func (s *server) fail(w http.ResponseWriter, status int, stage string, dgst dige
 
 // manifest resolves an image reference as its owner and answers the
 // digest of the manifest, which it has stored for the asking replica to
-// read.
+// read. The status goes out before the upstream is asked, so that the
+// asking replica tells a replica that is working (however long its
+// upstream takes) from one that hangs, within its first-byte bound; how
+// the resolution ended is in the body.
 func (s *server) manifest(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	img := tags.Image{Registry: q.Get("registry"), Repository: q.Get("repository"), Tag: q.Get("tag"), Digest: digest.Digest(q.Get("digest"))}
@@ -145,12 +163,14 @@ func (s *server) manifest(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "registry, repository and one of tag or digest are required", http.StatusBadRequest)
 		return
 	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_ = http.NewResponseController(w).Flush()
 	ans, err := s.local.Tags.ManifestHere(r.Context(), img, q["accept"])
 	if err != nil {
 		s.c.log.LogAttrs(r.Context(), slog.LevelWarn, "could not resolve an image for a peer", slog.String("image", img.String()), slog.Any("error", err))
-		http.Error(w, http.StatusText(http.StatusBadGateway), http.StatusBadGateway)
+		_ = json.NewEncoder(w).Encode(manifestAnswer{Failed: true})
 		return
 	}
-	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(manifestAnswer{Digest: ans.Manifest.Digest, Outcome: ans.Outcome})
 }

@@ -3,6 +3,7 @@ package peers
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,10 +16,12 @@ import (
 )
 
 // manifestAnswer is the owner's answer to what an image reference means:
-// the manifest it stored under that digest, and how it decided.
+// the manifest it stored under that digest, and how it decided; or that
+// it could not resolve it (its log says why).
 type manifestAnswer struct {
-	Digest  digest.Digest `json:"digest"`
-	Outcome tags.Outcome  `json:"outcome"`
+	Digest  digest.Digest `json:"digest,omitempty"`
+	Outcome tags.Outcome  `json:"outcome,omitempty"`
+	Failed  bool          `json:"failed,omitempty"`
 }
 
 // maxManifestAnswer bounds the JSON of a manifestAnswer.
@@ -58,18 +61,30 @@ func (c *Cluster) askManifest(ctx context.Context, owner string, img tags.Image,
 	if img.Digest != "" {
 		q.Set("digest", img.Digest.String())
 	}
-	// The owner asks the upstream before it answers: its answer is due
-	// within the upstream's own bounds, not the first-byte bound of a blob.
-	ctx, cancel := context.WithTimeout(ctx, c.byteTimeout+30*time.Second)
+	// The owner answers its status at once, then asks the upstream: a
+	// peer that sends no status within the first-byte bound hangs, and is
+	// not asked anything for a while; the rest of the answer is due within
+	// the upstream's own bounds.
+	ctx, cancel := context.WithTimeoutCause(ctx, c.byteTimeout+30*time.Second, errors.New("the owner did not resolve the image in time"))
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+owner+ProtocolPrefix+"manifests?"+q.Encode(), nil)
+	ctx, cancelStatus := context.WithCancelCause(ctx)
+	defer cancelStatus(nil)
+	timer := time.AfterFunc(c.byteTimeout, func() { cancelStatus(fmt.Errorf("%w (%s)", errNoFirstByte, c.byteTimeout)) })
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.scheme+"://"+owner+ProtocolPrefix+"manifests?"+q.Encode(), nil)
 	if err != nil {
 		return manifestAnswer{}, err
 	}
 	c.authorize(req)
 	resp, err := c.client.Do(req)
+	if !timer.Stop() && err == nil {
+		resp.Body.Close()
+		err = context.Cause(ctx)
+	}
 	if err != nil {
-		if isDialError(err) {
+		if cause := context.Cause(ctx); errors.Is(cause, errNoFirstByte) {
+			err = cause
+		}
+		if isDialError(err) || errors.Is(err, errNoFirstByte) {
 			c.markDown(owner)
 		}
 		return manifestAnswer{}, err
@@ -80,7 +95,13 @@ func (c *Cluster) askManifest(ctx context.Context, owner string, img tags.Image,
 	}
 	var ans manifestAnswer
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxManifestAnswer)).Decode(&ans); err != nil {
+		if cause := context.Cause(ctx); cause != nil {
+			err = cause
+		}
 		return manifestAnswer{}, fmt.Errorf("peer's answer: %w", err)
+	}
+	if ans.Failed {
+		return manifestAnswer{}, errors.New("the owner could not resolve it")
 	}
 	if err := ans.Digest.Validate(); err != nil {
 		return manifestAnswer{}, fmt.Errorf("peer's answer: %w", err)

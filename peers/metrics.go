@@ -38,7 +38,7 @@ func newMetrics(reg prometheus.Registerer, c *Cluster) *metrics {
 	m.verificationFailure = metricsreg.Shared(reg, m.verificationFailure)
 	metricsreg.Shared(reg, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "pullbroker_peers_live",
-		Help: "Peers in the peer set, this replica included, that are not being avoided after a failed connection.",
+		Help: "Peers in the peer set, this replica included, that are not being avoided after a failed connection or a hang.",
 	}, func() float64 { return float64(c.livePeers()) }))
 	return m
 }

@@ -3,16 +3,26 @@ package peers
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -77,6 +87,13 @@ func tokenFile(t *testing.T) string {
 // startReplica serves a replica on ln whose peer set is members.
 func startReplica(t *testing.T, ln net.Listener, members []string, driver storagedriver.StorageDriver, up *fakeregistry.Registry, rules ...config.PinRule) *replica {
 	t.Helper()
+	return startReplicaTLS(t, ln, members, driver, up, nil, rules...)
+}
+
+// startReplicaTLS is startReplica with mutual TLS between peers when
+// files is set.
+func startReplicaTLS(t *testing.T, ln net.Listener, members []string, driver storagedriver.StorageDriver, up *fakeregistry.Registry, files *TLSFiles, rules ...config.PinRule) *replica {
+	t.Helper()
 	r := &replica{addr: ln.Addr().String(), reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
 	log := slog.New(slog.NewTextHandler(r.logs, nil))
 	var err error
@@ -93,7 +110,7 @@ func startReplica(t *testing.T, ln net.Listener, members []string, driver storag
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.cluster, err = New(Options{Set: set, TokenFile: tokenFile(t), ByteTimeout: time.Second, Logger: log, Registerer: r.reg})
+	r.cluster, err = New(Options{Set: set, TokenFile: tokenFile(t), ByteTimeout: time.Second, Logger: log, Registerer: r.reg, TLS: files})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,6 +120,9 @@ func startReplica(t *testing.T, ln net.Listener, members []string, driver storag
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: r.cluster.Handler(Local{Store: r.store, Upstreams: clients, Tags: r.resolver})}
+	if tlsConfig := r.cluster.ServerTLS(); tlsConfig != nil {
+		ln = tls.NewListener(ln, tlsConfig)
+	}
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return r
@@ -544,4 +564,271 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// blobLookups is a storage driver that counts the lookups (Stat, Reader)
+// of committed blobs.
+type blobLookups struct {
+	storagedriver.StorageDriver
+	n atomic.Int64
+}
+
+func (d *blobLookups) count(path string) {
+	if strings.HasPrefix(path, "/blobs/") {
+		d.n.Add(1)
+	}
+}
+
+func (d *blobLookups) Stat(ctx context.Context, path string) (storagedriver.FileInfo, error) {
+	d.count(path)
+	return d.StorageDriver.Stat(ctx, path)
+}
+
+func (d *blobLookups) Reader(ctx context.Context, path string, offset int64) (io.ReadCloser, error) {
+	d.count(path)
+	return d.StorageDriver.Reader(ctx, path, offset)
+}
+
+// TestOwnerLooksAtStorageOnceForAPeer: the owner of a blob that another
+// replica asks for starts its fetch after one look at storage (the one
+// that keeps a committed blob from being fetched again): the peer looked
+// already, and each look is a round trip on object storage.
+func TestOwnerLooksAtStorageOnceForAPeer(t *testing.T) {
+	up := fakeregistry.New(t)
+	img, layers := pushImage(t, up, 1)
+	layer := layers[0]
+	lns := newListeners(t, 2)
+	members := []string{lns[0].Addr().String(), lns[1].Addr().String()}
+	set := NewSet(nil)
+	set.Update(members)
+	owner := 0
+	if set.Owner(layer.Digest.String()) == members[1] {
+		owner = 1
+	}
+	shared := inmemory.New()
+	lookups := &blobLookups{StorageDriver: shared}
+	var atFetch atomic.Int64
+	atFetch.Store(-1)
+	up.SetOverride(func(_ http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+layer.Digest.String()) {
+			atFetch.CompareAndSwap(-1, lookups.n.Load())
+		}
+		return false
+	})
+	startReplica(t, lns[owner], members, lookups, up)
+	asking := startReplica(t, lns[1-owner], members, shared, up)
+
+	got, err := asking.fill(t, layer)
+	if err != nil || !bytes.Equal(got, layerBytes(t, img, layer)) {
+		t.Fatalf("fill through the owner: %d bytes, %v", len(got), err)
+	}
+	if n := atFetch.Load(); n != 1 {
+		t.Errorf("the owner looked at storage %d times before fetching the blob, want 1", n)
+	}
+}
+
+// TestHangingTagOwner: the owner of a tag accepts the connection and never
+// answers. The replica that asked resolves the tag itself once the
+// first-byte bound passed (not the upstream's bounds, which a working
+// owner may take), counts it, and asks the hanging peer nothing more for
+// a while.
+func TestHangingTagOwner(t *testing.T) {
+	up := fakeregistry.New(t)
+	img, _ := pushImage(t, up, 1)
+	want, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lns := newListeners(t, 2)
+	hanging := lns[1]
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := hanging.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	t.Cleanup(func() { hanging.Close() })
+	members := []string{lns[0].Addr().String(), hanging.Addr().String()}
+	set := NewSet(nil)
+	set.Update(members)
+	tag := ""
+	for i := 0; tag == ""; i++ {
+		if candidate := fmt.Sprintf("t%d", i); set.Owner(tags.Image{Registry: testRegistry, Repository: testRepo, Tag: candidate}.String()) == members[1] {
+			tag = candidate
+		}
+	}
+	up.Push(testRepo, tag, img)
+	r := startReplica(t, lns[0], members, inmemory.New(), up)
+
+	start := time.Now()
+	ans, err := r.resolver.Manifest(context.Background(), tags.Image{Registry: testRegistry, Repository: testRepo, Tag: tag}, nil)
+	took := time.Since(start)
+	if err != nil || ans.Manifest.Digest.String() != want.String() {
+		t.Fatalf("resolving a tag the hanging peer owns: %s, %v; want %s", ans.Manifest.Digest, err, want)
+	}
+	// The bound is a second here (startReplica); a working owner's answer may take 30 s more.
+	if took > 10*time.Second {
+		t.Errorf("resolving a tag the hanging peer owns took %v", took)
+	}
+	if n := testutil.ToFloat64(r.cluster.metrics.ownerUnreachable.WithLabelValues("manifest")); n != 1 {
+		t.Errorf("owner-unreachable fallbacks for manifests: %v, want 1", n)
+	}
+	if n := r.cluster.livePeers(); n != 1 {
+		t.Errorf("live peers after the owner hung: %d, want 1 (this replica)", n)
+	}
+}
+
+// testCA signs certificates for tests.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pem  []byte
+}
+
+func newTestCA(t *testing.T, name string) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+}
+
+// issue writes a certificate for both server and client authentication,
+// naming no host, and its key into dir, with the CA beside them.
+func (ca *testCA) issue(t *testing.T, dir string, serial int64) TLSFiles {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: fmt.Sprintf("replica-%d", serial)},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := TLSFiles{
+		CertFile: filepath.Join(dir, fmt.Sprintf("peer-%d.crt", serial)),
+		KeyFile:  filepath.Join(dir, fmt.Sprintf("peer-%d.key", serial)),
+		CAFile:   filepath.Join(dir, "peer-ca.crt"),
+	}
+	for path, data := range map[string][]byte{
+		files.CertFile: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		files.KeyFile:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
+		files.CAFile:   ca.pem,
+	} {
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return files
+}
+
+// TestPeersOverMutualTLS: with cluster.peerTLS, a replica streams a blob
+// from its owner over TLS, each showing the other a certificate of the
+// peer CA. The peer listener refuses a request over plain HTTP, one
+// without a client certificate, and one whose certificate another CA
+// signed, even with the token; a replica refuses a server whose
+// certificate another CA signed.
+func TestPeersOverMutualTLS(t *testing.T) {
+	up := fakeregistry.New(t)
+	img, layers := pushImage(t, up, 1)
+	layer := layers[0]
+	want := layerBytes(t, img, layer)
+	lns := newListeners(t, 2)
+	members := []string{lns[0].Addr().String(), lns[1].Addr().String()}
+	set := NewSet(nil)
+	set.Update(members)
+	owner := 0
+	if set.Owner(layer.Digest.String()) == members[1] {
+		owner = 1
+	}
+	ca := newTestCA(t, "peer CA")
+	dir := t.TempDir()
+	driver := inmemory.New()
+	replicas := make([]*replica, 2)
+	for i := range replicas {
+		files := ca.issue(t, dir, int64(10+i))
+		replicas[i] = startReplicaTLS(t, lns[i], members, driver, up, &files)
+	}
+	asking := replicas[1-owner]
+
+	got, err := asking.fill(t, layer)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("fill through the owner over mutual TLS: %d bytes (right: %v), %v", len(got), bytes.Equal(got, want), err)
+	}
+	if n := testutil.ToFloat64(asking.cluster.metrics.forwardBytes); n != float64(len(want)) {
+		t.Errorf("bytes from the owner: %v, want %d", n, len(want))
+	}
+
+	blobURL := "://" + members[owner] + ProtocolPrefix + "blobs/" + layer.Digest.String() + "?registry=" + testRegistry + "&repository=" + testRepo
+	get := func(client *http.Client, url string) (int, error) {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	if status, err := get(http.DefaultClient, "http"+blobURL); err == nil && status == http.StatusOK {
+		t.Error("the peer listener answered a request over plain HTTP")
+	}
+	trustingPeerCA := x509.NewCertPool()
+	trustingPeerCA.AddCert(ca.cert)
+	noCert := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: trustingPeerCA, InsecureSkipVerify: true}}}
+	if status, err := get(noCert, "https"+blobURL); err == nil {
+		t.Errorf("the peer listener answered a client without a certificate: %d", status)
+	}
+	other := newTestCA(t, "another CA")
+	stranger := other.issue(t, t.TempDir(), 99)
+	pair, err := tls.LoadX509KeyPair(stranger.CertFile, stranger.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	strangerClient := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{pair}, InsecureSkipVerify: true}}}
+	if status, err := get(strangerClient, "https"+blobURL); err == nil {
+		t.Errorf("the peer listener answered a client whose certificate another CA signed: %d", status)
+	}
+
+	// A server whose certificate another CA signed is no peer.
+	impostor := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	impostor.TLS = &tls.Config{Certificates: []tls.Certificate{pair}}
+	impostor.StartTLS()
+	t.Cleanup(impostor.Close)
+	if status, err := get(asking.cluster.client, impostor.URL); err == nil {
+		t.Errorf("a replica accepted a server whose certificate another CA signed: %d", status)
+	}
 }

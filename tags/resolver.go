@@ -252,6 +252,14 @@ func (r *Resolver) resolveShared(ctx context.Context, u config.Upstream, img Ima
 		if ans, ok := r.fromOwner(ctx, u, img, accept, askOwner); ok {
 			return ans, nil
 		}
+		if stick {
+			// The tag may have been pinned since the caller looked: by a
+			// run that ended just before this one started, or by an owner
+			// whose answer did not arrive. That first decision stands.
+			if ans, ok, err := r.pinned(ctx, u, img, config.PinRule{Policy: config.PolicySticky}, -1, askOwner); ok || err != nil {
+				return ans, err
+			}
+		}
 		ans, err := r.resolveTag(ctx, u, img, accept)
 		if err == nil && stick {
 			r.stick(ctx, img, ans.Manifest)

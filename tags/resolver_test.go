@@ -83,3 +83,69 @@ func TestManifestThatCannotBeStoredIsAnsweredUncached(t *testing.T) {
 		t.Fatalf("space is back, but the manifest was not cached: %v", err)
 	}
 }
+
+// pinningOwner is the owner of every image: asked for a tag, it pins the
+// tag to its first resolution and the tag moves upstream, but its answer
+// never arrives. It never answers a digest either.
+type pinningOwner struct {
+	t      *testing.T
+	store  *cache.Store
+	up     *fakeregistry.Registry
+	pinned digest.Digest
+}
+
+func (o *pinningOwner) OwnedElsewhere(Image) bool { return true }
+
+func (o *pinningOwner) Resolve(ctx context.Context, img Image, _ []string) (digest.Digest, Outcome, bool) {
+	if img.Tag == "" {
+		return "", "", false
+	}
+	err := o.store.PutPin(ctx, cache.Pin{Registry: img.Registry, Repository: img.Repository, Tag: img.Tag,
+		Digest: o.pinned, Policy: config.PolicySticky, PinnedAt: time.Now()})
+	if err != nil {
+		o.t.Error(err)
+	}
+	o.up.PushRandom(img.Repository, img.Tag)
+	return "", "", false
+}
+
+// TestStickyPinDecidedOnceStands: the replica that owns a sticky tag pins
+// it, the tag moves upstream, and the owner's answer is lost. The replica
+// that asked resolves the tag itself, but answers the pin the owner
+// decided and leaves it as it is: a sticky tag is decided once.
+func TestStickyPinDecidedOnceStands(t *testing.T) {
+	up := fakeregistry.New(t)
+	first, err := up.PushRandom("team/app", "v1").Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := cache.New(inmemory.New(), cache.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := config.Upstream{Name: "upstream.test", Endpoint: up.URL(), TagTTL: time.Minute, DialTimeout: time.Second, ResponseTimeout: 5 * time.Second}
+	cfg := &config.Config{Mode: config.ModeOnline, Upstreams: []config.Upstream{u},
+		Pins: []config.PinRule{{Registry: u.Name, Repository: "team/*", Policy: config.PolicySticky}}}
+	client, err := upstream.New(u, upstream.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner := &pinningOwner{t: t, store: store, up: up, pinned: digest.Digest(first.String())}
+	r, err := New(Options{Config: cfg, Store: store, Upstreams: map[string]*upstream.Client{u.Name: client}, Owners: owner})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := Image{Registry: u.Name, Repository: "team/app", Tag: "v1"}
+
+	ans, err := r.Manifest(t.Context(), img, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ans.Manifest.Digest != owner.pinned {
+		t.Errorf("answered %s, want the owner's pin %s (the tag moved upstream since)", ans.Manifest.Digest, owner.pinned)
+	}
+	pin, err := store.GetPin(t.Context(), img.Registry, img.Repository, img.Tag)
+	if err != nil || pin.Digest != owner.pinned {
+		t.Errorf("pin after the resolution: %+v, %v; want the owner's %s", pin, err, owner.pinned)
+	}
+}

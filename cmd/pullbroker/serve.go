@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -256,7 +257,11 @@ func newPeers(ctx context.Context, c config.Cluster, log *slog.Logger, reg prome
 			return nil, err
 		}
 	}
-	return peers.New(peers.Options{Set: set, TokenFile: c.PeerTokenFile, Logger: log.With("component", "peers"), Registerer: reg})
+	opts := peers.Options{Set: set, TokenFile: c.PeerTokenFile, Logger: log.With("component", "peers"), Registerer: reg}
+	if c.PeerTLS.Enabled() {
+		opts.TLS = &peers.TLSFiles{CertFile: c.PeerTLS.CertFile, KeyFile: c.PeerTLS.KeyFile, CAFile: c.PeerTLS.CAFile}
+	}
+	return peers.New(opts)
 }
 
 // buildInfo is the constant pullbroker_build_info series that names the
@@ -348,6 +353,9 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			return fmt.Errorf("cluster.peerListen: %w", err)
 		}
 		defer peerLn.Close()
+		if tlsConfig := a.peers.ServerTLS(); tlsConfig != nil {
+			peerLn = tls.NewListener(peerLn, tlsConfig)
+		}
 		go func() { errc <- run(peerSrv, peerLn) }()
 	}
 	go func() { errc <- run(registrySrv, ln) }()
