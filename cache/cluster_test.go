@@ -1,7 +1,9 @@
 package cache
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"os"
 	"strings"
 	"sync"
@@ -316,5 +318,41 @@ func TestEvictMinIdleExceedsTheJournalLag(t *testing.T) {
 	}
 	if _, err := New(newReplicas(t).driver, Options{Replica: "a/b"}); err == nil || !strings.Contains(err.Error(), "cluster.name") {
 		t.Errorf("a replica name that is no path component: %v, want an error naming cluster.name", err)
+	}
+}
+
+// TestFillOfABlobAnotherReplicaCommittedUploadsNothing: a replica whose
+// fill of a blob ends after another replica committed that blob to the
+// shared storage (as a replica streaming it from the owner does) serves its
+// readers and writes nothing: the blob is stored once.
+func TestFillOfABlobAnotherReplicaCommittedUploadsNothing(t *testing.T) {
+	r := newReplicas(t)
+	counting := &writeCountingDriver{StorageDriver: r.driver}
+	b := r.open(t, "b", counting, Options{})
+	content := randomBytes(t, 300)
+	dgst := digest.FromBytes(content)
+	release := make(chan struct{})
+	f, cached, err := b.Fill(dgst, int64(len(content)), func(context.Context) (io.ReadCloser, int64, error) {
+		<-release
+		return io.NopCloser(bytes.NewReader(content)), int64(len(content)), nil
+	})
+	if err != nil || cached {
+		t.Fatalf("Fill on b: cached %v, %v", cached, err)
+	}
+	fillBlob(t, r.open(t, "a", nil, Options{}), content)
+	close(release)
+	if err := f.Done(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if w := counting.take(); len(w) != 0 {
+		t.Fatalf("b's fill of a blob a had committed wrote %v, want nothing", w)
+	}
+	blob, err := b.OpenBlob(t.Context(), dgst, int64(len(content)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blob.Close()
+	if got, err := io.ReadAll(blob.Content); err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("b reads %d bytes (%v), want the %d committed", len(got), err, len(content))
 	}
 }

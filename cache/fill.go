@@ -465,6 +465,13 @@ func (f *Fill) commit(ctx context.Context) error {
 		}
 		return syncDir(filepath.Dir(dst))
 	}
+	// Replicas on one storage may fill the same blob at once (a replica
+	// that streams it from the replica that owns it, for one): whoever
+	// commits second would upload the whole blob again for nothing. What
+	// is stored under the digest was verified by whoever committed it.
+	if fi, err := s.driver.Stat(ctx, blobPath(f.digest)); err == nil && fi.Size() == f.written {
+		return nil
+	}
 	tmp := uploadPath()
 	w, err := s.driver.Writer(ctx, tmp, false)
 	if err != nil {
