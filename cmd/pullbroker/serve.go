@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,12 +24,10 @@ import (
 	"github.com/pullbroker/pullbroker/auth"
 	"github.com/pullbroker/pullbroker/cache"
 	"github.com/pullbroker/pullbroker/config"
-	"github.com/pullbroker/pullbroker/internal/kubeclient"
 	"github.com/pullbroker/pullbroker/internal/version"
 	"github.com/pullbroker/pullbroker/leader"
 	"github.com/pullbroker/pullbroker/mirror"
 	"github.com/pullbroker/pullbroker/peers"
-	"github.com/pullbroker/pullbroker/podimages"
 	"github.com/pullbroker/pullbroker/proxy"
 	"github.com/pullbroker/pullbroker/tags"
 	"github.com/pullbroker/pullbroker/tlsreload"
@@ -60,19 +57,6 @@ func newServeCmd() *cobra.Command {
 func loadConfig(cmd *cobra.Command) (*config.Config, error) {
 	path, _ := cmd.Flags().GetString("config")
 	return config.Load(path)
-}
-
-// replicaName is cluster.name, or else the host name: the Pod name in
-// Kubernetes, unique among replicas.
-func replicaName(c config.Cluster) (string, error) {
-	if c.Name != "" {
-		return c.Name, nil
-	}
-	host, err := os.Hostname()
-	if err != nil {
-		return "", fmt.Errorf("cluster.name: empty, and the host name is unknown (%v); set it", err)
-	}
-	return host, nil
 }
 
 func newLogger(c config.Log, w io.Writer) *slog.Logger {
@@ -208,60 +192,6 @@ func build(ctx context.Context, cfg *config.Config, log *slog.Logger) (*app, err
 		return nil, err
 	}
 	return a, nil
-}
-
-// keptImages are the roots that eviction and GC keep besides pins: the
-// locked rules' lock files and, with cache.keepRunningImages, the images
-// the cluster's Pods use (once the watcher is started: serve and gc do,
-// commands that never remove anything need no cluster).
-type keptImages struct {
-	locked  []cache.Root
-	running *podimages.Watcher
-}
-
-// watchPods adds the running Pods' images when cfg asks for them; store
-// resolves their tags through its own tag records.
-func (k *keptImages) watchPods(cfg *config.Config, store *cache.Store, log *slog.Logger, reg prometheus.Registerer) {
-	if !cfg.Cache.KeepRunningImages {
-		return
-	}
-	k.running = podimages.New(podimages.Options{
-		Config: cfg, Kubeconfig: cfg.Cluster.Kubeconfig, Tags: store,
-		Logger: log.With("component", "podimages"), Registerer: reg,
-	})
-}
-
-func (k *keptImages) roots(ctx context.Context) ([]cache.Root, error) {
-	if k.running == nil {
-		return k.locked, nil
-	}
-	running, err := k.running.Roots(ctx)
-	return append(slices.Clip(k.locked), running...), err
-}
-
-// newPeers is this replica's view of its peers: the static cluster.peers
-// list, or the EndpointSlices of cluster.peerService, watched until ctx ends.
-func newPeers(ctx context.Context, c config.Cluster, log *slog.Logger, reg prometheus.Registerer) (*peers.Cluster, error) {
-	var set *peers.Set
-	if c.PeerService != "" {
-		kube, err := kubeclient.RESTConfig(c.Kubeconfig)
-		if err != nil {
-			return nil, fmt.Errorf("cluster.peerService: cluster.kubeconfig: %w", err)
-		}
-		if set, err = peers.WatchEndpointSlices(ctx, kube, c.PeerService, c.PeerListen, log.With("component", "peers")); err != nil {
-			return nil, err
-		}
-	} else {
-		var err error
-		if set, err = peers.StaticSet(c.PeerListen, c.Peers); err != nil {
-			return nil, err
-		}
-	}
-	opts := peers.Options{Set: set, TokenFile: c.PeerTokenFile, Logger: log.With("component", "peers"), Registerer: reg}
-	if c.PeerTLS.Enabled() {
-		opts.TLS = &peers.TLSFiles{CertFile: c.PeerTLS.CertFile, KeyFile: c.PeerTLS.KeyFile, CAFile: c.PeerTLS.CAFile}
-	}
-	return peers.New(opts)
 }
 
 // buildInfo is the constant pullbroker_build_info series that names the
