@@ -85,4 +85,3 @@ func newPeers(ctx context.Context, c config.Cluster, log *slog.Logger, reg prome
 	}
 	return peers.New(opts)
 }
-
