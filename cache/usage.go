@@ -119,6 +119,7 @@ func (s *Store) Lead(ctx context.Context) {
 	defer func() {
 		work.Wait()
 		u.mu.Lock()
+		u.index.release()
 		u.index = nil
 		u.mu.Unlock()
 	}()
