@@ -26,6 +26,25 @@ type Blob struct {
 	readDone func()
 }
 
+// WriteTo copies the whole blob to w, as cheaply as the storage allows:
+// a local file by sendfile when w is a client connection (an
+// *io.LimitedReader over the *os.File, as http.ServeContent hands it),
+// an object by splice or large buffers (see objectget.go). Content must
+// not have been read. Fewer than Size bytes written is an error.
+func (b *Blob) WriteTo(w io.Writer) (int64, error) {
+	var n int64
+	var err error
+	if r, ok := b.Content.(*driverReader); ok {
+		n, err = r.WriteTo(w)
+	} else {
+		n, err = io.Copy(w, io.LimitReader(b.Content, b.Size))
+	}
+	if err == nil && n < b.Size {
+		err = fmt.Errorf("the cached blob ended after %d of %d bytes: %w", n, b.Size, io.ErrUnexpectedEOF)
+	}
+	return n, err
+}
+
 // Close closes Content and ends the read.
 func (b *Blob) Close() error {
 	if b.readDone != nil {
@@ -145,6 +164,39 @@ func (r *driverReader) Read(p []byte) (int, error) {
 	n, err := r.rc.Read(p)
 	r.offset += int64(n)
 	return n, err
+}
+
+// WriteTo copies the object from the current offset to its end, from the
+// storage's plain-HTTP URL when it has one and the rest is large, else
+// through the driver's Reader with pooled buffers.
+func (r *driverReader) WriteTo(w io.Writer) (int64, error) {
+	rest := r.size - r.offset
+	if rest <= 0 {
+		return 0, nil
+	}
+	if r.rc == nil && rest >= directGetMinBytes {
+		if body := r.openDirect(rest); body != nil {
+			defer body.Close()
+			n, err := body.writeTo(w)
+			r.offset += n
+			return n, err
+		}
+	}
+	return copyPooled(w, r)
+}
+
+// openDirect starts a GET of the rest of the object from the URL the
+// driver presigns, or returns nil when there is none or it fails.
+func (r *driverReader) openDirect(rest int64) *directBody {
+	rawURL, err := r.driver.RedirectURL((&http.Request{Method: http.MethodGet}).WithContext(r.ctx), r.path)
+	if err != nil || rawURL == "" {
+		return nil
+	}
+	body, err := openDirectGet(r.ctx, rawURL, r.offset, rest)
+	if err != nil {
+		return nil
+	}
+	return body
 }
 
 func (r *driverReader) Seek(offset int64, whence int) (int64, error) {

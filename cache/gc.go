@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -33,13 +32,14 @@ type RemovedBlob struct {
 // GC removes the committed blobs that nothing references and that were
 // neither committed nor read within grace. References are marked from
 // every tag record, every pin and Options.Roots, through each manifest's
-// references (see mark), after the blobs were listed: a blob committed
-// during the run is not a candidate, and one that a tag record written
-// before the mark reaches is kept. The grace period covers the rest: a
-// pull that fetched a manifest by digest (no tag record) and still has
-// its layers to read, and content another process sharing the storage
-// just committed. A blob being filled is not committed yet, so GC never
-// sees it. With dryRun nothing is removed.
+// references (see mark); then a walk of storage removes what is not
+// marked as it goes, holding no list of the blobs. A blob committed
+// during the run, and one that a tag record written after the mark
+// reaches, is younger than grace, and kept; grace also covers a pull that
+// fetched a manifest by digest (no tag record) and still has its layers
+// to read, and content another process sharing the storage just
+// committed. A blob being filled is not committed yet, so GC never sees
+// it. With dryRun nothing is removed.
 //
 // An error while marking stops the run before anything is removed.
 func (s *Store) GC(ctx context.Context, grace time.Duration, dryRun bool) (report GCReport, err error) {
@@ -56,10 +56,7 @@ func (s *Store) GC(ctx context.Context, grace time.Duration, dryRun bool) (repor
 	s.usage.evictMu.Lock()
 	defer s.usage.evictMu.Unlock()
 
-	candidates, err := s.listBlobs(ctx)
-	if err != nil {
-		return report, fmt.Errorf("listing blobs: %w", err)
-	}
+	cutoff := start.Add(-grace)
 	roots, err := s.protectedRoots(ctx)
 	if err != nil {
 		return report, err
@@ -74,53 +71,28 @@ func (s *Store) GC(ctx context.Context, grace time.Duration, dryRun bool) (repor
 	}
 	report.Marked = len(marked)
 
-	cutoff := time.Now().Add(-grace)
-	for _, c := range candidates {
-		if err := ctx.Err(); err != nil {
-			return report, err
-		}
-		if marked[c.Digest] {
-			continue
-		}
-		if s.usedSince(c, cutoff) {
-			report.Young++
-			continue
-		}
-		if !dryRun {
-			if _, removed := s.removeBlob(ctx, c.Digest, c.Size, reasonGC); !removed {
-				continue // failed (logged), or removed by someone else
-			}
-		}
-		report.Removed = append(report.Removed, RemovedBlob{Digest: c.Digest, Size: c.Size})
-		report.Bytes += c.Size
-	}
-	return report, nil
-}
-
-// storedBlob is a committed blob as a walk of storage found it.
-type storedBlob struct {
-	RemovedBlob
-	modTime time.Time
-}
-
-func (s *Store) listBlobs(ctx context.Context) ([]storedBlob, error) {
-	var out []storedBlob
-	err := s.driver.Walk(ctx, "/blobs", func(fi storagedriver.FileInfo) error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if fi.IsDir() {
+	err = s.walkStoredBlobs(ctx, func(b storedBlob) error {
+		dgst := b.key.digest()
+		if marked[dgst] {
 			return nil
 		}
-		if d, ok := digestFromBlobPath(fi.Path()); ok {
-			out = append(out, storedBlob{RemovedBlob{d, fi.Size()}, fi.ModTime()})
+		if s.usedSince(b, cutoff) {
+			report.Young++
+			return nil
 		}
+		if !dryRun {
+			if _, removed := s.removeBlob(ctx, dgst, b.size, reasonGC); !removed {
+				return nil // failed (logged), or removed by someone else
+			}
+		}
+		report.Removed = append(report.Removed, RemovedBlob{Digest: dgst, Size: b.size})
+		report.Bytes += b.size
 		return nil
 	})
-	if isPathNotFound(err) {
-		return nil, nil
+	if err != nil {
+		return report, fmt.Errorf("walking the blobs: %w", err)
 	}
-	return out, err
+	return report, nil
 }
 
 // usedSince reports whether b was committed, or read, after cutoff: its
@@ -135,7 +107,7 @@ func (s *Store) usedSince(b storedBlob, cutoff time.Time) bool {
 	if s.usage.index == nil {
 		return false
 	}
-	e, ok := s.usage.index.get(keyOf(b.Digest))
+	e, ok := s.usage.index.get(b.key)
 	return ok && e.access > cutoff.UnixNano()
 }
 

@@ -97,6 +97,15 @@ func (x *blobIndex) remove(k blobKey) {
 
 func (x *blobIndex) len() int { return x.count }
 
+// release returns the memory of the index's tables (outside the Go heap,
+// see allocSlots) and empties it. Call it when dropping the index.
+func (x *blobIndex) release() {
+	for i := range x.sha256 {
+		x.sha256[i].release()
+	}
+	*x = *newBlobIndex()
+}
+
 // each calls fn for every entry; fn must not change the index.
 func (x *blobIndex) each(fn func(blobKey, blobEntry)) {
 	for i := range x.sha256 {
@@ -122,6 +131,8 @@ type shaTable struct {
 	used  int
 }
 
+// shaSlot must hold no pointers: the tables are outside the Go heap
+// (allocSlots), where the garbage collector does not look.
 type shaSlot struct {
 	key [32]byte
 	// sizePlus1 is the blob's size plus one; 0 marks a free slot.
@@ -186,13 +197,20 @@ func (t *shaTable) put(k *[32]byte, e blobEntry) {
 
 func (t *shaTable) grow(n int) {
 	old := t.slots
-	t.slots = make([]shaSlot, n)
+	t.slots = allocSlots(n)
 	for i := range old {
 		if old[i].used() {
 			j, _ := t.find(&old[i].key)
 			t.slots[j] = old[i]
 		}
 	}
+	freeSlots(old)
+}
+
+// release returns the table's memory; the table is empty afterwards.
+func (t *shaTable) release() {
+	freeSlots(t.slots)
+	*t = shaTable{}
 }
 
 // remove frees k's slot and moves back each entry of the run after it that

@@ -119,6 +119,12 @@ func testObjectStorage(t *testing.T, ctx context.Context, driverName string, par
 		if b.Size != int64(len(content)) {
 			t.Fatalf("size %d, want %d", b.Size, len(content))
 		}
+		// The whole blob, as a GET without Range streams it (on S3 from
+		// its presigned plain-HTTP URL).
+		var whole bytes.Buffer
+		if n, err := b.WriteTo(&whole); err != nil || n != int64(len(content)) || !bytes.Equal(whole.Bytes(), content) {
+			t.Fatalf("WriteTo: %d bytes, %v; equal %v", n, err, bytes.Equal(whole.Bytes(), content))
+		}
 		for _, off := range []int64{16<<20 - 500, 2 << 20, 17, 0} {
 			if _, err := b.Content.Seek(off, io.SeekStart); err != nil {
 				t.Fatal(err)

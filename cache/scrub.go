@@ -7,7 +7,6 @@ import (
 	"path"
 	"time"
 
-	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/time/rate"
 )
@@ -29,14 +28,8 @@ func (s *Store) Scrub(ctx context.Context, bytesPerSecond int64) (ScrubReport, e
 		limit = rate.NewLimiter(rate.Limit(bytesPerSecond), int(min(bytesPerSecond, fillBufferSize)))
 	}
 	var report ScrubReport
-	err := s.driver.Walk(ctx, "/blobs", func(fi storagedriver.FileInfo) error {
-		if fi.IsDir() {
-			return nil
-		}
-		dgst, ok := digestFromBlobPath(fi.Path())
-		if !ok {
-			return nil
-		}
+	err := s.walkStoredBlobs(ctx, func(b storedBlob) error {
+		dgst := b.key.digest()
 		n, intact, err := s.hashStored(ctx, dgst, limit)
 		report.Bytes += n
 		s.metrics.scrubbedBytes.Add(float64(n))
@@ -55,9 +48,6 @@ func (s *Store) Scrub(ctx context.Context, bytesPerSecond int64) (ScrubReport, e
 		}
 		return nil
 	})
-	if isPathNotFound(err) {
-		err = nil
-	}
 	return report, err
 }
 

@@ -6,11 +6,9 @@ import (
 	"context"
 	"path"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
-	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/pullbroker/pullbroker/config"
@@ -121,6 +119,7 @@ func (s *Store) Lead(ctx context.Context) {
 	defer func() {
 		work.Wait()
 		u.mu.Lock()
+		u.index.release()
 		u.index = nil
 		u.mu.Unlock()
 	}()
@@ -163,46 +162,18 @@ func (s *Store) walkBlobs(ctx context.Context) error {
 		u.walking, u.changed = false, nil
 		u.mu.Unlock()
 	}()
-	err := s.driver.Walk(ctx, "/blobs", func(fi storagedriver.FileInfo) error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if fi.IsDir() {
-			return nil
-		}
-		dgst, ok := digestFromBlobPath(fi.Path())
-		if !ok {
-			return nil
-		}
-		k := keyOf(dgst)
+	return s.walkStoredBlobs(ctx, func(b storedBlob) error {
 		u.mu.Lock()
 		defer u.mu.Unlock()
-		if _, changed := u.changed[k]; changed {
+		if _, changed := u.changed[b.key]; changed {
 			return nil
 		}
-		if _, known := u.index.get(k); !known {
-			u.index.put(k, blobEntry{size: fi.Size(), access: fi.ModTime().UnixNano()})
+		if _, known := u.index.get(b.key); !known {
+			u.index.put(b.key, blobEntry{size: b.size, access: b.modTime.UnixNano()})
 			s.setSizeGauges()
 		}
 		return nil
 	})
-	if isPathNotFound(err) {
-		return nil
-	}
-	return err
-}
-
-// digestFromBlobPath parses /blobs/<algorithm>/<xx>/<encoded>/data.
-func digestFromBlobPath(p string) (digest.Digest, bool) {
-	parts := strings.Split(strings.TrimPrefix(p, "/"), "/")
-	if len(parts) != 5 || parts[0] != "blobs" || parts[4] != "data" {
-		return "", false
-	}
-	d := digest.NewDigestFromEncoded(digest.Algorithm(parts[1]), parts[3])
-	if d.Validate() != nil || blobPath(d) != p {
-		return "", false
-	}
-	return d, true
 }
 
 // setSizeGauges publishes the index's totals; u.mu is held and the index

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -167,14 +168,21 @@ func TestUsageIsMeasuredAtStartAndKeptOnCommit(t *testing.T) {
 	}
 }
 
-func TestDigestFromBlobPath(t *testing.T) {
-	d := digest.FromString("x")
-	if got, ok := digestFromBlobPath(blobPath(d)); !ok || got != d {
-		t.Errorf("digestFromBlobPath(%s) = %s, %v", blobPath(d), got, ok)
+func TestKeyFromBlobPath(t *testing.T) {
+	for _, d := range []digest.Digest{digest.FromString("x"), digest.SHA512.FromString("x")} {
+		if got, ok := keyFromBlobPath(blobPath(d)); !ok || got != keyOf(d) || got.digest() != d {
+			t.Errorf("keyFromBlobPath(%s) = %s, %v", blobPath(d), got.digest(), ok)
+		}
 	}
-	for _, p := range []string{"/blobs/sha256/ab", "/uploads/x", "/blobs/sha256/zz/" + d.Encoded() + "/data", "/blobs/md5/ab/abcd/data"} {
-		if _, ok := digestFromBlobPath(p); ok {
-			t.Errorf("digestFromBlobPath(%q) accepted", p)
+	d := digest.FromString("x")
+	for _, p := range []string{
+		"/blobs/sha256/ab", "/uploads/x", "/blobs/sha256/zz/" + d.Encoded() + "/data", "/blobs/md5/ab/abcd/data",
+		"/blobs/sha256/" + strings.ToUpper(d.Encoded()[:2]) + "/" + strings.ToUpper(d.Encoded()) + "/data",
+		"/blobs/sha256/" + d.Encoded()[:2] + "/" + d.Encoded()[:62] + "/data",
+		"/blobs/sha256/" + d.Encoded()[:2] + "/" + d.Encoded() + "/data/x",
+	} {
+		if _, ok := keyFromBlobPath(p); ok {
+			t.Errorf("keyFromBlobPath(%q) accepted", p)
 		}
 	}
 }

@@ -102,11 +102,40 @@ func (h *Handler) confirmBlobInRepository(ctx context.Context, rt *route, dgst d
 }
 
 func (h *Handler) serveCachedBlob(w http.ResponseWriter, r *http.Request, dgst digest.Digest, blob *cache.Blob) {
-	setBlobHeaders(w, dgst, -1)
-	// ServeContent answers Range with 206 and Content-Range, and copies an
-	// *os.File with sendfile.
-	http.ServeContent(&servedBytesCounter{ResponseWriter: w, counter: h.metrics.servedBytes.WithLabelValues("cache")},
-		r, "", blob.ModTime, blob.Content)
+	counted := &servedBytesCounter{ResponseWriter: w, counter: h.metrics.servedBytes.WithLabelValues("cache")}
+	if r.Method != http.MethodGet || hasRangeOrCondition(r) {
+		setBlobHeaders(w, dgst, -1)
+		// ServeContent answers Range with 206 and Content-Range, and the
+		// conditional headers.
+		http.ServeContent(counted, r, "", blob.ModTime, blob.Content)
+		return
+	}
+	// The whole blob: Blob.WriteTo copies a file with sendfile, and an
+	// object from storage without the driver's small copies.
+	setBlobHeaders(w, dgst, blob.Size)
+	if !blob.ModTime.IsZero() {
+		w.Header().Set("Last-Modified", blob.ModTime.UTC().Format(http.TimeFormat))
+	}
+	w.WriteHeader(http.StatusOK)
+	if n, err := blob.WriteTo(counted); err != nil {
+		// Fewer bytes than Content-Length: the cut connection tells the
+		// client the blob is incomplete.
+		if r.Context().Err() == nil {
+			h.log.Warn("aborting cached blob response", "digest", dgst, "sent", n, "error", err)
+		}
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// hasRangeOrCondition reports whether r asks for part of a blob, or for it
+// only under a condition: what http.ServeContent answers.
+func hasRangeOrCondition(r *http.Request) bool {
+	for _, h := range []string{"Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since", "If-Range"} {
+		if r.Header.Get(h) != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // redirectToStorage answers with a redirect to the signed URL of a cached
