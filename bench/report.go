@@ -17,6 +17,7 @@ const (
 	srvUpstream     = "upstream itself (reference)"
 	srvS3Direct     = "S3 server, signed GET"
 	srvPullbrokerS3 = "pullbroker on S3"
+	srvS3Relay      = "S3 server through a bare TCP relay"
 )
 
 type machine struct {
@@ -552,6 +553,10 @@ func (r *results) s3Targets() []target {
 		if !t.met {
 			t.detail += fmt.Sprintf("; missed by %.2f", 0.8-ratio)
 		}
+		if relay := s.throughput[c][srvS3Relay]; len(relay) > 0 {
+			t.detail += fmt.Sprintf("; a bare TCP relay in front of the server, the least any proxy costs, gets %.2f× the signed GET, and pullbroker %.2f× the relay",
+				pairedRatio(relay, direct), pairedRatio(pb, relay))
+		}
 		out = append(out, t)
 	}
 	onS3, onFS := s.rates(headS3RecordCache), s.rates(headFSRecordCache)
@@ -631,10 +636,14 @@ func (r *results) writeS3(p func(format string, args ...any)) {
 	p("GET by concurrent keep-alive clients (each client %s) from pullbroker, which\n", perClientText(s.perClient))
 	p("streams it from the bucket, and straight from versitygw with a signed URL of the same object (what\n")
 	p("`storage.redirect` hands out); %d round(s), the order rotated every round.\n\n", s.rounds)
-	p("| clients | %s | %s | pullbroker / direct |\n|---|---|---|---|\n", srvS3Direct, srvPullbrokerS3)
+	p("The third source is the same signed GET through a bare TCP relay (a process that copies bytes between\n")
+	p("two sockets, spliced, and parses nothing): on loopback every hop costs the kernel a second TCP\n")
+	p("transfer of every byte on the same two cores, so the relay is the ceiling of any proxy here.\n\n")
+	p("| clients | %s | %s | %s | pullbroker / direct | relay / direct | pullbroker / relay |\n|---|---|---|---|---|---|---|\n", srvS3Direct, srvS3Relay, srvPullbrokerS3)
 	for _, c := range slices.Sorted(maps.Keys(s.throughput)) {
-		pb, direct := s.throughput[c][srvPullbrokerS3], s.throughput[c][srvS3Direct]
-		p("| %d | %s | %s | %.2f |\n", c, rate(median(direct)), rate(median(pb)), pairedRatio(pb, direct))
+		pb, direct, relay := s.throughput[c][srvPullbrokerS3], s.throughput[c][srvS3Direct], s.throughput[c][srvS3Relay]
+		p("| %d | %s | %s | %s | %.2f | %.2f | %.2f |\n", c, rate(median(direct)), rate(median(relay)), rate(median(pb)),
+			pairedRatio(pb, direct), pairedRatio(relay, direct), pairedRatio(pb, relay))
 	}
 	p("\n**Pinned-tag HEADs.** %d concurrent keep-alive clients HEAD a pinned tag after a warm-up HEAD that\n", s.headWorkers)
 	p("pinned it, on S3 and on the filesystem with the same configuration (`storage.recordCacheTTL` %s,\n", s.recordCacheTTL)
