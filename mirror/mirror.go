@@ -64,7 +64,19 @@ func (t withHeader) RoundTrip(r *http.Request) (*http.Response, error) {
 	return http.DefaultTransport.RoundTrip(r)
 }
 
-func (l *loopbackProxy) Close() { _ = l.srv.Close() }
+// closeWait bounds how long Close waits for requests still being answered.
+const closeWait = 10 * time.Second
+
+// Close stops the proxy once the requests it is answering are done, so
+// that nothing this run started still writes to the cache after the run
+// returned.
+func (l *loopbackProxy) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), closeWait)
+	defer cancel()
+	if l.srv.Shutdown(ctx) != nil {
+		_ = l.srv.Close()
+	}
+}
 
 // reference names img on the loopback proxy in the image-prefix form.
 func (l *loopbackProxy) reference(img tags.Image) (name.Reference, error) {
