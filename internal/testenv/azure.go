@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os/exec"
 	"testing"
-	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
 )
@@ -34,25 +33,16 @@ func StartAzurite(t testing.TB) *AzureServer {
 	t.Helper()
 	bin := Tool(t, "azurite-blob")
 	dir := t.TempDir()
-	for attempt := 1; ; attempt++ {
-		port := FreePort(t)
-		cmd := exec.Command(bin, "--blobHost", "127.0.0.1", "--blobPort", fmt.Sprint(port),
+	p, addr := startOnFreePort(t, "azurite", func(port int) *exec.Cmd {
+		return exec.Command(bin, "--blobHost", "127.0.0.1", "--blobPort", fmt.Sprint(port),
 			"--location", dir, "--skipApiVersionCheck")
-		p := StartProcess(t, "azurite", cmd)
-		endpoint := fmt.Sprintf("http://127.0.0.1:%d", port)
-		err := p.WaitReady(30*time.Second, func() bool { return httpAnswers(endpoint) })
-		if err == nil {
-			s := &AzureServer{ServiceURL: endpoint + "/" + azuriteAccount, AccountName: azuriteAccount,
-				AccountKey: azuriteKey, Container: azuriteContainer, p: p}
-			if _, err := s.Client(t).CreateContainer(t.Context(), s.Container, nil); err != nil {
-				t.Fatalf("azurite: create container %s: %v\n%s", s.Container, err, p.LogTail())
-			}
-			return s
-		}
-		if !p.Exited() || attempt == registryStartAttempts {
-			t.Fatalf("azurite on 127.0.0.1:%d: %v\n%s", port, err, p.LogTail())
-		}
+	}, func(addr string) bool { return httpAnswers("http://" + addr) })
+	s := &AzureServer{ServiceURL: "http://" + addr + "/" + azuriteAccount, AccountName: azuriteAccount,
+		AccountKey: azuriteKey, Container: azuriteContainer, p: p}
+	if _, err := s.Client(t).CreateContainer(t.Context(), s.Container, nil); err != nil {
+		t.Fatalf("azurite: create container %s: %v\n%s", s.Container, err, p.LogTail())
 	}
+	return s
 }
 
 // Parameters are the azure storage driver parameters that reach the container, as

@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/oauth2"
 )
@@ -50,26 +49,16 @@ func StartFakeGCS(t testing.TB) *GCSServer {
 		t.Fatal(err)
 	}
 	keyPEM := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
-	for attempt := 1; ; attempt++ {
-		port := FreePort(t)
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
+	p, addr := startOnFreePort(t, "fake-gcs-server", func(port int) *exec.Cmd {
 		// The client reads objects through the XML API (GET /BUCKET/OBJECT), which the server
 		// answers only on its public host.
-		cmd := exec.Command(bin, "-scheme", "http", "-host", "127.0.0.1", "-port", fmt.Sprint(port),
-			"-public-host", addr, "-backend", "filesystem", "-filesystem-root", dir, "-log-level", "warn")
-		p := StartProcess(t, "fake-gcs-server", cmd)
-		endpoint := "http://" + addr
-		err := p.WaitReady(30*time.Second, func() bool { return httpAnswers(endpoint) })
-		if err == nil {
-			s := &GCSServer{Endpoint: endpoint, Bucket: gcsBucket, privateKeyPEM: keyPEM, p: p}
-			s.createBucket(t)
-			t.Setenv("STORAGE_EMULATOR_HOST", endpoint)
-			return s
-		}
-		if !p.Exited() || attempt == registryStartAttempts {
-			t.Fatalf("fake-gcs-server on %s: %v\n%s", addr, err, p.LogTail())
-		}
-	}
+		return exec.Command(bin, "-scheme", "http", "-host", "127.0.0.1", "-port", fmt.Sprint(port),
+			"-public-host", fmt.Sprintf("127.0.0.1:%d", port), "-backend", "filesystem", "-filesystem-root", dir, "-log-level", "warn")
+	}, func(addr string) bool { return httpAnswers("http://" + addr) })
+	s := &GCSServer{Endpoint: "http://" + addr, Bucket: gcsBucket, privateKeyPEM: keyPEM, p: p}
+	s.createBucket(t)
+	t.Setenv("STORAGE_EMULATOR_HOST", s.Endpoint)
+	return s
 }
 
 // gcsTokenURI is the token endpoint of the test's service-account key: a dead loopback port, so

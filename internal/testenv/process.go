@@ -31,6 +31,29 @@ type Process struct {
 	err     error         // Wait's result, valid after done
 }
 
+// startAttempts bounds startOnFreePort: a port taken between FreePort and the server's bind makes
+// the server exit, and another port is tried.
+const startAttempts = 3
+
+// startOnFreePort starts the server name on a free 127.0.0.1 port and waits until answers(addr)
+// reports it serving; command builds its command line for the port. It returns the process and
+// its address, 127.0.0.1:PORT.
+func startOnFreePort(t testing.TB, name string, command func(port int) *exec.Cmd, answers func(addr string) bool) (*Process, string) {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		port := FreePort(t)
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		p := StartProcess(t, name, command(port))
+		err := p.WaitReady(30*time.Second, func() bool { return answers(addr) })
+		if err == nil {
+			return p, addr
+		}
+		if !p.Exited() || attempt == startAttempts {
+			t.Fatalf("%s on %s: %v\n%s", name, addr, err, p.LogTail())
+		}
+	}
+}
+
 // StartProcess starts cmd and registers with t.Cleanup a SIGTERM (then a kill) and, when the
 // test failed, a print of the end of its log.
 func StartProcess(t testing.TB, name string, cmd *exec.Cmd) *Process {

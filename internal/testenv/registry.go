@@ -16,9 +16,6 @@ type RegistryOptions struct {
 	Auth *BasicAuth
 }
 
-// A port taken between FreePort and the registry's bind makes it exit; a new port is tried.
-const registryStartAttempts = 3
-
 // StartDockerRegistry runs Debian's docker-registry (distribution 2.8) on 127.0.0.1 with its own
 // storage in a temp dir, waits until /v2/ answers, and returns its address "127.0.0.1:PORT".
 // It serves plain HTTP: clients need --insecure / --plain-http / --tls-verify=false.
@@ -52,18 +49,10 @@ func RunDockerRegistry(t testing.TB, opts RegistryOptions) *DockerRegistry {
 	if opts.Auth != nil {
 		htpasswd = writeHtpasswd(t, dir, *opts.Auth)
 	}
-	for attempt := 1; ; attempt++ {
-		addr := fmt.Sprintf("127.0.0.1:%d", FreePort(t))
-		config := writeRegistryConfig(t, dir, addr, htpasswd)
-		p := StartProcess(t, "docker-registry", exec.Command(bin, "serve", config))
-		err := p.WaitReady(30*time.Second, func() bool { return registryAnswers(addr) })
-		if err == nil {
-			return &DockerRegistry{Addr: addr, p: p}
-		}
-		if !p.Exited() || attempt == registryStartAttempts {
-			t.Fatalf("docker-registry on %s: %v\n%s", addr, err, p.LogTail())
-		}
-	}
+	p, addr := startOnFreePort(t, "docker-registry", func(port int) *exec.Cmd {
+		return exec.Command(bin, "serve", writeRegistryConfig(t, dir, fmt.Sprintf("127.0.0.1:%d", port), htpasswd))
+	}, registryAnswers)
+	return &DockerRegistry{Addr: addr, p: p}
 }
 
 // writeHtpasswd writes a bcrypt htpasswd file (the only hash distribution accepts) and returns its

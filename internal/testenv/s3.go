@@ -48,26 +48,20 @@ func StartS3(t testing.TB) *S3Server {
 			t.Fatal(err)
 		}
 	}
-	for attempt := 1; ; attempt++ {
-		addr := fmt.Sprintf("127.0.0.1:%d", FreePort(t))
-		accessLog := filepath.Join(dir, fmt.Sprintf("access-%d.log", attempt))
-		cmd := exec.Command(bin, "--port", addr, "--quiet", "--access-log", accessLog, "posix",
+	var accessLog string
+	p, addr := startOnFreePort(t, "versitygw", func(port int) *exec.Cmd {
+		// A log of its own per attempt: Operations counts what this server answered.
+		accessLog = filepath.Join(dir, fmt.Sprintf("access-%d.log", port))
+		cmd := exec.Command(bin, "--port", fmt.Sprintf("127.0.0.1:%d", port), "--quiet", "--access-log", accessLog, "posix",
 			"--sidecar", filepath.Join(dir, "meta"), filepath.Join(dir, "data"))
 		cmd.Env = append(cmd.Environ(), "ROOT_ACCESS_KEY="+s3AccessKey, "ROOT_SECRET_KEY="+s3SecretKey)
-		p := StartProcess(t, "versitygw", cmd)
-		endpoint := "http://" + addr
-		err := p.WaitReady(30*time.Second, func() bool { return httpAnswers(endpoint) })
-		if err == nil {
-			s := &S3Server{Endpoint: endpoint, Bucket: s3Bucket, AccessKey: s3AccessKey, SecretKey: s3SecretKey, p: p, accessLog: accessLog}
-			if _, err := s.Client(t).CreateBucket(&s3.CreateBucketInput{Bucket: aws.String(s.Bucket)}); err != nil {
-				t.Fatalf("versitygw: create bucket %s: %v\n%s", s.Bucket, err, p.LogTail())
-			}
-			return s
-		}
-		if !p.Exited() || attempt == registryStartAttempts {
-			t.Fatalf("versitygw on %s: %v\n%s", addr, err, p.LogTail())
-		}
+		return cmd
+	}, func(addr string) bool { return httpAnswers("http://" + addr) })
+	s := &S3Server{Endpoint: "http://" + addr, Bucket: s3Bucket, AccessKey: s3AccessKey, SecretKey: s3SecretKey, p: p, accessLog: accessLog}
+	if _, err := s.Client(t).CreateBucket(&s3.CreateBucketInput{Bucket: aws.String(s.Bucket)}); err != nil {
+		t.Fatalf("versitygw: create bucket %s: %v\n%s", s.Bucket, err, p.LogTail())
 	}
+	return s
 }
 
 // Parameters are the s3 storage driver parameters that reach the bucket, as
