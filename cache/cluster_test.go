@@ -3,10 +3,12 @@ package cache
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -354,5 +356,131 @@ func TestFillOfABlobAnotherReplicaCommittedUploadsNothing(t *testing.T) {
 	defer blob.Close()
 	if got, err := io.ReadAll(blob.Content); err != nil || !bytes.Equal(got, content) {
 		t.Fatalf("b reads %d bytes (%v), want the %d committed", len(got), err, len(content))
+	}
+}
+
+// committingSource is a body whose source commits the blob itself, when
+// commit is called, before WaitCommitted returns; or fails to say so.
+type committingSource struct {
+	io.Reader
+	commit func() error
+}
+
+func (s *committingSource) Close() error                        { return nil }
+func (s *committingSource) WaitCommitted(context.Context) error { return s.commit() }
+
+// TestFillWaitsForItsSourceToCommit: a fill that streamed a blob from a
+// source that commits it too (the blob's owner among the replicas) waits
+// for that commit and writes nothing; when the source cannot say, or did
+// not store the blob, the fill writes it.
+func TestFillWaitsForItsSourceToCommit(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		ownerCommit bool
+		answer      error
+		wantWrites  bool
+	}{
+		{"the source committed", true, nil, false},
+		{"the source's fill failed", false, nil, true},
+		{"the source cannot be asked", false, errors.New("connection refused"), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newReplicas(t)
+			counting := &writeCountingDriver{StorageDriver: r.driver}
+			b := r.open(t, "b", counting, Options{})
+			owner := r.open(t, "a", nil, Options{})
+			content := randomBytes(t, 300)
+			dgst := digest.FromBytes(content)
+			source := &committingSource{Reader: bytes.NewReader(content), commit: func() error {
+				if tc.ownerCommit {
+					fillBlob(t, owner, content)
+				}
+				return tc.answer
+			}}
+			f, cached, err := b.FillAbsent(dgst, int64(len(content)), func(context.Context) (io.ReadCloser, int64, error) {
+				return source, int64(len(content)), nil
+			})
+			if err != nil || cached {
+				t.Fatalf("FillAbsent: cached %v, %v", cached, err)
+			}
+			if err := f.Done(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if w := counting.take(); (len(w) != 0) != tc.wantWrites {
+				t.Errorf("the fill wrote %v; want writes: %v", w, tc.wantWrites)
+			}
+			if !holds(t, b, dgst) {
+				t.Error("storage does not hold the blob after the fill")
+			}
+		})
+	}
+}
+
+// statCountingDriver counts the looks at blobs in storage.
+type statCountingDriver struct {
+	storagedriver.StorageDriver
+	stats atomic.Int64
+}
+
+func (d *statCountingDriver) Stat(ctx context.Context, p string) (storagedriver.FileInfo, error) {
+	if strings.HasPrefix(p, "/blobs/") {
+		d.stats.Add(1)
+	}
+	return d.StorageDriver.Stat(ctx, p)
+}
+
+// TestFillAbsentLooksOnlyAfterARecentCommit: FillAbsent, told that
+// storage lacked the blob a moment ago, starts the fetch without looking
+// again, unless a fill of this store committed the blob lately: then the
+// miss it was told of may be older than that commit, and it looks.
+func TestFillAbsentLooksOnlyAfterARecentCommit(t *testing.T) {
+	r := newReplicas(t)
+	counting := &statCountingDriver{StorageDriver: r.driver}
+	s := r.open(t, "a", counting, Options{})
+	content := randomBytes(t, 300)
+	dgst := digest.FromBytes(content)
+	fetches := 0
+	fetch := func(context.Context) (io.ReadCloser, int64, error) {
+		fetches++
+		return io.NopCloser(bytes.NewReader(content)), int64(len(content)), nil
+	}
+	before := counting.stats.Load()
+	f, cached, err := s.FillAbsent(dgst, int64(len(content)), fetch)
+	if err != nil || cached {
+		t.Fatalf("FillAbsent of a new blob: cached %v, %v", cached, err)
+	}
+	if n := counting.stats.Load() - before; n != 0 {
+		t.Errorf("FillAbsent of a new blob looked at storage %d times before the fetch, want 0", n)
+	}
+	if err := f.Done(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	// A caller that saw the miss just before that commit.
+	f, cached, err = s.FillAbsent(dgst, int64(len(content)), fetch)
+	if err != nil || !cached {
+		t.Fatalf("FillAbsent right after this store committed the blob: fill %v, cached %v, %v; want cached", f != nil, cached, err)
+	}
+	if fetches != 1 {
+		t.Errorf("%d fetches, want 1", fetches)
+	}
+}
+
+func TestRecentCommitsForgetAfterTheWindow(t *testing.T) {
+	var r recentCommits
+	now := time.Now()
+	a, b := digest.FromString("a"), digest.FromString("b")
+	r.add(a, now)
+	r.add(b, now.Add(recentCommitWindow/2))
+	r.add(a, now.Add(recentCommitWindow/2)) // committed again after an eviction
+	later := now.Add(recentCommitWindow + time.Second)
+	r.add(digest.FromString("c"), later)
+	if !r.has(a, later) || !r.has(b, later) {
+		t.Error("commits within the window were forgotten")
+	}
+	if len(r.queue) != 3 {
+		t.Errorf("queue holds %d commits, want the 3 within the window", len(r.queue))
+	}
+	if r.has(a, now.Add(2*recentCommitWindow)) {
+		t.Error("a commit older than the window is still remembered")
 	}
 }

@@ -22,6 +22,18 @@ import (
 // deadline, or when the upstream stalls.
 type Fetcher func(ctx context.Context) (body io.ReadCloser, size int64, err error)
 
+// CommittingSource is a fetched body whose source commits the same blob
+// to the same storage, as the replica that owns a blob does for the
+// replicas that stream it from there. A fill of object storage that read
+// such a body whole waits for that commit before it looks at storage, and
+// writes the blob only if storage does not hold it then, instead of
+// writing it a second time.
+type CommittingSource interface {
+	// WaitCommitted returns once the source's commit ended, whether or
+	// not it stored the blob; an error when that cannot be known.
+	WaitCommitted(ctx context.Context) error
+}
+
 const fillBufferSize = 256 << 10
 
 // stallMinBytes is the least a fill must receive within its stall
@@ -70,6 +82,21 @@ type Fill struct {
 // Options.MaxConcurrentFills, and with ErrNotStored when storage cannot
 // take the blob (no space): Stream passes it through uncached.
 func (s *Store) Fill(dgst digest.Digest, size int64, fetch Fetcher) (f *Fill, cached bool, err error) {
+	return s.fill(dgst, size, fetch, true)
+}
+
+// FillAbsent is Fill for a blob that storage did not hold a moment ago:
+// OpenBlob answered ErrNotFound, here or on the replica that asks this
+// one for the blob. It starts the fetch without looking at storage again
+// (a round trip on object storage, before the first byte) unless a fill
+// of this store committed the blob lately, which a fill running at that
+// moment may have. A blob that another replica committed in that moment
+// is fetched once more, and its commit then writes nothing.
+func (s *Store) FillAbsent(dgst digest.Digest, size int64, fetch Fetcher) (f *Fill, cached bool, err error) {
+	return s.fill(dgst, size, fetch, false)
+}
+
+func (s *Store) fill(dgst digest.Digest, size int64, fetch Fetcher, look bool) (f *Fill, cached bool, err error) {
 	if err := dgst.Validate(); err != nil {
 		return nil, false, fmt.Errorf("blob digest %q: %w", dgst, err)
 	}
@@ -79,12 +106,15 @@ func (s *Store) Fill(dgst digest.Digest, size int64, fetch Fetcher) (f *Fill, ca
 		return f, false, nil
 	}
 	// Checked under the lock: a fill leaves the map only after it
-	// committed, so a miss here cannot race with a commit and start a
-	// second upstream fetch of the same blob.
-	if _, err := s.driver.Stat(context.Background(), blobPath(dgst)); err == nil {
-		return nil, true, nil
-	} else if !isPathNotFound(err) {
-		return nil, false, err
+	// committed and was remembered as committed, so a miss here cannot
+	// race with a commit and start a second upstream fetch of the same
+	// blob.
+	if look || s.commits.has(dgst, time.Now()) {
+		if _, err := s.driver.Stat(context.Background(), blobPath(dgst)); err == nil {
+			return nil, true, nil
+		} else if !isPathNotFound(err) {
+			return nil, false, err
+		}
 	}
 	select {
 	case s.fillSlots <- struct{}{}:
@@ -203,12 +233,15 @@ func (f *Fill) run(fetch Fetcher) {
 	defer func() { <-s.fillSlots }()
 	ctx, cancel := s.fillContext(context.Background(), f.digest)
 	defer cancel()
-	err := f.fetch(ctx, fetch)
+	source, err := f.fetch(ctx, fetch)
 	if err == nil {
-		err = f.commit(ctx)
+		err = f.commit(ctx, source)
 	}
 	if err == nil {
 		s.accountCommit(f.digest, f.written)
+		s.mu.Lock()
+		s.commits.add(f.digest, time.Now())
+		s.mu.Unlock()
 	} else {
 		// Forget a failed fill before its readers learn that it failed: a
 		// client retrying at once must start a new fetch, not join this one
@@ -241,13 +274,14 @@ func (f *Fill) run(fetch Fetcher) {
 func (f *Fill) markStarted() { f.startOnce.Do(func() { close(f.started) }) }
 
 // fetch streams the upstream body into the spool file and verifies it.
-func (f *Fill) fetch(ctx context.Context, fetch Fetcher) error {
+// source is the body when its source commits the blob itself.
+func (f *Fill) fetch(ctx context.Context, fetch Fetcher) (source CommittingSource, err error) {
 	s := f.store
 	ctx, progress, stopWatch := s.watchStall(ctx, f.digest)
 	defer stopWatch()
 	body, announced, err := fetch(ctx)
 	if err != nil {
-		return fillError(ctx, err)
+		return nil, fillError(ctx, err)
 	}
 	defer body.Close()
 	f.mu.Lock()
@@ -255,7 +289,7 @@ func (f *Fill) fetch(ctx context.Context, fetch Fetcher) error {
 	f.size = size
 	f.mu.Unlock()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	checked := newCheckedBody(body, f.digest, size)
 	buf := make([]byte, fillBufferSize)
@@ -264,7 +298,7 @@ func (f *Fill) fetch(ctx context.Context, fetch Fetcher) error {
 		if n > 0 {
 			progress(n)
 			if _, err := f.spool.Write(buf[:n]); err != nil {
-				return s.notStored(fmt.Errorf("spooling %s: %w", f.digest, err))
+				return nil, s.notStored(fmt.Errorf("spooling %s: %w", f.digest, err))
 			}
 			f.mu.Lock()
 			f.written += int64(n)
@@ -276,14 +310,15 @@ func (f *Fill) fetch(ctx context.Context, fetch Fetcher) error {
 			break
 		}
 		if rerr != nil {
-			return fillError(ctx, rerr)
+			return nil, fillError(ctx, rerr)
 		}
 	}
 	f.mu.Lock()
 	f.verified = true
 	f.cond.Broadcast()
 	f.mu.Unlock()
-	return nil
+	source, _ = body.(CommittingSource)
+	return source, nil
 }
 
 // fillContext is the context a fill or Stream runs on: it ends at the
@@ -448,7 +483,7 @@ func (e *notStoredError) Unwrap() []error { return []error{ErrNotStored, e.cause
 // commit makes the verified spool durable and moves it under its digest.
 // The spool file stays open for readers that are still following the
 // fill.
-func (f *Fill) commit(ctx context.Context) error {
+func (f *Fill) commit(ctx context.Context, source CommittingSource) error {
 	s := f.store
 	if s.localRoot != "" {
 		// Without the sync, a power loss after the rename could leave a
@@ -465,10 +500,16 @@ func (f *Fill) commit(ctx context.Context) error {
 		}
 		return syncDir(filepath.Dir(dst))
 	}
-	// Replicas on one storage may fill the same blob at once (a replica
-	// that streams it from the replica that owns it, for one): whoever
-	// commits second would upload the whole blob again for nothing. What
-	// is stored under the digest was verified by whoever committed it.
+	if source != nil {
+		if err := source.WaitCommitted(ctx); err != nil {
+			s.log.Info("could not wait for the source of a blob to commit it; committing it here unless storage holds it", "digest", f.digest, "error", err)
+		}
+	}
+	// Replicas on one storage may fill the same blob at once (one that
+	// fell back to the upstream while the blob's owner filled it, for
+	// one): whoever commits second would upload the whole blob again for
+	// nothing. What is stored under the digest was verified by whoever
+	// committed it.
 	if fi, err := s.driver.Stat(ctx, blobPath(f.digest)); err == nil && fi.Size() == f.written {
 		return nil
 	}

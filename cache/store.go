@@ -142,6 +142,8 @@ type Store struct {
 
 	mu    sync.Mutex
 	fills map[digest.Digest]*Fill
+	// commits are the blobs this store's fills committed lately.
+	commits recentCommits
 }
 
 // New returns a Store over driver.

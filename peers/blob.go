@@ -3,6 +3,7 @@ package peers
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -200,6 +201,35 @@ func (b *peerBody) continueFromUpstream(cause error) error {
 	}
 	b.upstream = up
 	return nil
+}
+
+// WaitCommitted waits until the owner's fill of the blob has ended, so
+// that the fill here finds the owner's commit in storage and writes
+// nothing: every replica that streamed the blob from its owner would
+// write it once more otherwise.
+func (b *peerBody) WaitCommitted(ctx context.Context) error {
+	if b.upstream != nil {
+		return errors.New("the owner did not send the whole blob")
+	}
+	resp, err := b.c.askWorking(ctx, b.owner, "fills/"+b.dgst.String())
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var ans fillAnswer
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxAnswer)).Decode(&ans); err != nil {
+		return fmt.Errorf("waiting for the owner's fill to end: %w", err)
+	}
+	if !ans.Ended {
+		return errors.New("the owner did not say that its fill ended")
+	}
+	return nil
+}
+
+// fillAnswer is the owner's answer once it runs no fill of a blob: a cut
+// connection ends with no answer.
+type fillAnswer struct {
+	Ended bool `json:"ended"`
 }
 
 func (b *peerBody) Close() error {

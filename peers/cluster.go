@@ -2,8 +2,11 @@ package peers
 
 import (
 	"cmp"
+	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -183,4 +186,56 @@ func (c *Cluster) livePeers() int {
 
 func (c *Cluster) authorize(req *http.Request) {
 	req.Header.Set("Authorization", "Bearer "+c.token.Get())
+}
+
+// maxAnswer bounds the JSON of an owner's answer.
+const maxAnswer = 4 << 10
+
+// askWorking sends a request to owner that it answers with its status at
+// once and with the rest once its work is done: a peer that sends no
+// status within the first-byte bound hangs, and is not asked anything for
+// a while. The answer is 200 or an error.
+func (c *Cluster) askWorking(ctx context.Context, owner, pathAndQuery string) (*http.Response, error) {
+	ctx, cancelStatus := context.WithCancelCause(ctx)
+	timer := time.AfterFunc(c.byteTimeout, func() { cancelStatus(fmt.Errorf("%w (%s)", errNoFirstByte, c.byteTimeout)) })
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.scheme+"://"+owner+ProtocolPrefix+pathAndQuery, nil)
+	if err != nil {
+		timer.Stop()
+		cancelStatus(nil)
+		return nil, err
+	}
+	c.authorize(req)
+	resp, err := c.client.Do(req)
+	if !timer.Stop() && err == nil {
+		resp.Body.Close()
+		err = context.Cause(ctx)
+	}
+	if err != nil {
+		if cause := context.Cause(ctx); errors.Is(cause, errNoFirstByte) {
+			err = cause
+		}
+		if isDialError(err) || errors.Is(err, errNoFirstByte) {
+			c.markDown(owner)
+		}
+		cancelStatus(nil)
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		cancelStatus(nil)
+		return nil, fmt.Errorf("peer answered %s", resp.Status)
+	}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancelStatus}
+	return resp, nil
+}
+
+// cancelOnClose ends a request's context when its body is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelCauseFunc
+}
+
+func (b *cancelOnClose) Close() error {
+	defer b.cancel(nil)
+	return b.ReadCloser.Close()
 }

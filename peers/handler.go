@@ -27,13 +27,14 @@ type Local struct {
 }
 
 // Handler serves the peer listener: a blob by digest (from the cache, or
-// following the one fill of it, which this replica starts as its owner)
-// and what an image reference means. Nothing else: it is not a registry,
+// following the one fill of it, which this replica starts as its owner),
+// the end of that fill, and what an image reference means. Nothing else: it is not a registry,
 // and a request without the peer token is refused.
 func (c *Cluster) Handler(local Local) http.Handler {
 	s := &server{c: c, local: local}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+ProtocolPrefix+"blobs/{digest}", s.blob)
+	mux.HandleFunc("GET "+ProtocolPrefix+"fills/{digest}", s.fillEnded)
 	mux.HandleFunc("GET "+ProtocolPrefix+"manifests", s.manifest)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !s.authorized(r) {
@@ -82,8 +83,9 @@ func (s *server) blob(w http.ResponseWriter, r *http.Request) {
 	}
 	registry, repo := r.URL.Query().Get("registry"), r.URL.Query().Get("repository")
 	// The peer asks because the blob was not in storage a moment ago: a
-	// fill is looked for first, and Fill looks at storage itself, so a
-	// cold blob costs one storage round trip here before its fetch starts.
+	// fill is looked for first, and FillAbsent looks at storage only when
+	// a fill here committed the blob lately, so a cold blob's fetch
+	// starts at once.
 	fill := s.local.Store.RunningFill(dgst)
 	if fill == nil {
 		client := s.local.Upstreams[registry]
@@ -92,7 +94,7 @@ func (s *server) blob(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		var cached bool
-		fill, cached, err = s.local.Store.Fill(dgst, size, func(ctx context.Context) (io.ReadCloser, int64, error) {
+		fill, cached, err = s.local.Store.FillAbsent(dgst, size, func(ctx context.Context) (io.ReadCloser, int64, error) {
 			return client.GetBlob(ctx, repo, dgst)
 		})
 		switch {
@@ -126,6 +128,30 @@ func (s *server) blob(w http.ResponseWriter, r *http.Request) {
 		s.c.log.Warn("aborting a blob sent to a peer", "digest", dgst, "sent", n, "error", err)
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// fillEnded answers once this replica runs no fill of a blob, for a peer
+// that streamed the blob from here: the peer then finds this replica's
+// commit in storage, and writes the blob only if it is not there. The
+// status goes out at once, so that the peer tells a replica that is still
+// writing the blob (which takes as long as the blob is large) from one
+// that hangs.
+func (s *server) fillEnded(w http.ResponseWriter, r *http.Request) {
+	dgst := digest.Digest(r.PathValue("digest"))
+	if err := dgst.Validate(); err != nil {
+		http.Error(w, "invalid digest", http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_ = http.NewResponseController(w).Flush()
+	if fill := s.local.Store.RunningFill(dgst); fill != nil {
+		// Its outcome is in storage, where the peer looks.
+		if err := fill.Done(r.Context()); err != nil && r.Context().Err() != nil {
+			return
+		}
+	}
+	_ = json.NewEncoder(w).Encode(fillAnswer{Ended: true})
 }
 
 // serveCached serves a committed blob, or refuses when storage does not

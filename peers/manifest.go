@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"time"
 
@@ -23,9 +22,6 @@ type manifestAnswer struct {
 	Outcome tags.Outcome  `json:"outcome,omitempty"`
 	Failed  bool          `json:"failed,omitempty"`
 }
-
-// maxManifestAnswer bounds the JSON of a manifestAnswer.
-const maxManifestAnswer = 4 << 10
 
 // OwnedElsewhere reports whether another replica owns img and may be asked
 // now (tags.Owners).
@@ -61,40 +57,17 @@ func (c *Cluster) askManifest(ctx context.Context, owner string, img tags.Image,
 	if img.Digest != "" {
 		q.Set("digest", img.Digest.String())
 	}
-	// The owner answers its status at once, then asks the upstream: a
-	// peer that sends no status within the first-byte bound hangs, and is
-	// not asked anything for a while; the rest of the answer is due within
-	// the upstream's own bounds.
+	// The owner answers its status at once, then asks the upstream; the
+	// rest of the answer is due within the upstream's own bounds.
 	ctx, cancel := context.WithTimeoutCause(ctx, c.byteTimeout+30*time.Second, errors.New("the owner did not resolve the image in time"))
 	defer cancel()
-	ctx, cancelStatus := context.WithCancelCause(ctx)
-	defer cancelStatus(nil)
-	timer := time.AfterFunc(c.byteTimeout, func() { cancelStatus(fmt.Errorf("%w (%s)", errNoFirstByte, c.byteTimeout)) })
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.scheme+"://"+owner+ProtocolPrefix+"manifests?"+q.Encode(), nil)
+	resp, err := c.askWorking(ctx, owner, "manifests?"+q.Encode())
 	if err != nil {
-		return manifestAnswer{}, err
-	}
-	c.authorize(req)
-	resp, err := c.client.Do(req)
-	if !timer.Stop() && err == nil {
-		resp.Body.Close()
-		err = context.Cause(ctx)
-	}
-	if err != nil {
-		if cause := context.Cause(ctx); errors.Is(cause, errNoFirstByte) {
-			err = cause
-		}
-		if isDialError(err) || errors.Is(err, errNoFirstByte) {
-			c.markDown(owner)
-		}
 		return manifestAnswer{}, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return manifestAnswer{}, fmt.Errorf("peer answered %s", resp.Status)
-	}
 	var ans manifestAnswer
-	if err := json.NewDecoder(io.LimitReader(resp.Body, maxManifestAnswer)).Decode(&ans); err != nil {
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxAnswer)).Decode(&ans); err != nil {
 		if cause := context.Cause(ctx); cause != nil {
 			err = cause
 		}

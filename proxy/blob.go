@@ -154,10 +154,10 @@ func (h *Handler) redirectToStorage(w http.ResponseWriter, r *http.Request, dgst
 	return true
 }
 
-// serveThroughFill joins (or starts) the one fill of the blob and streams
-// it as it arrives; with peers, the fill streams from the blob's owner
-// among the replicas unless this replica owns it. size is the
-// descriptor's (-1 unknown).
+// serveThroughFill joins (or starts) the one fill of a blob that storage
+// did not hold a moment ago and streams it as it arrives; with peers, the
+// fill streams from the blob's owner among the replicas unless this
+// replica owns it. size is the descriptor's (-1 unknown).
 func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, rt *route, dgst digest.Digest, size int64) {
 	client := h.client(rt)
 	repo := rt.repository
@@ -168,7 +168,7 @@ func (h *Handler) serveThroughFill(w http.ResponseWriter, r *http.Request, rt *r
 		// The blob's owner among the replicas fetches it once for all.
 		fetch = h.peers.BlobFetcher(rt.registry, repo, dgst, size, fetch)
 	}
-	fill, cached, err := h.store.Fill(dgst, size, fetch)
+	fill, cached, err := h.store.FillAbsent(dgst, size, fetch)
 	switch {
 	case errors.Is(err, cache.ErrNotStored):
 		h.streamUncached(w, r, rt, dgst, size, fetch, err)
