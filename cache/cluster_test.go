@@ -368,6 +368,7 @@ type committingSource struct {
 
 func (s *committingSource) Close() error                        { return nil }
 func (s *committingSource) WaitCommitted(context.Context) error { return s.commit() }
+func (s *committingSource) Rejected(error)                      {}
 
 // TestFillWaitsForItsSourceToCommit: a fill that streamed a blob from a
 // source that commits it too (the blob's owner among the replicas) waits

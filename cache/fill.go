@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,16 +23,19 @@ import (
 // deadline, or when the upstream stalls.
 type Fetcher func(ctx context.Context) (body io.ReadCloser, size int64, err error)
 
-// CommittingSource is a fetched body whose source commits the same blob
-// to the same storage, as the replica that owns a blob does for the
-// replicas that stream it from there. A fill of object storage that read
-// such a body whole waits for that commit before it looks at storage, and
+// ReplicaSource is a fetched body that another replica on the same
+// storage sends, as the replica that owns a blob does for the others; it
+// commits the blob there itself. A fill of object storage that read such
+// a body whole waits for that commit before it looks at storage, and
 // writes the blob only if storage does not hold it then, instead of
 // writing it a second time.
-type CommittingSource interface {
+type ReplicaSource interface {
 	// WaitCommitted returns once the source's commit ended, whether or
 	// not it stored the blob; an error when that cannot be known.
 	WaitCommitted(ctx context.Context) error
+	// Rejected tells the source that the bytes it sent do not match the
+	// blob's digest.
+	Rejected(err error)
 }
 
 const fillBufferSize = 256 << 10
@@ -274,8 +278,8 @@ func (f *Fill) run(fetch Fetcher) {
 func (f *Fill) markStarted() { f.startOnce.Do(func() { close(f.started) }) }
 
 // fetch streams the upstream body into the spool file and verifies it.
-// source is the body when its source commits the blob itself.
-func (f *Fill) fetch(ctx context.Context, fetch Fetcher) (source CommittingSource, err error) {
+// source is the body when another replica sent it.
+func (f *Fill) fetch(ctx context.Context, fetch Fetcher) (source ReplicaSource, err error) {
 	s := f.store
 	ctx, progress, stopWatch := s.watchStall(ctx, f.digest)
 	defer stopWatch()
@@ -284,6 +288,7 @@ func (f *Fill) fetch(ctx context.Context, fetch Fetcher) (source CommittingSourc
 		return nil, fillError(ctx, err)
 	}
 	defer body.Close()
+	source, _ = body.(ReplicaSource)
 	f.mu.Lock()
 	size, err := expectedSize(f.digest, f.size, announced)
 	f.size = size
@@ -301,15 +306,26 @@ func (f *Fill) fetch(ctx context.Context, fetch Fetcher) (source CommittingSourc
 				return nil, s.notStored(fmt.Errorf("spooling %s: %w", f.digest, err))
 			}
 			f.mu.Lock()
+			first := f.written == 0
 			f.written += int64(n)
 			f.cond.Broadcast()
 			f.mu.Unlock()
-			f.markStarted()
+			if first {
+				f.markStarted()
+				// The readers just woken would otherwise wait for this
+				// loop to block, which it may not do before the blob is
+				// whole when the bytes come fast: a client's first byte
+				// goes before the rest of the copy.
+				runtime.Gosched()
+			}
 		}
 		if rerr == io.EOF {
 			break
 		}
 		if rerr != nil {
+			if source != nil && errors.Is(rerr, oci.ErrDigestMismatch) {
+				source.Rejected(rerr)
+			}
 			return nil, fillError(ctx, rerr)
 		}
 	}
@@ -317,7 +333,6 @@ func (f *Fill) fetch(ctx context.Context, fetch Fetcher) (source CommittingSourc
 	f.verified = true
 	f.cond.Broadcast()
 	f.mu.Unlock()
-	source, _ = body.(CommittingSource)
 	return source, nil
 }
 
@@ -483,7 +498,7 @@ func (e *notStoredError) Unwrap() []error { return []error{ErrNotStored, e.cause
 // commit makes the verified spool durable and moves it under its digest.
 // The spool file stays open for readers that are still following the
 // fill.
-func (f *Fill) commit(ctx context.Context, source CommittingSource) error {
+func (f *Fill) commit(ctx context.Context, source ReplicaSource) error {
 	s := f.store
 	if s.localRoot != "" {
 		// Without the sync, a power loss after the rename could leave a
@@ -502,7 +517,7 @@ func (f *Fill) commit(ctx context.Context, source CommittingSource) error {
 	}
 	if source != nil {
 		if err := source.WaitCommitted(ctx); err != nil {
-			s.log.Info("could not wait for the source of a blob to commit it; committing it here unless storage holds it", "digest", f.digest, "error", err)
+			s.log.Info("could not wait for the replica that sent a blob to commit it; committing it here unless storage holds it", "digest", f.digest, "error", err)
 		}
 	}
 	// Replicas on one storage may fill the same blob at once (one that

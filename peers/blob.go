@@ -16,7 +16,6 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/pullbroker/pullbroker/cache"
-	"github.com/pullbroker/pullbroker/internal/oci"
 )
 
 // BlobFetcher returns the fetcher a fill of dgst should run: fromUpstream
@@ -44,7 +43,7 @@ func (c *Cluster) BlobFetcher(registry, repository string, dgst digest.Digest, s
 			c.log.Warn("owner of a blob did not serve it; fetching it from the upstream", "peer", owner, "digest", dgst, "error", err)
 			return fromUpstream(ctx)
 		}
-		return &peerBody{c: c, ctx: ctx, owner: owner, dgst: dgst, r: body, digester: dgst.Algorithm().Digester(), fromUpstream: fromUpstream}, n, nil
+		return &peerBody{c: c, ctx: ctx, owner: owner, dgst: dgst, r: body, fromUpstream: fromUpstream}, n, nil
 	}
 }
 
@@ -137,17 +136,16 @@ func (s *ownerStream) Close() error {
 	return s.body.Close()
 }
 
-// peerBody is a blob streamed from its owner. It hashes what the owner
-// sends, to tell a lying owner from a cut-off one: a digest mismatch at
-// the end fails the fill (the bytes are spooled already), a read error
-// mid-stream continues from the upstream past the bytes already received.
+// peerBody is a blob streamed from its owner. A read error mid-stream
+// continues from the upstream past the bytes already received; a digest
+// mismatch at the end, which the fill finds, is the owner's lie
+// (Rejected).
 type peerBody struct {
 	c            *Cluster
 	ctx          context.Context
 	owner        string
 	dgst         digest.Digest
 	r            *ownerStream
-	digester     digest.Digester
 	n            int64
 	fromUpstream cache.Fetcher
 	// upstream, once set, is where the rest comes from.
@@ -160,15 +158,9 @@ func (b *peerBody) Read(p []byte) (int, error) {
 	}
 	n, err := b.r.Read(p)
 	b.n += int64(n)
-	b.digester.Hash().Write(p[:n])
 	b.c.metrics.forwardBytes.Add(float64(n))
 	switch {
 	case err == io.EOF:
-		if got := b.digester.Digest(); got != b.dgst {
-			err := fmt.Errorf("peer %s sent %s for blob %s: %w", b.owner, got, b.dgst, oci.ErrDigestMismatch)
-			b.c.verificationFailed(b.owner, b.dgst, err)
-			return n, err
-		}
 		return n, io.EOF
 	case err != nil:
 		if b.ctx.Err() != nil {
@@ -201,6 +193,14 @@ func (b *peerBody) continueFromUpstream(cause error) error {
 	}
 	b.upstream = up
 	return nil
+}
+
+// Rejected marks the owner as a liar for this blob when all the bytes the
+// fill rejected came from it.
+func (b *peerBody) Rejected(err error) {
+	if b.upstream == nil {
+		b.c.verificationFailed(b.owner, b.dgst, fmt.Errorf("peer %s: %w", b.owner, err))
+	}
 }
 
 // WaitCommitted waits until the owner's fill of the blob has ended, so
