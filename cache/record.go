@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 )
 
 // getJSON decodes the small JSON record at p into v: ErrNotFound when there
@@ -30,6 +31,21 @@ func (s *Store) readRecord(ctx context.Context, p string) ([]byte, error) {
 			return b, nil
 		}
 	}
+	if s.records == nil {
+		return s.fetchRecord(ctx, p)
+	}
+	// Many requests that miss the same record at once (the clients of a
+	// cold image, whose links another replica wrote) share one read.
+	return s.recordReads.Do(ctx, p, recordReadTimeout, func(ctx context.Context) ([]byte, error) {
+		return s.fetchRecord(ctx, p)
+	})
+}
+
+// recordReadTimeout bounds a read of a record that requests share.
+const recordReadTimeout = 30 * time.Second
+
+// fetchRecord reads the record at p from storage and remembers it.
+func (s *Store) fetchRecord(ctx context.Context, p string) ([]byte, error) {
 	b, err := s.driver.GetContent(ctx, p)
 	if isPathNotFound(err) {
 		s.rememberRecord(p, nil)

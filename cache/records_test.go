@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -94,5 +95,58 @@ func TestRecordCacheServesPinnedTagsWithoutStorageReads(t *testing.T) {
 	}
 	if _, err := a.GetPin(ctx, "r.test", "team/app", "v1"); err != ErrNotFound {
 		t.Fatalf("after DeletePin: %v, want ErrNotFound", err)
+	}
+}
+
+// slowReads holds every read of a record until release is closed.
+type slowReads struct {
+	countingDriver
+	release chan struct{}
+}
+
+func (d *slowReads) GetContent(ctx context.Context, path string) ([]byte, error) {
+	<-d.release
+	return d.countingDriver.GetContent(ctx, path)
+}
+
+// TestConcurrentMissesOfARecordShareOneRead: the clients of a cold image
+// ask at once for the links another replica wrote; with RecordCacheTTL,
+// they cost one storage read between them.
+func TestConcurrentMissesOfARecordShareOneRead(t *testing.T) {
+	ctx := t.Context()
+	shared := inmemory.New()
+	writer, err := New(shared, Options{RecordCacheTTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dgst := digest.FromString("layer")
+	if err := writer.LinkBlob(ctx, "r.test", "team/app", dgst, 5); err != nil {
+		t.Fatal(err)
+	}
+	disk := &slowReads{countingDriver: countingDriver{StorageDriver: shared}, release: make(chan struct{})}
+	reader, err := New(disk, Options{RecordCacheTTL: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const clients = 20
+	errs := make(chan error, clients)
+	for range clients {
+		go func() {
+			l, err := reader.GetLink(ctx, "r.test", "team/app", dgst)
+			if err == nil && l.Size != 5 {
+				err = fmt.Errorf("link of size %d, want 5", l.Size)
+			}
+			errs <- err
+		}()
+	}
+	time.Sleep(50 * time.Millisecond) // the clients are all waiting on one read or more
+	close(disk.release)
+	for range clients {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := disk.reads.Load(); n != 1 {
+		t.Errorf("%d clients missing one record read storage %d times, want 1", clients, n)
 	}
 }

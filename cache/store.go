@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pullbroker/pullbroker/config"
+	"github.com/pullbroker/pullbroker/internal/flight"
 	"github.com/pullbroker/pullbroker/internal/registryname"
 )
 
@@ -139,6 +140,8 @@ type Store struct {
 	// records and manifests are nil unless Options.RecordCacheTTL is set.
 	records   *recordCache
 	manifests *manifestBodies
+	// recordReads shares the reads of a record that the cache misses.
+	recordReads flight.Group[[]byte]
 
 	mu    sync.Mutex
 	fills map[digest.Digest]*Fill
