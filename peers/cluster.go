@@ -229,7 +229,11 @@ func (c *Cluster) askWorking(ctx context.Context, owner, pathAndQuery string) (*
 	return resp, nil
 }
 
-// cancelOnClose ends a request's context when its body is closed.
+// cancelOnClose ends a request's context when its body is closed. It
+// reads the body to its end first, which a JSON decoder stops short of:
+// a connection whose body was not read to the end is closed, not kept for
+// the next request to the same peer, which would have to dial again
+// before its first byte.
 type cancelOnClose struct {
 	io.ReadCloser
 	cancel context.CancelCauseFunc
@@ -237,5 +241,6 @@ type cancelOnClose struct {
 
 func (b *cancelOnClose) Close() error {
 	defer b.cancel(nil)
+	_, _ = io.Copy(io.Discard, io.LimitReader(b.ReadCloser, maxAnswer))
 	return b.ReadCloser.Close()
 }

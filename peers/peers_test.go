@@ -872,3 +872,42 @@ func TestPeersOverMutualTLS(t *testing.T) {
 		t.Errorf("a replica accepted a server whose certificate another CA signed: %d", status)
 	}
 }
+
+// TestPeerConnectionsAreKept: a replica that streams blobs from their
+// owner one after the other, and waits for each commit, does it over one
+// connection: a blob's first byte costs no dial.
+func TestPeerConnectionsAreKept(t *testing.T) {
+	up := fakeregistry.New(t)
+	img, layers := pushImage(t, up, 8)
+	lns := newListeners(t, 2)
+	members := []string{lns[0].Addr().String(), lns[1].Addr().String()}
+	shared := inmemory.New()
+	startReplica(t, lns[0], members, shared, up)
+	asking := startReplica(t, lns[1], members, shared, up)
+	var dials atomic.Int64
+	transport := asking.cluster.client.Transport.(*http.Transport)
+	dialer := &net.Dialer{}
+	transport.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		return dialer.DialContext(ctx, network, addr)
+	}
+	set := NewSet(nil)
+	set.Update(members)
+	fills := 0
+	for _, layer := range layers {
+		if set.Owner(layer.Digest.String()) != members[0] {
+			continue
+		}
+		got, err := asking.fill(t, layer)
+		if err != nil || !bytes.Equal(got, layerBytes(t, img, layer)) {
+			t.Fatalf("fill of %s through its owner: %d bytes, %v", layer.Digest, len(got), err)
+		}
+		fills++
+	}
+	if fills < 2 {
+		t.Skipf("%d of %d layers owned by the other replica; push more", fills, len(layers))
+	}
+	if n := dials.Load(); n != 1 {
+		t.Errorf("%d blobs streamed from their owner, one after the other, dialed it %d times, want 1", fills, n)
+	}
+}
