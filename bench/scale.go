@@ -87,9 +87,14 @@ func (e *env) scale(ctx context.Context, r *results, sz sizes) error {
 		}
 	}
 	// The filesystem run stored the HEAD image beside the synthetic
-	// objects: count what the bucket holds under blobs/ now.
+	// objects: count what the bucket holds under blobs/ now. Its leader
+	// published the usage it counted under cluster/, which would let the
+	// S3 run's replica skip the walk whose time is measured: that goes.
 	objects, err := countBlobFiles(large)
 	if err != nil {
+		return err
+	}
+	if err := os.RemoveAll(filepath.Join(large, "cluster")); err != nil {
 		return err
 	}
 	// The bucket's folder is empty (its metadata is in the sidecar folder).

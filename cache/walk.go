@@ -7,10 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 )
 
 // storedBlob is a committed blob as a walk of storage finds it.
@@ -22,29 +24,70 @@ type storedBlob struct {
 
 // walkStoredBlobs calls fn for every committed blob in storage as the walk
 // finds it, holding nothing of what it found: a walk of a million blobs
-// costs the memory of one directory listing (or one listing page), not
-// of a million paths. A blob committed or removed during the walk may be
+// costs the memory of one directory listing (or of objectWalkers listing
+// pages), not of a million paths. A blob committed or removed during the walk may be
 // reported or not.
 func (s *Store) walkStoredBlobs(ctx context.Context, fn func(storedBlob) error) error {
 	if s.localRoot != "" {
 		return s.walkLocalBlobs(ctx, fn)
 	}
-	err := s.driver.Walk(ctx, "/blobs", func(fi storagedriver.FileInfo) error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if fi.IsDir() {
-			return nil
-		}
-		if k, ok := keyFromBlobPath(fi.Path()); ok {
-			return fn(storedBlob{k, fi.Size(), fi.ModTime()})
-		}
-		return nil
-	})
+	return s.walkObjectBlobs(ctx, fn)
+}
+
+// objectWalkers is how many blobs/<algorithm>/<xx>/ prefixes of object
+// storage are listed at once. Each listing page costs the server time to
+// build, a round trip, and this replica time to decode: with one lister,
+// each side waits while the other works.
+const objectWalkers = 2
+
+// walkObjectBlobs lists the blob prefixes of object storage side by side
+// and calls fn for one blob at a time.
+func (s *Store) walkObjectBlobs(ctx context.Context, fn func(storedBlob) error) error {
+	algorithms, err := s.driver.List(ctx, "/blobs")
 	if isPathNotFound(err) {
 		return nil
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	var prefixes []string
+	for _, alg := range algorithms {
+		p, err := s.driver.List(ctx, alg)
+		if isPathNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		prefixes = append(prefixes, p...)
+	}
+	var mu sync.Mutex
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(objectWalkers)
+	for _, prefix := range prefixes {
+		g.Go(func() error {
+			err := s.driver.Walk(ctx, prefix, func(fi storagedriver.FileInfo) error {
+				if fi.IsDir() {
+					return nil
+				}
+				k, ok := keyFromBlobPath(fi.Path())
+				if !ok {
+					return nil
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+				return fn(storedBlob{k, fi.Size(), fi.ModTime()})
+			})
+			if isPathNotFound(err) {
+				return nil // removed since blobs/ was listed
+			}
+			return err
+		})
+	}
+	return g.Wait()
 }
 
 // localWalkBatch is how many names of a directory are read at once.
