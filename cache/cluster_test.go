@@ -17,6 +17,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/pullbroker/pullbroker/internal/oci"
 )
 
 // clusterInterval is the accounting interval of the replicas in these tests.
@@ -360,15 +362,56 @@ func TestFillOfABlobAnotherReplicaCommittedUploadsNothing(t *testing.T) {
 }
 
 // committingSource is a body whose source commits the blob itself, when
-// commit is called, before WaitCommitted returns; or fails to say so.
+// commit is called, before WaitCommitted returns; or fails to say so. It
+// keeps what the fill rejected.
 type committingSource struct {
 	io.Reader
-	commit func() error
+	commit   func() error
+	rejected error
 }
 
 func (s *committingSource) Close() error                        { return nil }
 func (s *committingSource) WaitCommitted(context.Context) error { return s.commit() }
-func (s *committingSource) Rejected(error)                      {}
+func (s *committingSource) Rejected(err error)                  { s.rejected = err }
+
+// TestWrongBytesFromAReplicaAreRejected: bytes from another replica that
+// do not match the digest fail a fill and an uncached stream alike, and
+// the replica that sent them is told.
+func TestWrongBytesFromAReplicaAreRejected(t *testing.T) {
+	r := newReplicas(t)
+	s := r.open(t, "b", &writeCountingDriver{StorageDriver: r.driver}, Options{})
+	want := randomBytes(t, 300)
+	dgst := digest.FromBytes(want)
+	lie := func() (*committingSource, Fetcher) {
+		src := &committingSource{Reader: bytes.NewReader(randomBytes(t, 300)), commit: func() error { return nil }}
+		return src, func(context.Context) (io.ReadCloser, int64, error) { return src, 300, nil }
+	}
+
+	src, fetch := lie()
+	f, _, err := s.FillAbsent(dgst, 300, fetch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Done(t.Context()); !errors.Is(err, oci.ErrDigestMismatch) {
+		t.Fatalf("fill of wrong bytes: %v, want a digest mismatch", err)
+	}
+	if !errors.Is(src.rejected, oci.ErrDigestMismatch) {
+		t.Errorf("the fill told the replica that sent wrong bytes %v, want a digest mismatch", src.rejected)
+	}
+
+	src, fetch = lie()
+	body, _, err := s.Stream(t.Context(), dgst, 300, fetch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer body.Close()
+	if _, err := io.ReadAll(body); !errors.Is(err, oci.ErrDigestMismatch) {
+		t.Fatalf("stream of wrong bytes: %v, want a digest mismatch", err)
+	}
+	if !errors.Is(src.rejected, oci.ErrDigestMismatch) {
+		t.Errorf("the stream told the replica that sent wrong bytes %v, want a digest mismatch", src.rejected)
+	}
+}
 
 // TestFillWaitsForItsSourceToCommit: a fill that streamed a blob from a
 // source that commits it too (the blob's owner among the replicas) waits

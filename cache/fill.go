@@ -323,9 +323,7 @@ func (f *Fill) fetch(ctx context.Context, fetch Fetcher) (source ReplicaSource, 
 			break
 		}
 		if rerr != nil {
-			if source != nil && errors.Is(rerr, oci.ErrDigestMismatch) {
-				source.Rejected(rerr)
-			}
+			reportMismatch(body, rerr)
 			return nil, fillError(ctx, rerr)
 		}
 	}
@@ -334,6 +332,14 @@ func (f *Fill) fetch(ctx context.Context, fetch Fetcher) (source ReplicaSource, 
 	f.cond.Broadcast()
 	f.mu.Unlock()
 	return source, nil
+}
+
+// reportMismatch tells a body that another replica sent that its bytes
+// failed verification, when err says they did.
+func reportMismatch(body io.Reader, err error) {
+	if source, ok := body.(ReplicaSource); ok && errors.Is(err, oci.ErrDigestMismatch) {
+		source.Rejected(err)
+	}
 }
 
 // fillContext is the context a fill or Stream runs on: it ends at the

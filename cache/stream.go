@@ -100,6 +100,7 @@ func (r *streamReader) readMore() {
 	case err == io.EOF:
 		r.verified = true
 	case err != nil:
+		reportMismatch(r.body, err)
 		r.err = fillError(r.ctx, err)
 	}
 }
