@@ -2,18 +2,11 @@ package e2e
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"hash"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -635,33 +628,6 @@ func TestHangingPeer(t *testing.T) {
 	}
 }
 
-// writePeerCert writes a self-signed certificate, its own CA, for both server and client
-// authentication and naming no host, with its key, into dir; the peer CA file is the certificate.
-func writePeerCert(t *testing.T, dir string) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "pullbroker peers"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true,
-		KeyUsage:    x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return testenv.WriteCertPair(t, dir, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}))
-}
-
 // TestPeersOverMutualTLS (issue 11): two replicas whose peer traffic is mutual TLS
 // (cluster.peerTLS). A pull through one gets every blob right, those the other owns streamed from
 // it, and the upstream sends each blob once; the peer listener does not answer plain HTTP.
@@ -670,9 +636,9 @@ func TestPeersOverMutualTLS(t *testing.T) {
 	srv := testenv.StartS3(t)
 	f.secrets.add("s3 secret key", srv.SecretKey, srv.AccessKey)
 	counting := newUpstreamProxy(t, f.upstream.Addr)
-	certFile, keyFile := writePeerCert(t, t.TempDir())
+	certFile, keyFile, caFile := testenv.NewCA(t, "pullbroker peers").Issue(t, t.TempDir(), "peer")
 	c := f.startPeerReplicas(t, pbConfig{S3: srv, Upstreams: []upstreamConfig{f.upstreamConfig(counting.endpoint())},
-		PeerTLS: fmt.Sprintf("{certFile: %q, keyFile: %q, caFile: %q}", certFile, keyFile, certFile)}, 2)
+		PeerTLS: fmt.Sprintf("{certFile: %q, keyFile: %q, caFile: %q}", certFile, keyFile, caFile)}, 2)
 	blobs := parseManifest(t, f.upstreamManifest(appRepo+"@"+f.appDigest)).blobs()
 	forwarded := 0
 	for _, b := range blobs {

@@ -3,18 +3,12 @@ package peers
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -38,6 +32,7 @@ import (
 	"github.com/pullbroker/pullbroker/config"
 	"github.com/pullbroker/pullbroker/internal/fakeregistry"
 	"github.com/pullbroker/pullbroker/internal/oci"
+	"github.com/pullbroker/pullbroker/internal/testenv"
 	"github.com/pullbroker/pullbroker/tags"
 	"github.com/pullbroker/pullbroker/upstream"
 )
@@ -727,74 +722,6 @@ func TestHangingTagOwner(t *testing.T) {
 	}
 }
 
-// testCA signs certificates for tests.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue writes a certificate for both server and client authentication,
-// naming no host, and its key into dir, with the CA beside them.
-func (ca *testCA) issue(t *testing.T, dir string, serial int64) TLSFiles {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: fmt.Sprintf("replica-%d", serial)},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	files := TLSFiles{
-		CertFile: filepath.Join(dir, fmt.Sprintf("peer-%d.crt", serial)),
-		KeyFile:  filepath.Join(dir, fmt.Sprintf("peer-%d.key", serial)),
-		CAFile:   filepath.Join(dir, "peer-ca.crt"),
-	}
-	for path, data := range map[string][]byte{
-		files.CertFile: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		files.KeyFile:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
-		files.CAFile:   ca.pem,
-	} {
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return files
-}
-
 // TestPeersOverMutualTLS: with cluster.peerTLS, a replica streams a blob
 // from its owner over TLS, each showing the other a certificate of the
 // peer CA. The peer listener refuses a request over plain HTTP, one
@@ -814,12 +741,13 @@ func TestPeersOverMutualTLS(t *testing.T) {
 	if set.Owner(layer.Digest.String()) == members[1] {
 		owner = 1
 	}
-	ca := newTestCA(t, "peer CA")
+	ca := testenv.NewCA(t, "peer CA")
 	dir := t.TempDir()
 	driver := inmemory.New()
 	replicas := make([]*replica, 2)
 	for i := range replicas {
-		files := ca.issue(t, dir, int64(10+i))
+		var files TLSFiles
+		files.CertFile, files.KeyFile, files.CAFile = ca.Issue(t, dir, fmt.Sprintf("replica-%d", i))
 		replicas[i] = startReplicaTLS(t, lns[i], members, driver, up, &files)
 	}
 	asking := replicas[1-owner]
@@ -847,14 +775,13 @@ func TestPeersOverMutualTLS(t *testing.T) {
 		t.Error("the peer listener answered a request over plain HTTP")
 	}
 	trustingPeerCA := x509.NewCertPool()
-	trustingPeerCA.AddCert(ca.cert)
+	trustingPeerCA.AddCert(ca.Cert)
 	noCert := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: trustingPeerCA, InsecureSkipVerify: true}}}
 	if status, err := get(noCert, "https"+blobURL); err == nil {
 		t.Errorf("the peer listener answered a client without a certificate: %d", status)
 	}
-	other := newTestCA(t, "another CA")
-	stranger := other.issue(t, t.TempDir(), 99)
-	pair, err := tls.LoadX509KeyPair(stranger.CertFile, stranger.KeyFile)
+	strangerCert, strangerKey, _ := testenv.NewCA(t, "another CA").Issue(t, t.TempDir(), "stranger")
+	pair, err := tls.LoadX509KeyPair(strangerCert, strangerKey)
 	if err != nil {
 		t.Fatal(err)
 	}
