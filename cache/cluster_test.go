@@ -361,18 +361,18 @@ func TestFillOfABlobAnotherReplicaCommittedUploadsNothing(t *testing.T) {
 	}
 }
 
-// committingSource is a body whose source commits the blob itself, when
-// commit is called, before WaitCommitted returns; or fails to say so. It
-// keeps what the fill rejected.
-type committingSource struct {
+// replicaSource is a body from another replica, which commits the blob
+// itself when commit is called, before WaitCommitted returns, or fails to
+// say so. It keeps what the fill rejected.
+type replicaSource struct {
 	io.Reader
 	commit   func() error
 	rejected error
 }
 
-func (s *committingSource) Close() error                        { return nil }
-func (s *committingSource) WaitCommitted(context.Context) error { return s.commit() }
-func (s *committingSource) Rejected(err error)                  { s.rejected = err }
+func (s *replicaSource) Close() error                        { return nil }
+func (s *replicaSource) WaitCommitted(context.Context) error { return s.commit() }
+func (s *replicaSource) Rejected(err error)                  { s.rejected = err }
 
 // TestWrongBytesFromAReplicaAreRejected: bytes from another replica that
 // do not match the digest fail a fill and an uncached stream alike, and
@@ -382,8 +382,8 @@ func TestWrongBytesFromAReplicaAreRejected(t *testing.T) {
 	s := r.open(t, "b", &writeCountingDriver{StorageDriver: r.driver}, Options{})
 	want := randomBytes(t, 300)
 	dgst := digest.FromBytes(want)
-	lie := func() (*committingSource, Fetcher) {
-		src := &committingSource{Reader: bytes.NewReader(randomBytes(t, 300)), commit: func() error { return nil }}
+	lie := func() (*replicaSource, Fetcher) {
+		src := &replicaSource{Reader: bytes.NewReader(randomBytes(t, 300)), commit: func() error { return nil }}
 		return src, func(context.Context) (io.ReadCloser, int64, error) { return src, 300, nil }
 	}
 
@@ -435,7 +435,7 @@ func TestFillWaitsForItsSourceToCommit(t *testing.T) {
 			owner := r.open(t, "a", nil, Options{})
 			content := randomBytes(t, 300)
 			dgst := digest.FromBytes(content)
-			source := &committingSource{Reader: bytes.NewReader(content), commit: func() error {
+			source := &replicaSource{Reader: bytes.NewReader(content), commit: func() error {
 				if tc.ownerCommit {
 					fillBlob(t, owner, content)
 				}

@@ -229,11 +229,7 @@ func (c *Cluster) askWorking(ctx context.Context, owner, pathAndQuery string) (*
 	return resp, nil
 }
 
-// cancelOnClose ends a request's context when its body is closed. It
-// reads the body to its end first, which a JSON decoder stops short of:
-// a connection whose body was not read to the end is closed, not kept for
-// the next request to the same peer, which would have to dial again
-// before its first byte.
+// cancelOnClose ends a request's context when its body is closed.
 type cancelOnClose struct {
 	io.ReadCloser
 	cancel context.CancelCauseFunc
@@ -241,6 +237,5 @@ type cancelOnClose struct {
 
 func (b *cancelOnClose) Close() error {
 	defer b.cancel(nil)
-	_, _ = io.Copy(io.Discard, io.LimitReader(b.ReadCloser, maxAnswer))
 	return b.ReadCloser.Close()
 }
