@@ -79,6 +79,20 @@ func tokenFile(t *testing.T) string {
 	return path
 }
 
+// twoListeners reserves the listeners of two replicas and says which of
+// them owns key.
+func twoListeners(t *testing.T, key string) (lns []net.Listener, members []string, owner int) {
+	t.Helper()
+	lns = newListeners(t, 2)
+	members = []string{lns[0].Addr().String(), lns[1].Addr().String()}
+	set := NewSet(nil)
+	set.Update(members)
+	if set.Owner(key) == members[1] {
+		owner = 1
+	}
+	return lns, members, owner
+}
+
 // startReplica serves a replica on ln whose peer set is members.
 func startReplica(t *testing.T, ln net.Listener, members []string, driver storagedriver.StorageDriver, up *fakeregistry.Registry, rules ...config.PinRule) *replica {
 	t.Helper()
@@ -632,14 +646,7 @@ func TestOwnerStartsAPeersFetchWithoutLookingAtStorage(t *testing.T) {
 	up := fakeregistry.New(t)
 	img, layers := pushImage(t, up, 1)
 	layer := layers[0]
-	lns := newListeners(t, 2)
-	members := []string{lns[0].Addr().String(), lns[1].Addr().String()}
-	set := NewSet(nil)
-	set.Update(members)
-	owner := 0
-	if set.Owner(layer.Digest.String()) == members[1] {
-		owner = 1
-	}
+	lns, members, owner := twoListeners(t, layer.Digest.String())
 	shared := inmemory.New()
 	lookups := &blobLookups{StorageDriver: shared}
 	var atFetch atomic.Int64
@@ -733,14 +740,7 @@ func TestPeersOverMutualTLS(t *testing.T) {
 	img, layers := pushImage(t, up, 1)
 	layer := layers[0]
 	want := layerBytes(t, img, layer)
-	lns := newListeners(t, 2)
-	members := []string{lns[0].Addr().String(), lns[1].Addr().String()}
-	set := NewSet(nil)
-	set.Update(members)
-	owner := 0
-	if set.Owner(layer.Digest.String()) == members[1] {
-		owner = 1
-	}
+	lns, members, owner := twoListeners(t, layer.Digest.String())
 	ca := testenv.NewCA(t, "peer CA")
 	dir := t.TempDir()
 	driver := inmemory.New()
