@@ -484,7 +484,11 @@ func TestFillAbsentLooksOnlyAfterARecentCommit(t *testing.T) {
 	content := randomBytes(t, 300)
 	dgst := digest.FromBytes(content)
 	fetches := 0
+	// The fetch waits for the count below: the fill's commit, which may
+	// run as soon as FillAbsent returns, looks at storage too.
+	counted := make(chan struct{})
 	fetch := func(context.Context) (io.ReadCloser, int64, error) {
+		<-counted
 		fetches++
 		return io.NopCloser(bytes.NewReader(content)), int64(len(content)), nil
 	}
@@ -496,6 +500,7 @@ func TestFillAbsentLooksOnlyAfterARecentCommit(t *testing.T) {
 	if n := counting.stats.Load() - before; n != 0 {
 		t.Errorf("FillAbsent of a new blob looked at storage %d times before the fetch, want 0", n)
 	}
+	close(counted)
 	if err := f.Done(t.Context()); err != nil {
 		t.Fatal(err)
 	}

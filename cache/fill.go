@@ -243,15 +243,19 @@ func (f *Fill) run(fetch Fetcher) {
 	}
 	if err == nil {
 		s.accountCommit(f.digest, f.written)
-		s.mu.Lock()
-		s.commits.add(f.digest, time.Now())
-		s.mu.Unlock()
-	} else {
-		// Forget a failed fill before its readers learn that it failed: a
-		// client retrying at once must start a new fetch, not join this one
-		// and get its error.
-		s.forgetFill(f)
 	}
+	// Forget the fill before its readers learn how it ended: a client
+	// retrying a failed fill at once must start a new fetch, not join this
+	// one and get its error, and one asking right after the commit is sent
+	// to storage, which FillAbsent then looks at.
+	s.mu.Lock()
+	if err == nil {
+		s.commits.add(f.digest, time.Now())
+	}
+	if s.fills[f.digest] == f {
+		delete(s.fills, f.digest)
+	}
+	s.mu.Unlock()
 	// Readers keep their descriptors of the spool; its name goes now (a
 	// committed spool was renamed already).
 	if rmErr := os.Remove(f.spool.Name()); rmErr == nil && err != nil {
@@ -268,7 +272,6 @@ func (f *Fill) run(fetch Fetcher) {
 	f.release()
 	f.mu.Unlock()
 
-	s.forgetFill(f)
 	s.metrics.fillsInFlight.Dec()
 	if err != nil {
 		s.log.Warn("blob fill failed", "digest", f.digest, "error", err)
@@ -429,16 +432,6 @@ func (b *checkedBody) Read(p []byte) (int, error) {
 		}
 	}
 	return n, err
-}
-
-// forgetFill removes f from the fills in progress, unless a newer fill of
-// the same digest has replaced it there.
-func (s *Store) forgetFill(f *Fill) {
-	s.mu.Lock()
-	if s.fills[f.digest] == f {
-		delete(s.fills, f.digest)
-	}
-	s.mu.Unlock()
 }
 
 // spoolDirectory is where fills spool: under the filesystem driver's
