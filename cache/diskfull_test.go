@@ -7,9 +7,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	"github.com/opencontainers/go-digest"
@@ -129,4 +132,66 @@ func TestDiskFull(t *testing.T) {
 	if err := s.CheckWritable(ctx); err != nil {
 		t.Fatalf("storage did not recover: %v", err)
 	}
+}
+
+// TestFillThatCannotCreateItsSpool: the spool file is created while the
+// fetch's request goes out. When that fails (here: the spool's disk has
+// bytes free but no inode), Fill still answers ErrNotStored, so that the
+// blob is passed through uncached; the fetch is cancelled, the fill slot
+// comes back, and once an inode is free again the blob is cached.
+func TestFillThatCannotCreateItsSpool(t *testing.T) {
+	spoolDir := testenv.MountTmpfs(t, "4m,nr_inodes=16")
+	root := t.TempDir()
+	s, err := New(filesystem.New(filesystem.DriverParameters{RootDirectory: root, MaxThreads: 10}), Options{SpoolDir: spoolDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var filler string
+	for i := 0; ; i++ {
+		p := filepath.Join(spoolDir, "inode-"+strconv.Itoa(i))
+		f, err := os.Create(p)
+		if errors.Is(err, syscall.ENOSPC) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		filler = p
+	}
+	content := randomBytes(t, 10<<10)
+	dgst := digest.FromBytes(content)
+	var fetchStarted atomic.Bool
+	_, _, err = s.Fill(dgst, int64(len(content)), func(ctx context.Context) (io.ReadCloser, int64, error) {
+		fetchStarted.Store(true)
+		<-ctx.Done()
+		return nil, 0, ctx.Err()
+	})
+	if !errors.Is(err, ErrNotStored) || !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("fill without an inode for its spool: %v, want ErrNotStored for ENOSPC", err)
+	}
+	if strings.Contains(err.Error(), spoolDir) {
+		t.Errorf("the error names the spool directory: %v", err)
+	}
+	if f := s.RunningFill(dgst); f != nil {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		if err := f.Done(ctx); errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("the fill that could not spool still runs after 10s (fetch started: %v)", fetchStarted.Load())
+		}
+	}
+	if len(s.fillSlots) != 0 {
+		t.Error("the failed fill kept its slot")
+	}
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	s.fullUntil.Store(0) // the backoff passed
+	fillBlob(t, s, content)
+	b, err := s.OpenBlob(t.Context(), dgst, int64(len(content)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
 }

@@ -358,6 +358,10 @@ func TestTooManyFills(t *testing.T) {
 // left behind): Stream passes it through, verified.
 func TestFillRefusedWhenTheDiskHasNoRoom(t *testing.T) {
 	s := newStores(t)["filesystem"]
+	// A store makes its spool directory with its first fill.
+	if err := os.MkdirAll(s.spoolDirectory(), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	if freeBytes(s.spoolDirectory()) < 0 {
 		t.Skip("free space is unknown on this platform")
 	}

@@ -58,7 +58,12 @@ const spoolPrefix = "pullbroker-fill-"
 type Fill struct {
 	store  *Store
 	digest digest.Digest
-	spool  *os.File
+
+	// spool is set, or spoolErr, before spoolReady is closed: the file is
+	// created while the fetch's request goes out.
+	spool      *os.File
+	spoolErr   error
+	spoolReady chan struct{}
 
 	// started is closed once the first bytes are spooled or the fill
 	// ended: a failure before it (storage full, upstream refused) reaches
@@ -105,41 +110,70 @@ func (s *Store) fill(dgst digest.Digest, size int64, fetch Fetcher, look bool) (
 		return nil, false, fmt.Errorf("blob digest %q: %w", dgst, err)
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if f := s.fills[dgst]; f != nil {
+		s.mu.Unlock()
 		return f, false, nil
 	}
+	dir, cached, err := s.admitFill(dgst, size, look)
+	if cached || err != nil {
+		s.mu.Unlock()
+		return nil, cached, err
+	}
+	ctx, cancel := s.fillContext(context.Background(), dgst)
+	f = &Fill{store: s, digest: dgst, started: make(chan struct{}), spoolReady: make(chan struct{}), size: size, refs: 1}
+	f.cond = sync.NewCond(&f.mu)
+	s.fills[dgst] = f
+	s.metrics.fillsInFlight.Inc()
+	s.mu.Unlock()
+
+	// The request for the blob goes out while the spool file is created,
+	// which would otherwise delay it by a file creation on the local disk.
+	go f.run(ctx, cancel, fetch)
+	spool, err := os.CreateTemp(dir, spoolPrefix+"*")
+	if err != nil {
+		err = s.notStored(fmt.Errorf("creating a spool file: %w", err))
+		s.metrics.fillsRefused.WithLabelValues("storage").Inc()
+		cancel()
+	}
+	f.mu.Lock()
+	f.spool, f.spoolErr = spool, err
+	f.mu.Unlock()
+	close(f.spoolReady)
+	if err != nil {
+		return nil, false, err
+	}
+	return f, false, nil
+}
+
+// admitFill, called with s.mu held when no fill of dgst runs, says
+// whether a new one may start: cached when storage holds the blob (looked
+// at when look is set or a fill committed it lately), else the directory
+// to spool it in, with a fill slot taken.
+func (s *Store) admitFill(dgst digest.Digest, size int64, look bool) (spoolDir string, cached bool, err error) {
 	// Checked under the lock: a fill leaves the map only after it
 	// committed and was remembered as committed, so a miss here cannot
 	// race with a commit and start a second upstream fetch of the same
 	// blob.
 	if look || s.commits.has(dgst, time.Now()) {
 		if _, err := s.driver.Stat(context.Background(), blobPath(dgst)); err == nil {
-			return nil, true, nil
+			return "", true, nil
 		} else if !isPathNotFound(err) {
-			return nil, false, err
+			return "", false, err
 		}
 	}
 	select {
 	case s.fillSlots <- struct{}{}:
 	default:
 		s.metrics.fillsRefused.WithLabelValues("concurrency").Inc()
-		return nil, false, fmt.Errorf("%w (%d): retry shortly", ErrTooManyFills, cap(s.fillSlots))
+		return "", false, fmt.Errorf("%w (%d): retry shortly", ErrTooManyFills, cap(s.fillSlots))
 	}
-	spool, err := s.createSpool(size)
+	dir, err := s.spoolRoom(size)
 	if err != nil {
 		<-s.fillSlots
-		if errors.Is(err, ErrNotStored) {
-			s.metrics.fillsRefused.WithLabelValues("storage").Inc()
-		}
-		return nil, false, err
+		s.metrics.fillsRefused.WithLabelValues("storage").Inc()
+		return "", false, err
 	}
-	f = &Fill{store: s, digest: dgst, spool: spool, started: make(chan struct{}), size: size, refs: 1}
-	f.cond = sync.NewCond(&f.mu)
-	s.fills[dgst] = f
-	s.metrics.fillsInFlight.Inc()
-	go f.run(fetch)
-	return f, false, nil
+	return dir, false, nil
 }
 
 // RunningFill returns the fill in progress for dgst, or nil. Offline, a
@@ -232,12 +266,16 @@ func (f *Fill) release() {
 	}
 }
 
-func (f *Fill) run(fetch Fetcher) {
+// run fetches the blob within ctx, which cancel ends, and commits it.
+func (f *Fill) run(ctx context.Context, cancel context.CancelFunc, fetch Fetcher) {
 	s := f.store
 	defer func() { <-s.fillSlots }()
-	ctx, cancel := s.fillContext(context.Background(), f.digest)
 	defer cancel()
 	source, err := f.fetch(ctx, fetch)
+	<-f.spoolReady
+	if f.spoolErr != nil {
+		err = f.spoolErr
+	}
 	if err == nil {
 		err = f.commit(ctx, source)
 	}
@@ -258,8 +296,10 @@ func (f *Fill) run(fetch Fetcher) {
 	s.mu.Unlock()
 	// Readers keep their descriptors of the spool; its name goes now (a
 	// committed spool was renamed already).
-	if rmErr := os.Remove(f.spool.Name()); rmErr == nil && err != nil {
-		s.metrics.uploadsRemoved.WithLabelValues("failed").Inc()
+	if f.spool != nil {
+		if rmErr := os.Remove(f.spool.Name()); rmErr == nil && err != nil {
+			s.metrics.uploadsRemoved.WithLabelValues("failed").Inc()
+		}
 	}
 
 	f.mu.Lock()
@@ -291,6 +331,10 @@ func (f *Fill) fetch(ctx context.Context, fetch Fetcher) (source ReplicaSource, 
 		return nil, fillError(ctx, err)
 	}
 	defer body.Close()
+	<-f.spoolReady
+	if f.spoolErr != nil {
+		return nil, f.spoolErr
+	}
 	source, _ = body.(ReplicaSource)
 	f.mu.Lock()
 	size, err := expectedSize(f.digest, f.size, announced)
@@ -446,25 +490,21 @@ func (s *Store) spoolDirectory() string {
 	return os.TempDir()
 }
 
-// createSpool creates the spool file of a fill of size bytes (-1
-// unknown). It refuses with ErrNotStored when storage ran out of space
+// spoolRoom returns the directory to spool a fill of size bytes (-1
+// unknown) in. It refuses with ErrNotStored when storage ran out of space
 // moments ago or the local disk has not room for size.
-func (s *Store) createSpool(size int64) (*os.File, error) {
+func (s *Store) spoolRoom(size int64) (dir string, err error) {
 	if s.recentlyFull() {
-		return nil, fmt.Errorf("%w: storage ran out of space less than %s ago", ErrNotStored, fullBackoff)
+		return "", fmt.Errorf("%w: storage ran out of space less than %s ago", ErrNotStored, fullBackoff)
 	}
-	dir := s.spoolDirectory()
+	dir = s.spoolDirectory()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, s.notStored(fmt.Errorf("creating the spool directory: %w", err))
+		return "", s.notStored(fmt.Errorf("creating the spool directory: %w", err))
 	}
 	if free := freeBytes(dir); free >= 0 && size >= 0 && free < size+freeSpaceReserve {
-		return nil, fmt.Errorf("%w: %d bytes free for spooling, the blob has %d", ErrNotStored, free, size)
+		return "", fmt.Errorf("%w: %d bytes free for spooling, the blob has %d", ErrNotStored, free, size)
 	}
-	f, err := os.CreateTemp(dir, spoolPrefix+"*")
-	if err != nil {
-		return nil, s.notStored(fmt.Errorf("creating a spool file: %w", err))
-	}
-	return f, nil
+	return dir, nil
 }
 
 // notStored marks err, a failed write to storage, as ErrNotStored, and

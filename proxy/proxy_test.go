@@ -149,6 +149,15 @@ func newEnvWithConfig(t *testing.T, driver string, configure func(*config.Config
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A fill commits after its clients got the last byte: let it finish
+	// before the temporary directories go.
+	t.Cleanup(func() {
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if e.gauge("pullbroker_fills_in_flight") == 0 {
+				return
+			}
+		}
+	})
 	e.serve(cfg)
 	return e
 }
