@@ -195,7 +195,7 @@ func baseSizes(quick bool) sizes {
 		loadClients: 500, loadDuration: 60 * time.Second, loadMaxRequests: 5_000_000,
 		s3Blob: 50 << 20, s3Rounds: 5, headRounds: 3,
 		scaleBlobs: 1_000_000, scaleTags: 100_000,
-		peerRounds: 7, peerTTFBBlobs: 40, peerTTFBSize: 8 << 20,
+		peerRounds: 7, peerTTFBBlobs: 100, peerTTFBSize: 8 << 20,
 	}
 }
 
