@@ -269,23 +269,18 @@ func (f *Fill) release() {
 // run fetches the blob within ctx, which cancel ends, and commits it.
 func (f *Fill) run(ctx context.Context, cancel context.CancelFunc, fetch Fetcher) {
 	s := f.store
-	defer func() { <-s.fillSlots }()
 	defer cancel()
 	source, err := f.fetch(ctx, fetch)
-	<-f.spoolReady
-	if f.spoolErr != nil {
-		err = f.spoolErr
-	}
 	if err == nil {
 		err = f.commit(ctx, source)
 	}
 	if err == nil {
 		s.accountCommit(f.digest, f.written)
 	}
-	// Forget the fill before its readers learn how it ended: a client
-	// retrying a failed fill at once must start a new fetch, not join this
-	// one and get its error, and one asking right after the commit is sent
-	// to storage, which FillAbsent then looks at.
+	// Forget the fill and free its slot before its readers learn how it
+	// ended: a client retrying a failed fill at once must start a new
+	// fetch, not join this one and get its error, and one asking right
+	// after the commit is sent to storage, which FillAbsent then looks at.
 	s.mu.Lock()
 	if err == nil {
 		s.commits.add(f.digest, time.Now())
@@ -293,6 +288,7 @@ func (f *Fill) run(ctx context.Context, cancel context.CancelFunc, fetch Fetcher
 	if s.fills[f.digest] == f {
 		delete(s.fills, f.digest)
 	}
+	<-s.fillSlots
 	s.mu.Unlock()
 	// Readers keep their descriptors of the spool; its name goes now (a
 	// committed spool was renamed already).
@@ -327,14 +323,19 @@ func (f *Fill) fetch(ctx context.Context, fetch Fetcher) (source ReplicaSource, 
 	ctx, progress, stopWatch := s.watchStall(ctx, f.digest)
 	defer stopWatch()
 	body, announced, err := fetch(ctx)
+	// Store.fill creates the spool file meanwhile; when it could not, the
+	// fetch was cancelled and the fill fails for want of storage.
+	<-f.spoolReady
+	if f.spoolErr != nil {
+		if err == nil {
+			body.Close()
+		}
+		return nil, f.spoolErr
+	}
 	if err != nil {
 		return nil, fillError(ctx, err)
 	}
 	defer body.Close()
-	<-f.spoolReady
-	if f.spoolErr != nil {
-		return nil, f.spoolErr
-	}
 	source, _ = body.(ReplicaSource)
 	f.mu.Lock()
 	size, err := expectedSize(f.digest, f.size, announced)
