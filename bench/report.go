@@ -650,12 +650,13 @@ func (r *results) writeS3(p func(format string, args ...any)) {
 	p("longer than the phase, so a read here is one the record cache did not spare; a shorter TTL adds\n")
 	p("about three reads per pinned tag per TTL, whatever the traffic), alternating for %d round(s); then\n", s.headRounds)
 	p("once on S3 without the record cache, for what each HEAD costs without it. Reads are GETs, HEADs and\n")
-	p("listings of cache objects; requests on `cluster/` (the replicas' lease and journal, paced by time) are\n")
-	p("shown apart.\n\n")
-	p("| storage | requests | req/s | object-storage reads | reads per 1,000 | requests by operation | of which on cluster/ | upstream requests |\n|---|---|---|---|---|---|---|---|\n")
+	p("listings of cache objects; requests on `cluster/` (the replicas' lease and journal, paced by time) and\n")
+	p("on `uploads/` (the temporary copy every write makes, which the S3 driver looks at and lists to move\n")
+	p("and delete it; the write itself shows as a PutObject and a CopyObject) are shown apart.\n\n")
+	p("| storage | requests | req/s | object-storage reads | reads per 1,000 | requests by operation | of which on cluster/ or uploads/ | upstream requests |\n|---|---|---|---|---|---|---|---|\n")
 	for _, h := range s.head {
 		p("| %s | %d | %.0f | %d | %.1f | %s | %s | %d |\n", h.name, h.requests, h.rate, h.storage.cacheReads(),
-			float64(h.storage.cacheReads())*1000/float64(max(h.requests, 1)), opsText(h.storage.all), opsText(h.storage.cluster), h.upstream)
+			float64(h.storage.cacheReads())*1000/float64(max(h.requests, 1)), opsText(h.storage.all), opsText(h.storage.bookkeeping), h.upstream)
 	}
 	p("\n")
 }

@@ -176,8 +176,8 @@ func TestS3Targets(t *testing.T) {
 	}
 
 	// A read of a cache object during the load with the record cache misses the target; the
-	// replicas' own requests on cluster/ do not count.
-	r.s3.head[1].storage = s3Requests{all: s3Ops{"GetObject": 4, "HeadObject": 1, "PutObject": 2}, cluster: s3Ops{"GetObject": 3}}
+	// replicas' own requests on cluster/ and uploads/ do not count.
+	r.s3.head[1].storage = s3Requests{all: s3Ops{"GetObject": 4, "HeadObject": 1, "PutObject": 2}, bookkeeping: s3Ops{"GetObject": 3}}
 	for _, tg := range r.targets() {
 		if tg.goal == "S3, pinned-tag HEADs after warm-up: zero object-storage reads" && (tg.met || !strings.Contains(tg.detail, "2 reads for 1000 HEADs")) {
 			t.Errorf("with 2 cache reads: met=%v, %q", tg.met, tg.detail)
@@ -233,14 +233,18 @@ func TestCountRequests(t *testing.T) {
 		line("GetObject", "cluster/leader", "/bucket/cluster/leader") +
 		line("ListObjectsV2", "-", "/bucket?list-type=2&prefix=cluster%2Fjournal%2F") +
 		line("PutObject", "cluster/journal/a/1", "/bucket/cluster/journal/a/1") +
+		line("PutObject", "uploads/0f3a", "/bucket/uploads/0f3a") +
+		line("HeadObject", "uploads/0f3a", "/bucket/uploads/0f3a") +
+		line("CopyObject", "cluster/usage", "/bucket/cluster/usage") +
+		line("ListObjectsV2", "-", "/bucket?list-type=2&prefix=uploads%2F0f3a") +
 		"log starts 2026-12-06 22:22:49\n"
 	got, err := countRequests(strings.NewReader(log))
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantAll := s3Ops{"GetObject": 2, "HeadObject": 1, "ListObjectsV2": 2, "PutObject": 1}
-	wantCluster := s3Ops{"GetObject": 1, "ListObjectsV2": 1, "PutObject": 1}
-	if !maps.Equal(got.all, wantAll) || !maps.Equal(got.cluster, wantCluster) || got.cacheReads() != 3 {
-		t.Errorf("counted %v, on cluster/ %v, %d cache reads; want %v, %v, 3", got.all, got.cluster, got.cacheReads(), wantAll, wantCluster)
+	wantAll := s3Ops{"GetObject": 2, "HeadObject": 2, "ListObjectsV2": 3, "PutObject": 2, "CopyObject": 1}
+	wantApart := s3Ops{"GetObject": 1, "HeadObject": 1, "ListObjectsV2": 2, "PutObject": 2, "CopyObject": 1}
+	if !maps.Equal(got.all, wantAll) || !maps.Equal(got.bookkeeping, wantApart) || got.cacheReads() != 3 {
+		t.Errorf("counted %v, on cluster/ or uploads/ %v, %d cache reads; want %v, %v, 3", got.all, got.bookkeeping, got.cacheReads(), wantAll, wantApart)
 	}
 }

@@ -197,15 +197,15 @@ func (s *s3Server) waitObject(ctx context.Context, bucket, key string, size int6
 // ("GetObject", "HeadObject", "ListObjectsV2", "PutObject", ...).
 type s3Ops map[string]int64
 
-// s3Requests is what the access log holds: every request, and those on
-// the replicas' coordination objects (cluster/...) apart.
+// s3Requests is what the access log holds: every request, and apart those
+// on objects that are not cache content (see onBookkeeping).
 type s3Requests struct {
-	all, cluster s3Ops
+	all, bookkeeping s3Ops
 }
 
 // requests reads the access log: see countRequests.
 func (s *s3Server) requests() (s3Requests, error) {
-	out := s3Requests{all: s3Ops{}, cluster: s3Ops{}}
+	out := s3Requests{all: s3Ops{}, bookkeeping: s3Ops{}}
 	f, err := os.Open(s.accessLog)
 	if os.IsNotExist(err) {
 		return out, nil
@@ -222,7 +222,7 @@ func (s *s3Server) requests() (s3Requests, error) {
 // 9th the key ("-" for none, as in a listing) and 10th the request URI
 // (with a listing's prefix).
 func countRequests(log io.Reader) (s3Requests, error) {
-	out := s3Requests{all: s3Ops{}, cluster: s3Ops{}}
+	out := s3Requests{all: s3Ops{}, bookkeeping: s3Ops{}}
 	sc := bufio.NewScanner(log)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -232,21 +232,27 @@ func countRequests(log io.Reader) (s3Requests, error) {
 		}
 		op := strings.TrimPrefix(fields[7], "s3_")
 		out.all[op]++
-		if onCluster(fields[8], fields[9]) {
-			out.cluster[op]++
+		if onBookkeeping(fields[8], fields[9]) {
+			out.bookkeeping[op]++
 		}
 	}
 	return out, sc.Err()
 }
 
-// onCluster reports whether a request is on the replicas' coordination
-// objects: its key, or a listing's prefix, is under cluster/.
-func onCluster(key, uri string) bool {
-	if key != "-" {
-		return strings.HasPrefix(key, "cluster/")
+// onBookkeeping reports whether a request is on an object that is not
+// cache content: its key, or a listing's prefix, is under cluster/ (the
+// replicas' lease, accounting journal and usage) or uploads/ (the
+// temporary copy that every write makes and then moves into place, which
+// the S3 driver looks at and lists to move and delete it).
+func onBookkeeping(key, uri string) bool {
+	if key == "-" {
+		u, err := url.Parse(uri)
+		if err != nil {
+			return false
+		}
+		key = u.Query().Get("prefix")
 	}
-	u, err := url.Parse(uri)
-	return err == nil && strings.HasPrefix(u.Query().Get("prefix"), "cluster/")
+	return strings.HasPrefix(key, "cluster/") || strings.HasPrefix(key, "uploads/")
 }
 
 // since is what was counted after before.
@@ -260,7 +266,7 @@ func (r s3Requests) since(before s3Requests) s3Requests {
 		}
 		return d
 	}
-	return s3Requests{all: sub(r.all, before.all), cluster: sub(r.cluster, before.cluster)}
+	return s3Requests{all: sub(r.all, before.all), bookkeeping: sub(r.bookkeeping, before.bookkeeping)}
 }
 
 // reads counts the requests that read: GETs, HEADs and listings.
@@ -276,8 +282,9 @@ func (o s3Ops) reads() int64 {
 
 // cacheReads are the reads of cache content (blobs, manifests, tags,
 // pins, links): what a request can cause. Reads of cluster/ (a lease, the
-// accounting journal) are the replicas' own, paced by time, not traffic.
-func (r s3Requests) cacheReads() int64 { return r.all.reads() - r.cluster.reads() }
+// accounting journal) are the replicas' own, paced by time, not traffic,
+// and those of uploads/ are part of a write, which shows as one.
+func (r s3Requests) cacheReads() int64 { return r.all.reads() - r.bookkeeping.reads() }
 
 // s3Bucket holds the cache of measurement (7).
 const s3Bucket = "pullbroker-s3"
