@@ -135,9 +135,7 @@ func (s *Store) fill(dgst digest.Digest, size int64, fetch Fetcher, look bool) (
 		s.metrics.fillsRefused.WithLabelValues("storage").Inc()
 		cancel()
 	}
-	f.mu.Lock()
 	f.spool, f.spoolErr = spool, err
-	f.mu.Unlock()
 	close(f.spoolReady)
 	if err != nil {
 		return nil, false, err

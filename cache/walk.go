@@ -25,8 +25,8 @@ type storedBlob struct {
 // walkStoredBlobs calls fn for every committed blob in storage as the walk
 // finds it, holding nothing of what it found: a walk of a million blobs
 // costs the memory of one directory listing (or of objectWalkers listing
-// pages), not of a million paths. A blob committed or removed during the walk may be
-// reported or not.
+// pages), not of a million paths. A blob committed or removed during the
+// walk may be reported or not.
 func (s *Store) walkStoredBlobs(ctx context.Context, fn func(storedBlob) error) error {
 	if s.localRoot != "" {
 		return s.walkLocalBlobs(ctx, fn)

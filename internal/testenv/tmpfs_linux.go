@@ -7,8 +7,9 @@ import (
 )
 
 // MountTmpfs mounts a tmpfs of the given size ("16m", optionally followed by more tmpfs options:
-// "16m,nr_inodes=8") on a fresh directory and returns it; the mount goes at cleanup. A small one is a disk that fills up. It needs root: without it the test
-// skips, or fails when every tool is required.
+// "16m,nr_inodes=8") on a fresh directory and returns it; the mount goes at cleanup. A small one
+// is a disk that fills up. It needs root: without it the test skips, or fails when every tool is
+// required.
 func MountTmpfs(t testing.TB, size string) string {
 	t.Helper()
 	dir := t.TempDir()
